@@ -1,0 +1,1 @@
+"""Video -> training dataset. One module per step; `pipeline.py` runs them in order, caches and resumes."""

@@ -1,0 +1,148 @@
+"""Runs the preprocessing steps in order: caches each, resumes, validates what the previous steps wrote.
+
+A step is skipped when the manifest records it as finished with the same version and settings and its outputs are
+on disk. `--force STEP` redoes that step and every step after it that depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from nerf_talk.errors import UserError
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import FORMAT_VERSION, KIND, Dataset
+from preprocess.step import Step
+
+log = logging.getLogger("nerf_talk.preprocess")
+
+# In running order. Each module exposes STEP.
+STEP_MODULES = (
+    "ingest",
+    "landmarks",
+    "pose",
+    "face_motion",
+    "parsing",
+    "background",
+    "torso",
+    "audio_features",
+    "split",
+    "report",
+)
+
+
+def load_steps() -> list[Step]:
+    steps = []
+    for mod in STEP_MODULES:
+        step = importlib.import_module(f"preprocess.{mod}").STEP
+        if step.name != mod:
+            raise RuntimeError(f"preprocess.{mod}.STEP is named {step.name!r}")
+        steps.append(step)
+    return steps
+
+
+def _settings_key(step: Step, cfg: PreprocessConfig) -> dict:
+    """The settings that change this step's outputs (a change of one invalidates its cache)."""
+    return {k: getattr(cfg, k) for k in step.uses}
+
+
+def _outputs_present(ds: Dataset, step: Step) -> list[str]:
+    return [o for o in step.outputs if not ds.path(o.rstrip("/")).exists()]
+
+
+def source_fingerprint(path: Path) -> str:
+    """Hash of the file's size and its first and last MiB: cheap for 4K clips, still catches a different file."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def open_or_create(out: Path, video: Path, cfg: PreprocessConfig) -> tuple[Dataset, dict]:
+    """Open the dataset at `out` for `video`, creating it; refuse a directory that holds anything else."""
+    ds = Dataset(out)
+    fp = source_fingerprint(video)
+    if ds.exists():
+        m = ds.load_manifest()
+        if m["source"]["fingerprint"] != fp:
+            raise UserError(
+                f"{out} already holds a dataset of another video ({m['source']['path']})",
+                "choose a new output directory; nerf_talk never overwrites a dataset.",
+            )
+        return ds, m
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise UserError(
+            f"{out} exists and is not empty (and holds no nerf_talk dataset)",
+            "choose a new or empty output directory; nothing was written.",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    m = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "source": {"path": str(video.resolve()), "fingerprint": fp},
+        "fps": cfg.fps,
+        "size": cfg.size,
+        "steps": {},
+    }
+    ds.save_manifest(m)
+    return ds, m
+
+
+def run(video: str | Path, out: str | Path, cfg: PreprocessConfig) -> Dataset:
+    """Preprocess `video` into the dataset directory `out`; returns the finished Dataset."""
+    video, out = Path(video), Path(out)
+    if not video.exists():
+        raise UserError(f"video not found: {video}", "check the path.")
+    if cfg.audio is not None and not Path(cfg.audio).exists():
+        raise UserError(f"audio file not found: {cfg.audio}", "check the --audio path.")
+    steps = load_steps()
+    names = [s.name for s in steps]
+    unknown = [f for f in cfg.force if f not in names]
+    if unknown:
+        raise UserError(f"--force names unknown steps {unknown}", f"steps are: {', '.join(names)}")
+    ds, m = open_or_create(out, video, cfg)
+    if m.get("fps") != cfg.fps or m.get("size") != cfg.size:
+        raise UserError(
+            f"{out} was made at {m.get('fps')} fps, {m.get('size')} px; asked for {cfg.fps} fps, {cfg.size} px",
+            "use the same --fps/--size, or a new output directory.",
+        )
+    redo: set[str] = set(cfg.force)
+    for step in steps:
+        m = ds.load_manifest()
+        rec = m["steps"].get(step.name)
+        settings = _settings_key(step, cfg)
+        stale_deps = [r for r in step.requires if r in redo]
+        if rec and rec.get("version") == step.version and rec.get("settings") == settings and not stale_deps \
+                and step.name not in redo and not _outputs_present(ds, step):
+            log.info("[%s] cached (%.1fs when it ran)", step.name, rec.get("seconds", 0.0))
+            continue
+        redo.add(step.name)
+        missing = [r for r in step.requires if r not in m["steps"]]
+        if missing:
+            raise RuntimeError(f"step {step.name} needs {missing}, which have not run")
+        log.info("[%s] %s", step.name, step.describe)
+        t0 = time.perf_counter()
+        result = step.run(ds, cfg)
+        seconds = time.perf_counter() - t0
+        absent = _outputs_present(ds, step)
+        if absent:
+            raise RuntimeError(f"step {step.name} finished without writing {absent}")
+        m = ds.load_manifest()
+        m["steps"][step.name] = {
+            "version": step.version,
+            "settings": settings,
+            "seconds": round(seconds, 3),
+            "result": json.loads(json.dumps(result, default=float)),
+        }
+        ds.save_manifest(m)
+        log.info("[%s] done in %.1fs", step.name, seconds)
+    return ds

@@ -1,0 +1,28 @@
+"""The contract between the pipeline and a preprocessing step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessing step.
+
+    `run(ds, cfg)` reads what `requires` wrote, writes `outputs` (paths relative to the dataset root; a name ending in
+    "/" is a directory of per-frame files) atomically, and returns a JSON-able dict of its figures (quality numbers,
+    settings it chose) that the pipeline stores in manifest["steps"][name]["result"]. A step raises UserError on bad
+    input. fps and size are fixed per dataset and need not be listed in `uses`. Bump `version` when the step's output changes meaning: cached results of other versions are redone.
+    """
+
+    name: str
+    version: int
+    requires: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[Dataset, PreprocessConfig], dict]
+    describe: str = ""
+    uses: tuple[str, ...] = ()  # PreprocessConfig fields the outputs depend on; a change of one redoes the step
