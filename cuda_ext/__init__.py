@@ -1,0 +1,31 @@
+"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching and volume compositing.
+
+Written once as host/device templates in ``csrc/*.h``, compiled for the CPU (C++ with OpenMP) and for CUDA, wrapped
+in autograd functions, with a pure-PyTorch reference (``_torch_impl``). Layering and build: docs/cuda_ext.md.
+
+Backends (``backend=`` argument, or the process default from ``set_backend`` / ``NERF_TALK_BACKEND``):
+``auto`` (compiled kernels for the tensors' device, the reference if they cannot be built), ``cuda``, ``cpu``,
+``torch``.
+"""
+
+from ._backend import BACKENDS, BuildError, available, get_backend, set_backend
+from .composite import composite, packed_info_from_ray_indices
+from .hashgrid import HashGrid, HashGridConfig, hash_encode
+from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
+
+__all__ = [
+    "BACKENDS",
+    "BuildError",
+    "HashGrid",
+    "HashGridConfig",
+    "OccupancyGrid",
+    "RaySamples",
+    "available",
+    "composite",
+    "get_backend",
+    "hash_encode",
+    "march_rays",
+    "pack_bitfield",
+    "packed_info_from_ray_indices",
+    "set_backend",
+]

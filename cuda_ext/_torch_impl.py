@@ -1,0 +1,169 @@
+"""Pure-PyTorch reference of every kernel: the definition the compiled backends are tested against.
+
+Written for clarity, not speed: dense tensors, autograd for the gradients. Each function mirrors the comment at the
+top of its header in ``csrc/`` and computes positions with the same operations in the same order, so results agree
+with the kernels to float rounding (ray marching, which compares positions with cell boundaries, agrees exactly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+def hash_encode(
+    x: torch.Tensor,  # [N, D] in [0, 1]
+    table: torch.Tensor,  # [L, T, F]
+    scales: list[float],
+    resolutions: list[int],
+    dense: list[bool],
+) -> torch.Tensor:  # [N, L * F]
+    """Multiresolution hash-grid encoding (see csrc/hashgrid.h)."""
+    n_points, dims = x.shape
+    n_levels, table_size, n_features = table.shape
+    xc = x.clamp(0.0, 1.0)
+    outs = []
+    for level in range(n_levels):
+        pos = xc * scales[level] + 0.5
+        cell_f = torch.floor(pos)
+        frac = pos - cell_f
+        cell = cell_f.long()
+        acc = torch.zeros(n_points, n_features, dtype=x.dtype, device=x.device)
+        for corner in range(1 << dims):
+            w = torch.ones(n_points, dtype=x.dtype, device=x.device)
+            index = torch.zeros(n_points, dtype=torch.long, device=x.device)
+            stride = 1
+            for d in range(dims):
+                bit = (corner >> d) & 1
+                w = w * (frac[:, d] if bit else 1.0 - frac[:, d])
+                c = cell[:, d] + bit
+                if dense[level]:
+                    index = index + c * stride
+                    stride *= resolutions[level]
+                else:
+                    index = index ^ (c * HASH_PRIMES[d])
+            index = index & (table_size - 1)
+            acc = acc + w[:, None] * table[level][index].to(x.dtype)
+        outs.append(acc)
+    return torch.cat(outs, dim=-1)
+
+
+def ray_interval(
+    rays_o: torch.Tensor, rays_d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, aabb: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[near, far] clipped to the box, per ray ([R] each); empty where t_min >= t_max (see csrc/march.h)."""
+    lo = torch.tensor(aabb[:3], dtype=rays_o.dtype, device=rays_o.device)
+    hi = torch.tensor(aabb[3:], dtype=rays_o.dtype, device=rays_o.device)
+    inv = 1.0 / rays_d
+    ta = (lo - rays_o) * inv
+    tb = (hi - rays_o) * inv
+    tn = torch.fmin(ta, tb)
+    tf = torch.fmax(ta, tb)
+    t_near = torch.fmax(torch.fmax(torch.fmax(torch.full_like(near, -torch.inf), tn[:, 0]), tn[:, 1]), tn[:, 2])
+    t_far = torch.fmin(torch.fmin(torch.fmin(torch.full_like(far, torch.inf), tf[:, 0]), tf[:, 1]), tf[:, 2])
+    return torch.fmax(near, t_near), torch.fmin(far, t_far)
+
+
+def march_rays(
+    rays_o: torch.Tensor,  # [R, 3] float32
+    rays_d: torch.Tensor,  # [R, 3]
+    near: torch.Tensor,  # [R]
+    far: torch.Tensor,  # [R]
+    occupied: torch.Tensor,  # [rx, ry, rz] bool
+    aabb: list[float],
+    step_size: float,
+    max_samples: int,
+    chunk: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tests every lattice sample of every ray; returns (packed_info [R, 2], t_starts, t_ends, ray_indices)."""
+    n_rays = rays_o.shape[0]
+    device = rays_o.device
+    res = torch.tensor(occupied.shape, dtype=torch.float32, device=device)
+    lo = torch.tensor(aabb[:3], dtype=torch.float32, device=device)
+    extent = torch.tensor(aabb[3:], dtype=torch.float32, device=device) - lo
+    step = torch.tensor(step_size, dtype=torch.float32)
+    starts, ends, indices = [], [], []
+    counts = torch.zeros(n_rays, dtype=torch.long, device=device)
+    for c0 in range(0, n_rays, chunk):
+        o, d = rays_o[c0 : c0 + chunk], rays_d[c0 : c0 + chunk]
+        t_min, t_max = ray_interval(o, d, near[c0 : c0 + chunk], far[c0 : c0 + chunk], aabb)
+        hit = t_min < t_max
+        if not bool(hit.any()):
+            continue
+        n_steps = int(torch.ceil((t_max[hit] - t_min[hit]) / step).max().item()) + 1
+        k = torch.arange(n_steps, device=device, dtype=torch.float32)
+        ts = t_min[:, None] + k[None, :] * step  # [r, K]
+        valid = hit[:, None] & (ts < t_max[:, None])
+        te = torch.fmin(ts + step, t_max[:, None])
+        tm = (ts + te) * 0.5
+        x = o[:, None, :] + tm[..., None] * d[:, None, :]
+        g = torch.floor((x - lo) / extent * res).long()
+        g = torch.minimum(torch.clamp(g, min=0), (res.long() - 1))
+        occ = occupied[g[..., 0].clamp(min=0), g[..., 1].clamp(min=0), g[..., 2].clamp(min=0)]
+        keep = valid & occ
+        keep = keep & (torch.cumsum(keep.long(), dim=1) <= max_samples)
+        counts[c0 : c0 + chunk] = keep.sum(1)
+        rows = torch.arange(o.shape[0], device=device)[:, None].expand_as(keep)
+        starts.append(ts[keep])
+        ends.append(te[keep])
+        indices.append(rows[keep] + c0)
+    t_starts = torch.cat(starts) if starts else torch.zeros(0, device=device)
+    t_ends = torch.cat(ends) if ends else torch.zeros(0, device=device)
+    ray_indices = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=1)
+    return packed_info, t_starts, t_ends, ray_indices
+
+
+def pack_bitfield(density: torch.Tensor, threshold: float) -> torch.Tensor:  # [ceil(n / 8)] uint8
+    """Bit b of byte i is density.flatten()[8 i + b] > threshold."""
+    occ = (density.reshape(-1) > threshold).to(torch.uint8)
+    pad = (-occ.numel()) % 8
+    occ = torch.cat([occ, occ.new_zeros(pad)]).view(-1, 8).long()
+    weights = (1 << torch.arange(8, device=density.device)).long()
+    return (occ * weights).sum(1).to(torch.uint8)
+
+
+def unpack_bitfield(bits: torch.Tensor, n_cells: int) -> torch.Tensor:  # [n_cells] bool
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    return ((bits[:, None] >> shifts) & 1).bool().reshape(-1)[:n_cells]
+
+
+def composite(
+    sigmas: torch.Tensor,  # [S]
+    rgbs: torch.Tensor,  # [S, 3]
+    t_starts: torch.Tensor,  # [S]
+    t_ends: torch.Tensor,  # [S]
+    packed_info: torch.Tensor,  # [R, 2] (first sample, count)
+    early_stop_eps: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # rgb [R, 3], depth [R], opacity [R]
+    """Volume compositing over packed samples (see csrc/composite.h), on a padded [R, max_count] layout."""
+    n_rays = packed_info.shape[0]
+    dtype, device = sigmas.dtype, sigmas.device
+    counts = packed_info[:, 1]
+    width = int(counts.max().item()) if n_rays > 0 and counts.numel() else 0
+    if width == 0:
+        z = sigmas.sum() * 0 + rgbs.sum() * 0  # keeps the graph connected
+        return (z + torch.zeros(n_rays, 3, dtype=dtype, device=device), z + torch.zeros(n_rays, dtype=dtype,
+                device=device), z + torch.zeros(n_rays, dtype=dtype, device=device))
+    j = torch.arange(width, device=device)
+    mask = j[None, :] < counts[:, None]  # [R, W]
+    idx = (packed_info[:, :1] + j[None, :]).clamp(max=max(sigmas.shape[0] - 1, 0))
+    idx = torch.where(mask, idx, torch.zeros_like(idx))
+    delta = torch.where(mask, (t_ends - t_starts)[idx], torch.zeros((), dtype=dtype, device=device))
+    sig = torch.where(mask, sigmas[idx], torch.zeros((), dtype=dtype, device=device))
+    alpha = 1.0 - torch.exp(-sig * delta)
+    one_minus = 1.0 - alpha
+    trans_after = torch.cumprod(one_minus, dim=1)  # T_{i+1}
+    trans = torch.cat([torch.ones_like(trans_after[:, :1]), trans_after[:, :-1]], dim=1)  # T_i
+    # The kernel stops after the first sample that leaves T < eps, so sample i counts iff i == 0 or T_i >= eps.
+    if early_stop_eps > 0:
+        alive = mask & ((j[None, :] == 0) | (trans.detach() >= early_stop_eps))
+    else:
+        alive = mask
+    w = torch.where(alive, trans * alpha, torch.zeros((), dtype=dtype, device=device))
+    mids = torch.where(mask, ((t_starts + t_ends) * 0.5)[idx], torch.zeros((), dtype=dtype, device=device))
+    rgb = (w[..., None] * rgbs[idx]).sum(1)
+    depth = (w * mids).sum(1)
+    opacity = w.sum(1)
+    return rgb, depth, opacity

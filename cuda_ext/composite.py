@@ -1,0 +1,82 @@
+"""Volume compositing over packed samples (nerfacc's vocabulary: t_starts, t_ends, ray_indices, packed_info)."""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _backend, _torch_impl
+
+
+def packed_info_from_ray_indices(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:  # [R, 2] int64
+    """(first sample, count) per ray from sorted `ray_indices` [S]."""
+    if ray_indices.numel() > 1 and bool((ray_indices[1:] < ray_indices[:-1]).any()):
+        raise ValueError("ray_indices must be sorted (samples of a ray contiguous, as march_rays returns them)")
+    if ray_indices.numel() and (int(ray_indices.min()) < 0 or int(ray_indices.max()) >= n_rays):
+        raise ValueError(f"ray_indices must lie in [0, {n_rays}), got [{int(ray_indices.min())}, "
+                         f"{int(ray_indices.max())}]")
+    counts = torch.bincount(ray_indices.long(), minlength=n_rays)
+    return torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=1)
+
+
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sigmas, rgbs, t_starts, t_ends, packed_info, early_stop_eps, backend):
+        ext = _backend.module_for(backend)
+        rgb, depth, opacity = ext.composite_forward(sigmas, rgbs, t_starts, t_ends, packed_info, early_stop_eps)
+        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, packed_info, rgb, depth, opacity)
+        ctx.early_stop_eps, ctx.backend = early_stop_eps, backend
+        return rgb, depth, opacity
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rgb, grad_depth, grad_opacity):
+        sigmas, rgbs, t_starts, t_ends, packed_info, rgb, depth, opacity = ctx.saved_tensors
+        ext = _backend.module_for(ctx.backend)
+        grad_sigmas, grad_rgbs = ext.composite_backward(
+            grad_rgb.contiguous(), grad_depth.contiguous(), grad_opacity.contiguous(), sigmas, rgbs, t_starts,
+            t_ends, packed_info, rgb, depth, opacity, ctx.early_stop_eps,
+        )
+        return grad_sigmas, grad_rgbs, None, None, None, None, None
+
+
+def composite(
+    sigmas: torch.Tensor,  # [S]
+    rgbs: torch.Tensor,  # [S, 3]
+    t_starts: torch.Tensor,  # [S]
+    t_ends: torch.Tensor,  # [S]
+    packed_info: torch.Tensor | None = None,  # [R, 2] (first sample, count)
+    ray_indices: torch.Tensor | None = None,  # [S] sorted; used when packed_info is None
+    n_rays: int | None = None,
+    early_stop_eps: float = 1e-4,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # rgb [R, 3], depth [R], opacity [R]
+    """Alpha-composites packed samples front to back, differentiable w.r.t. `sigmas` and `rgbs`.
+
+    alpha_i = 1 - exp(-sigma_i (t_end - t_start)), w_i = T_i alpha_i; rgb = sum w c, depth = sum w (t_start +
+    t_end) / 2, opacity = sum w. A ray stops after the sample that brings its transmittance below `early_stop_eps`
+    (0 disables early termination). Blend a background with rgb + (1 - opacity) * background.
+    """
+    if packed_info is None:
+        if ray_indices is None or n_rays is None:
+            raise ValueError("composite needs packed_info, or ray_indices together with n_rays")
+        packed_info = packed_info_from_ray_indices(ray_indices, n_rays)
+    elif n_rays is not None and packed_info.shape[0] != n_rays:
+        raise ValueError(f"packed_info has {packed_info.shape[0]} rays but n_rays is {n_rays}")
+    if early_stop_eps < 0:
+        raise ValueError(f"early_stop_eps must be >= 0, is {early_stop_eps}")
+    n_samples = sigmas.shape[0]
+    for name, t, shape in (("rgbs", rgbs, [n_samples, 3]), ("t_starts", t_starts, [n_samples]),
+                           ("t_ends", t_ends, [n_samples])):
+        if list(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {list(t.shape)}")
+    packed_info = packed_info.long()
+    name = _backend.resolve(backend, sigmas.device)
+    if name == "torch":
+        return _torch_impl.composite(sigmas, rgbs, t_starts.to(sigmas.dtype), t_ends.to(sigmas.dtype), packed_info,
+                                     early_stop_eps)
+    dtype = torch.float32 if name == "cuda" else sigmas.dtype
+    return _Composite.apply(
+        sigmas.to(dtype).contiguous(), rgbs.to(dtype).contiguous(), t_starts.to(dtype).contiguous(),
+        t_ends.to(dtype).contiguous(), packed_info.contiguous(), float(early_stop_eps), name,
+    )

@@ -1,0 +1,47 @@
+// CPU launchers (C++ with OpenMP), torch-free: raw pointers, sizes, thread count. Implemented in *_cpu.cpp,
+// called by bindings.cpp. Inputs are contiguous; outputs are allocated (and zeroed where noted) by the caller.
+#pragma once
+
+#include <cstdint>
+
+#include "hashgrid.h"
+#include "march.h"
+
+namespace nt {
+namespace cpu {
+
+// x [n, dims], table [levels, table_size, features] -> out [n, levels * features]. T = float or double.
+template <typename T>
+void hash_encode_forward(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads);
+
+// grad_table (zeroed, or null) [levels, table_size, features]; grad_x (or null) [n, dims].
+template <typename T>
+void hash_encode_backward(const T* x, const T* table, const T* grad_out, T* grad_table, T* grad_x, int64_t n,
+                          const HashGridParams& p, int n_threads);
+
+// Samples per ray: counts [n_rays]. near/far [n_rays].
+void march_count(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
+                 const float* near, const float* far, int64_t n_rays, int64_t* counts, int n_threads);
+
+// Writes the samples of each ray at offsets[r] (exclusive prefix sum of counts).
+void march_write(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
+                 const float* near, const float* far, int64_t n_rays, const int64_t* offsets, float* t_starts,
+                 float* t_ends, int64_t* ray_indices, int n_threads);
+
+// bits [ceil(n_cells / 8)] from density [n_cells] > threshold.
+template <typename T>
+void pack_bitfield(const T* density, int64_t n_cells, T threshold, uint8_t* bits, int n_threads);
+
+// packed_info [n_rays, 2] = (first sample, sample count); outputs rgb [n_rays, 3], depth, opacity [n_rays].
+template <typename T>
+void composite_forward(const T* sigmas, const T* rgbs, const T* t_starts, const T* t_ends, const int64_t* packed_info,
+                       int64_t n_rays, T early_stop_eps, T* rgb, T* depth, T* opacity, int n_threads);
+
+template <typename T>
+void composite_backward(const T* sigmas, const T* rgbs, const T* t_starts, const T* t_ends, const int64_t* packed_info,
+                        int64_t n_rays, T early_stop_eps, const T* rgb, const T* depth, const T* opacity,
+                        const T* grad_rgb, const T* grad_depth, const T* grad_opacity, T* grad_sigmas, T* grad_rgbs,
+                        int n_threads);
+
+}  // namespace cpu
+}  // namespace nt

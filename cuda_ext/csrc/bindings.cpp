@@ -1,0 +1,398 @@
+// Torch bindings, the only file that includes torch. Compiled twice by cuda_ext/_backend.py:
+//   - the CPU extension (this file + *_cpu.cpp), tensors on the CPU, float32 or float64;
+//   - with NT_WITH_CUDA, the CUDA extension (this file + *.cu), tensors on a CUDA device, float32 (tables also fp16).
+// Each op checks shapes and dtypes at the boundary (printing what it got), allocates the outputs, returns early on
+// empty input and calls the launcher; CUDA launches go to the current stream and their status is checked.
+// Narrow includes instead of <torch/extension.h>: they keep the JIT build of this file fast.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <string>
+#include <vector>
+
+#if defined(NT_WITH_CUDA)
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "api_cuda.h"
+#else
+#include <ATen/Parallel.h>
+
+#include "api_cpu.h"
+#endif
+
+namespace {
+
+using at::Tensor;
+
+std::string shape_str(const Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+#define NT_CHECK_SHAPE(cond, name, t, expected) \
+  TORCH_CHECK(cond, name, " must have shape ", expected, ", got ", shape_str(t))
+
+#if defined(NT_WITH_CUDA)
+#define NT_CHECK_DEVICE(t, name) \
+  TORCH_CHECK((t).is_cuda(), name, " must be a CUDA tensor (this is the CUDA extension), got ", (t).device())
+#define NT_CHECK_LAUNCH(err) TORCH_CHECK((err) == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err))
+#else
+#define NT_CHECK_DEVICE(t, name) \
+  TORCH_CHECK((t).device().is_cpu(), name, " must be a CPU tensor (this is the CPU extension), got ", (t).device())
+int n_threads() { return at::get_num_threads(); }
+#endif
+
+#define NT_CHECK_INPUT(t, name)                                                 \
+  do {                                                                          \
+    NT_CHECK_DEVICE(t, name);                                                   \
+    TORCH_CHECK((t).is_contiguous(), name, " must be contiguous");               \
+  } while (0)
+
+#define NT_CHECK_DTYPE(t, name, dtype) \
+  TORCH_CHECK((t).scalar_type() == (dtype), name, " must be ", dtype, ", got ", (t).scalar_type())
+
+void check_float_dtype(const Tensor& t, const char* name) {
+#if defined(NT_WITH_CUDA)
+  NT_CHECK_DTYPE(t, name, at::kFloat);
+#else
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", t.scalar_type());
+#endif
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Hash-grid encoding
+
+nt::HashGridParams make_params(const Tensor& x, const Tensor& table, const std::vector<double>& scales,
+                               const std::vector<int64_t>& resolutions, const std::vector<bool>& dense) {
+  NT_CHECK_SHAPE(x.dim() == 2 && (x.size(1) == 2 || x.size(1) == 3), "x", x, "[N, 2] or [N, 3]");
+  NT_CHECK_SHAPE(table.dim() == 3, "table", table, "[n_levels, table_size, n_features]");
+  const int64_t L = table.size(0), T = table.size(1), F = table.size(2);
+  TORCH_CHECK(L >= 1 && L <= nt::kMaxLevels, "n_levels must be in [1, ", nt::kMaxLevels, "], is ", L);
+  TORCH_CHECK(F >= 1 && F <= nt::kMaxFeatures, "n_features must be in [1, ", nt::kMaxFeatures, "], is ", F);
+  TORCH_CHECK(T >= 1 && T <= (int64_t(1) << 31) && (T & (T - 1)) == 0, "table_size must be a power of two <= 2^31, is ",
+              T);
+  TORCH_CHECK(static_cast<int64_t>(scales.size()) == L && static_cast<int64_t>(resolutions.size()) == L &&
+                  static_cast<int64_t>(dense.size()) == L,
+              "scales, resolutions and dense need one entry per level (", L, "), got ", scales.size(), ", ",
+              resolutions.size(), ", ", dense.size());
+  nt::HashGridParams p{};
+  p.dims = static_cast<int32_t>(x.size(1));
+  p.n_levels = static_cast<int32_t>(L);
+  p.n_features = static_cast<int32_t>(F);
+  p.table_size = static_cast<uint32_t>(T);
+  for (int64_t l = 0; l < L; ++l) {
+    TORCH_CHECK(scales[l] > 0, "scale of level ", l, " must be > 0, is ", scales[l]);
+    p.scales[l] = scales[l];
+    p.resolutions[l] = static_cast<uint32_t>(resolutions[l]);
+    p.dense[l] = dense[l] ? 1 : 0;
+  }
+  return p;
+}
+
+Tensor hash_encode_forward(const Tensor& x, const Tensor& table, const std::vector<double>& scales,
+                           const std::vector<int64_t>& resolutions, const std::vector<bool>& dense) {
+  NT_CHECK_INPUT(x, "x");
+  NT_CHECK_INPUT(table, "table");
+  check_float_dtype(x, "x");
+  const nt::HashGridParams p = make_params(x, table, scales, resolutions, dense);
+  const int64_t n = x.size(0);
+  Tensor out = at::empty({n, int64_t(p.n_levels) * p.n_features}, x.options());
+  if (n == 0) return out;
+#if defined(NT_WITH_CUDA)
+  TORCH_CHECK(table.device() == x.device(), "table is on ", table.device(), " but x on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  cudaError_t err;
+  if (table.scalar_type() == at::kHalf) {
+    err = nt::cuda::hash_encode_forward<__half>(x.data_ptr<float>(),
+                                                reinterpret_cast<const __half*>(table.data_ptr<at::Half>()),
+                                                out.data_ptr<float>(), n, p, stream);
+  } else {
+    NT_CHECK_DTYPE(table, "table", at::kFloat);
+    err = nt::cuda::hash_encode_forward<float>(x.data_ptr<float>(), table.data_ptr<float>(), out.data_ptr<float>(), n,
+                                               p, stream);
+  }
+  NT_CHECK_LAUNCH(err);
+#else
+  NT_CHECK_DTYPE(table, "table", x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_forward", [&] {
+    nt::cpu::hash_encode_forward<scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
+                                           out.data_ptr<scalar_t>(), n, p, n_threads());
+  });
+#endif
+  return out;
+}
+
+// Returns (grad_table or None, grad_x or None). grad_table has the table's dtype.
+std::vector<Tensor> hash_encode_backward(const Tensor& grad_out, const Tensor& x, const Tensor& table,
+                                         const std::vector<double>& scales, const std::vector<int64_t>& resolutions,
+                                         const std::vector<bool>& dense, bool need_table, bool need_x) {
+  NT_CHECK_INPUT(grad_out, "grad_out");
+  NT_CHECK_INPUT(x, "x");
+  NT_CHECK_INPUT(table, "table");
+  check_float_dtype(x, "x");
+  NT_CHECK_DTYPE(grad_out, "grad_out", x.scalar_type());
+  const nt::HashGridParams p = make_params(x, table, scales, resolutions, dense);
+  const int64_t n = x.size(0);
+  NT_CHECK_SHAPE(grad_out.dim() == 2 && grad_out.size(0) == n && grad_out.size(1) == int64_t(p.n_levels) * p.n_features,
+                 "grad_out", grad_out, "[N, n_levels * n_features]");
+  Tensor grad_table, grad_x;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (need_table) grad_table = at::zeros(table.sizes(), table.options().dtype(at::kFloat));
+  if (need_x) grad_x = at::empty_like(x);
+  if (n > 0 && (need_table || need_x)) {
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    float* gt = need_table ? grad_table.data_ptr<float>() : nullptr;
+    float* gx = need_x ? grad_x.data_ptr<float>() : nullptr;
+    cudaError_t err;
+    if (table.scalar_type() == at::kHalf) {
+      err = nt::cuda::hash_encode_backward<__half>(x.data_ptr<float>(),
+                                                   reinterpret_cast<const __half*>(table.data_ptr<at::Half>()),
+                                                   grad_out.data_ptr<float>(), gt, gx, n, p, stream);
+    } else {
+      NT_CHECK_DTYPE(table, "table", at::kFloat);
+      err = nt::cuda::hash_encode_backward<float>(x.data_ptr<float>(), table.data_ptr<float>(),
+                                                  grad_out.data_ptr<float>(), gt, gx, n, p, stream);
+    }
+    NT_CHECK_LAUNCH(err);
+  }
+  if (need_table && table.scalar_type() != at::kFloat) grad_table = grad_table.to(table.scalar_type());
+#else
+  NT_CHECK_DTYPE(table, "table", x.scalar_type());
+  if (need_table) grad_table = at::zeros_like(table);
+  if (need_x) grad_x = at::empty_like(x);
+  if (n > 0 && (need_table || need_x)) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_backward", [&] {
+      nt::cpu::hash_encode_backward<scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
+                                              grad_out.data_ptr<scalar_t>(),
+                                              need_table ? grad_table.data_ptr<scalar_t>() : nullptr,
+                                              need_x ? grad_x.data_ptr<scalar_t>() : nullptr, n, p, n_threads());
+    });
+  }
+#endif
+  return {grad_table, grad_x};
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Occupancy bitfield and ray marching
+
+Tensor pack_bitfield(const Tensor& density, double threshold) {
+  NT_CHECK_INPUT(density, "density");
+  check_float_dtype(density, "density");
+  const int64_t n_cells = density.numel();
+  Tensor bits = at::empty({(n_cells + 7) / 8}, density.options().dtype(at::kByte));
+  if (n_cells == 0) return bits;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(density.device());
+  NT_CHECK_LAUNCH(nt::cuda::pack_bitfield(density.data_ptr<float>(), n_cells, static_cast<float>(threshold),
+                                          bits.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "pack_bitfield", [&] {
+    nt::cpu::pack_bitfield<scalar_t>(density.data_ptr<scalar_t>(), n_cells, static_cast<scalar_t>(threshold),
+                                     bits.data_ptr<uint8_t>(), n_threads());
+  });
+#endif
+  return bits;
+}
+
+// Returns (packed_info [R, 2] int64, t_starts [S], t_ends [S], ray_indices [S] int64).
+std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const Tensor& near, const Tensor& far,
+                               const Tensor& bits, const std::vector<double>& aabb, const std::vector<int64_t>& res,
+                               double step, int64_t max_samples) {
+  NT_CHECK_INPUT(rays_o, "rays_o");
+  NT_CHECK_INPUT(rays_d, "rays_d");
+  NT_CHECK_INPUT(near, "near");
+  NT_CHECK_INPUT(far, "far");
+  NT_CHECK_INPUT(bits, "bits");
+  NT_CHECK_DTYPE(rays_o, "rays_o", at::kFloat);
+  NT_CHECK_DTYPE(rays_d, "rays_d", at::kFloat);
+  NT_CHECK_DTYPE(near, "near", at::kFloat);
+  NT_CHECK_DTYPE(far, "far", at::kFloat);
+  NT_CHECK_DTYPE(bits, "bits", at::kByte);
+  NT_CHECK_SHAPE(rays_o.dim() == 2 && rays_o.size(1) == 3, "rays_o", rays_o, "[R, 3]");
+  const int64_t R = rays_o.size(0);
+  NT_CHECK_SHAPE(rays_d.dim() == 2 && rays_d.size(0) == R && rays_d.size(1) == 3, "rays_d", rays_d, "[R, 3]");
+  NT_CHECK_SHAPE(near.dim() == 1 && near.size(0) == R, "near", near, "[R]");
+  NT_CHECK_SHAPE(far.dim() == 1 && far.size(0) == R, "far", far, "[R]");
+  TORCH_CHECK(aabb.size() == 6, "aabb needs 6 values, got ", aabb.size());
+  TORCH_CHECK(res.size() == 3, "res needs 3 values, got ", res.size());
+  TORCH_CHECK(step > 0, "step_size must be > 0, is ", step);
+  TORCH_CHECK(max_samples >= 0, "max_samples must be >= 0, is ", max_samples);
+  nt::MarchParams p{};
+  int64_t n_cells = 1;
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK(aabb[a + 3] > aabb[a], "aabb max must exceed min on axis ", a, ", got [", aabb[a], ", ", aabb[a + 3],
+                "]");
+    TORCH_CHECK(res[a] >= 1, "grid resolution must be >= 1, is ", res[a]);
+    p.aabb[a] = static_cast<float>(aabb[a]);
+    p.aabb[a + 3] = static_cast<float>(aabb[a + 3]);
+    p.res[a] = static_cast<int32_t>(res[a]);
+    n_cells *= res[a];
+  }
+  NT_CHECK_SHAPE(bits.dim() == 1 && bits.size(0) == (n_cells + 7) / 8, "bits", bits, "[ceil(rx * ry * rz / 8)]");
+  p.step = static_cast<float>(step);
+  p.max_samples = max_samples;
+
+  auto idx_opts = rays_o.options().dtype(at::kLong);
+  Tensor counts = at::zeros({R}, idx_opts);
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (R > 0) {
+    NT_CHECK_LAUNCH(nt::cuda::march_count(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(),
+                                          rays_d.data_ptr<float>(), near.data_ptr<float>(), far.data_ptr<float>(), R,
+                                          counts.data_ptr<int64_t>(), stream));
+  }
+#else
+  if (R > 0) {
+    nt::cpu::march_count(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
+                         near.data_ptr<float>(), far.data_ptr<float>(), R, counts.data_ptr<int64_t>(), n_threads());
+  }
+#endif
+  const Tensor inclusive = counts.cumsum(0);
+  const Tensor offsets = inclusive.sub(counts);
+  const int64_t total = R > 0 ? inclusive[R - 1].item<int64_t>() : 0;
+  Tensor packed_info = at::stack({offsets, counts}, 1).contiguous();
+  Tensor t_starts = at::empty({total}, rays_o.options());
+  Tensor t_ends = at::empty({total}, rays_o.options());
+  Tensor ray_indices = at::empty({total}, idx_opts);
+  if (total > 0) {
+#if defined(NT_WITH_CUDA)
+    NT_CHECK_LAUNCH(nt::cuda::march_write(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(),
+                                          rays_d.data_ptr<float>(), near.data_ptr<float>(), far.data_ptr<float>(), R,
+                                          offsets.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
+                                          t_ends.data_ptr<float>(), ray_indices.data_ptr<int64_t>(), stream));
+#else
+    nt::cpu::march_write(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
+                         near.data_ptr<float>(), far.data_ptr<float>(), R, offsets.data_ptr<int64_t>(),
+                         t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), ray_indices.data_ptr<int64_t>(),
+                         n_threads());
+#endif
+  }
+  return {packed_info, t_starts, t_ends, ray_indices};
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Volume compositing
+
+void check_composite_inputs(const Tensor& sigmas, const Tensor& rgbs, const Tensor& t_starts, const Tensor& t_ends,
+                            const Tensor& packed_info) {
+  NT_CHECK_INPUT(sigmas, "sigmas");
+  NT_CHECK_INPUT(rgbs, "rgbs");
+  NT_CHECK_INPUT(t_starts, "t_starts");
+  NT_CHECK_INPUT(t_ends, "t_ends");
+  NT_CHECK_INPUT(packed_info, "packed_info");
+  check_float_dtype(sigmas, "sigmas");
+  NT_CHECK_DTYPE(rgbs, "rgbs", sigmas.scalar_type());
+  NT_CHECK_DTYPE(t_starts, "t_starts", sigmas.scalar_type());
+  NT_CHECK_DTYPE(t_ends, "t_ends", sigmas.scalar_type());
+  NT_CHECK_DTYPE(packed_info, "packed_info", at::kLong);
+  const int64_t S = sigmas.size(0);
+  NT_CHECK_SHAPE(sigmas.dim() == 1, "sigmas", sigmas, "[S]");
+  NT_CHECK_SHAPE(rgbs.dim() == 2 && rgbs.size(0) == S && rgbs.size(1) == 3, "rgbs", rgbs, "[S, 3]");
+  NT_CHECK_SHAPE(t_starts.dim() == 1 && t_starts.size(0) == S, "t_starts", t_starts, "[S]");
+  NT_CHECK_SHAPE(t_ends.dim() == 1 && t_ends.size(0) == S, "t_ends", t_ends, "[S]");
+  NT_CHECK_SHAPE(packed_info.dim() == 2 && packed_info.size(1) == 2, "packed_info", packed_info, "[R, 2]");
+}
+
+std::vector<Tensor> composite_forward(const Tensor& sigmas, const Tensor& rgbs, const Tensor& t_starts,
+                                      const Tensor& t_ends, const Tensor& packed_info, double early_stop_eps) {
+  check_composite_inputs(sigmas, rgbs, t_starts, t_ends, packed_info);
+  const int64_t R = packed_info.size(0);
+  Tensor rgb = at::empty({R, 3}, sigmas.options());
+  Tensor depth = at::empty({R}, sigmas.options());
+  Tensor opacity = at::empty({R}, sigmas.options());
+  if (R == 0) return {rgb, depth, opacity};
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  NT_CHECK_LAUNCH(nt::cuda::composite_forward(sigmas.data_ptr<float>(), rgbs.data_ptr<float>(),
+                                              t_starts.data_ptr<float>(), t_ends.data_ptr<float>(),
+                                              packed_info.data_ptr<int64_t>(), R, static_cast<float>(early_stop_eps),
+                                              rgb.data_ptr<float>(), depth.data_ptr<float>(),
+                                              opacity.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "composite_forward", [&] {
+    nt::cpu::composite_forward<scalar_t>(sigmas.data_ptr<scalar_t>(), rgbs.data_ptr<scalar_t>(),
+                                         t_starts.data_ptr<scalar_t>(), t_ends.data_ptr<scalar_t>(),
+                                         packed_info.data_ptr<int64_t>(), R, static_cast<scalar_t>(early_stop_eps),
+                                         rgb.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
+                                         opacity.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return {rgb, depth, opacity};
+}
+
+std::vector<Tensor> composite_backward(const Tensor& grad_rgb, const Tensor& grad_depth, const Tensor& grad_opacity,
+                                       const Tensor& sigmas, const Tensor& rgbs, const Tensor& t_starts,
+                                       const Tensor& t_ends, const Tensor& packed_info, const Tensor& rgb,
+                                       const Tensor& depth, const Tensor& opacity, double early_stop_eps) {
+  check_composite_inputs(sigmas, rgbs, t_starts, t_ends, packed_info);
+  const int64_t R = packed_info.size(0);
+  auto check_per_ray = [&](const Tensor& t, const char* name, bool rgb_like) {
+    NT_CHECK_INPUT(t, name);
+    NT_CHECK_DTYPE(t, name, sigmas.scalar_type());
+    if (rgb_like) {
+      NT_CHECK_SHAPE(t.dim() == 2 && t.size(0) == R && t.size(1) == 3, name, t, "[R, 3]");
+    } else {
+      NT_CHECK_SHAPE(t.dim() == 1 && t.size(0) == R, name, t, "[R]");
+    }
+  };
+  check_per_ray(grad_rgb, "grad_rgb", true);
+  check_per_ray(rgb, "rgb", true);
+  check_per_ray(grad_depth, "grad_depth", false);
+  check_per_ray(grad_opacity, "grad_opacity", false);
+  check_per_ray(depth, "depth", false);
+  check_per_ray(opacity, "opacity", false);
+  // Samples outside every ray's range get no gradient: start from zeros.
+  Tensor grad_sigmas = at::zeros_like(sigmas);
+  Tensor grad_rgbs = at::zeros_like(rgbs);
+  if (R == 0 || sigmas.size(0) == 0) return {grad_sigmas, grad_rgbs};
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  NT_CHECK_LAUNCH(nt::cuda::composite_backward(
+      sigmas.data_ptr<float>(), rgbs.data_ptr<float>(), t_starts.data_ptr<float>(), t_ends.data_ptr<float>(),
+      packed_info.data_ptr<int64_t>(), R, static_cast<float>(early_stop_eps), rgb.data_ptr<float>(),
+      depth.data_ptr<float>(), opacity.data_ptr<float>(), grad_rgb.data_ptr<float>(), grad_depth.data_ptr<float>(),
+      grad_opacity.data_ptr<float>(), grad_sigmas.data_ptr<float>(), grad_rgbs.data_ptr<float>(),
+      c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "composite_backward", [&] {
+    nt::cpu::composite_backward<scalar_t>(
+        sigmas.data_ptr<scalar_t>(), rgbs.data_ptr<scalar_t>(), t_starts.data_ptr<scalar_t>(),
+        t_ends.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(), R, static_cast<scalar_t>(early_stop_eps),
+        rgb.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(),
+        grad_rgb.data_ptr<scalar_t>(), grad_depth.data_ptr<scalar_t>(), grad_opacity.data_ptr<scalar_t>(),
+        grad_sigmas.data_ptr<scalar_t>(), grad_rgbs.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return {grad_sigmas, grad_rgbs};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "nerf_talk cuda_ext kernels (see cuda_ext/__init__.py for the public API)";
+#if defined(NT_WITH_CUDA)
+  m.attr("device") = "cuda";
+#else
+  m.attr("device") = "cpu";
+#endif
+  m.def("hash_encode_forward", &hash_encode_forward);
+  m.def("hash_encode_backward", &hash_encode_backward);
+  m.def("pack_bitfield", &pack_bitfield);
+  m.def("march_rays", &march_rays);
+  m.def("composite_forward", &composite_forward);
+  m.def("composite_backward", &composite_backward);
+}

@@ -1,0 +1,83 @@
+// Shared by the CPU (C++/OpenMP) and CUDA builds. Torch-free: raw pointers and plain structs only.
+//
+// Every kernel body lives in a header as an NT_HD (host + device) function that handles one work item (a point at one
+// level, a ray, a cell...). cpu/*.cpp loop over work items with OpenMP; the .cu files launch one thread per item.
+#pragma once
+
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#define NT_HD __host__ __device__ __forceinline__
+#define NT_UNROLL _Pragma("unroll")
+#else
+#define NT_HD inline
+#define NT_UNROLL
+#endif
+
+namespace nt {
+
+// Accumulation type: double for double inputs, float for float and half.
+template <typename T> struct acc_type { using type = float; };
+template <> struct acc_type<double> { using type = double; };
+template <typename T> using acc_t = typename acc_type<T>::type;
+
+// Loads and stores that understand __half on the device.
+template <typename A, typename T> NT_HD A load_as(const T& v) { return static_cast<A>(v); }
+#if defined(__CUDACC__)
+template <> NT_HD float load_as<float, __half>(const __half& v) { return __half2float(v); }
+#endif
+
+// Atomic add: atomicAdd on the device, an OpenMP atomic on the host (only used where threads may collide).
+template <typename T> NT_HD void atomic_add(T* addr, T val) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(addr, val);
+#else
+#pragma omp atomic
+  *addr += val;
+#endif
+}
+
+// Multiply and add without contraction into an FMA, so that the CPU, the CUDA build and the torch reference compute
+// sample positions bit for bit alike (ray marching decides occupancy from them).
+NT_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NT_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+NT_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NT_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// Float and double overloads that never promote a float to double on the host.
+NT_HD float exp_(float v) { return expf(v); }
+NT_HD double exp_(double v) { return exp(v); }
+NT_HD float floor_(float v) { return floorf(v); }
+NT_HD double floor_(double v) { return floor(v); }
+
+template <typename T> NT_HD T min_(T a, T b) { return a < b ? a : b; }
+template <typename T> NT_HD T max_(T a, T b) { return a > b ? a : b; }
+template <typename T> NT_HD T clamp_(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+}  // namespace nt

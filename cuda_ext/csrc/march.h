@@ -1,0 +1,120 @@
+// Ray marching against an occupancy bitfield, and the bitfield's packing from a density grid. Torch-free.
+//
+// Samples of a ray lie on the lattice t_k = t_min + k * step (k = 0, 1, ...) while t_k < t_max, where
+// [t_min, t_max] is [near, far] clipped to the aabb. Sample k spans [t_k, min(t_k + step, t_max)] and is kept when the
+// cell holding its midpoint is occupied. Empty cells are skipped by jumping to their exit (DDA), keeping one step of
+// margin, so the kept set is exactly that of testing every lattice point (what the torch reference does), while no
+// work goes to empty space. Positions use non-contracted arithmetic so CPU, CUDA and torch agree bit for bit.
+#pragma once
+
+#include "common.h"
+
+namespace nt {
+
+struct MarchParams {
+  float aabb[6];       // xmin, ymin, zmin, xmax, ymax, zmax
+  int32_t res[3];      // occupancy grid resolution per axis; cell (i, j, k) has linear index (i * ry + j) * rz + k
+  float step;          // > 0
+  int64_t max_samples; // per ray
+};
+
+NT_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// Clipped ray-box interval. Returns false when the ray misses the box or the interval is empty.
+NT_HD bool ray_interval(const MarchParams& p, const float* o, const float* d, float near, float far, float& t_min,
+                        float& t_max) {
+  float tn = -INFINITY, tf = INFINITY;
+  NT_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const float inv = div_rn(1.0f, d[a]);
+    const float ta = mul_rn(p.aabb[a] - o[a], inv);
+    const float tb = mul_rn(p.aabb[a + 3] - o[a], inv);
+    tn = fmaxf(tn, fminf(ta, tb));
+    tf = fminf(tf, fmaxf(ta, tb));
+  }
+  t_min = fmaxf(near, tn);
+  t_max = fminf(far, tf);
+  return t_min < t_max;  // false for NaN too
+}
+
+// Grid cell of a point (clamped into the grid: points come from inside the clipped interval).
+NT_HD void point_cell(const MarchParams& p, const float* x, int32_t* g) {
+  NT_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    const float u = div_rn(x[a] - p.aabb[a], p.aabb[a + 3] - p.aabb[a]);
+    const int32_t gi = static_cast<int32_t>(floorf(mul_rn(u, static_cast<float>(p.res[a]))));
+    g[a] = clamp_(gi, 0, p.res[a] - 1);
+  }
+}
+
+NT_HD bool cell_occupied(const MarchParams& p, const uint8_t* bits, const int32_t* g) {
+  const int64_t idx = (static_cast<int64_t>(g[0]) * p.res[1] + g[1]) * p.res[2] + g[2];
+  return (bits[idx >> 3] >> (idx & 7)) & 1;
+}
+
+// Marches one ray. Returns its number of samples; writes them when `t_starts` is not null (second pass).
+NT_HD int64_t march_ray(const MarchParams& p, const uint8_t* __restrict__ bits, const float* o, const float* d,
+                        float near, float far, int64_t ray_id, float* t_starts, float* t_ends, int64_t* ray_indices) {
+  float t_min, t_max;
+  if (!ray_interval(p, o, d, near, far, t_min, t_max)) return 0;
+  const float step = p.step;
+  int64_t count = 0;
+  int64_t k = 0;
+  while (count < p.max_samples) {
+    const float ts = add_rn(t_min, mul_rn(static_cast<float>(k), step));
+    if (!(ts < t_max)) break;
+    const float te = fminf(add_rn(ts, step), t_max);
+    const float tm = mul_rn(add_rn(ts, te), 0.5f);
+    float x[3];
+    NT_UNROLL
+    for (int a = 0; a < 3; ++a) x[a] = add_rn(o[a], mul_rn(tm, d[a]));
+    int32_t g[3];
+    point_cell(p, x, g);
+    if (cell_occupied(p, bits, g)) {
+      if (t_starts != nullptr) {
+        t_starts[count] = ts;
+        t_ends[count] = te;
+        ray_indices[count] = ray_id;
+      }
+      ++count;
+      ++k;
+    } else {
+      // Exit of the empty cell along the ray; every midpoint before it lies in this cell.
+      float t_exit = INFINITY;
+      NT_UNROLL
+      for (int a = 0; a < 3; ++a) {
+        if (d[a] == 0.0f) continue;
+        const float cell_size = (p.aabb[a + 3] - p.aabb[a]) / static_cast<float>(p.res[a]);
+        const float bound = p.aabb[a] + static_cast<float>(g[a] + (d[a] > 0.0f ? 1 : 0)) * cell_size;
+        t_exit = fminf(t_exit, (bound - o[a]) / d[a]);
+      }
+      if (!(t_exit < INFINITY)) break;
+      // First lattice index whose midpoint may lie past the exit, less one step of margin against rounding: the
+      // index ceil(a) - 1 < a is still inside this cell, so nothing occupied is ever skipped.
+      const float a = (t_exit - t_min) / step - 0.5f;
+      if (!(a < 9.0e18f)) break;
+      const int64_t k_next = max_(k + 1, static_cast<int64_t>(ceilf(a)) - 1);
+      k = k_next;
+    }
+  }
+  return count;
+}
+
+// One byte of the bitfield: bit b of byte i is density[8 i + b] > threshold.
+template <typename T>
+NT_HD uint8_t pack_bitfield_byte(const T* density, int64_t n_cells, int64_t byte_index, T threshold) {
+  uint8_t out = 0;
+  for (int b = 0; b < 8; ++b) {
+    const int64_t c = byte_index * 8 + b;
+    if (c < n_cells && density[c] > threshold) out |= static_cast<uint8_t>(1u << b);
+  }
+  return out;
+}
+
+}  // namespace nt
