@@ -1,0 +1,114 @@
+"""Step: correct the audio/lip offset, then compute the per-frame audio features.
+
+Reads audio_source.wav (ingest: 16 kHz mono, sample 0 = frame 0 as the file had it) and mouth_opening.npy
+(face_motion). Measures how late the sound is relative to the mouth (nerf_talk.av_sync) unless --audio-offset gives
+it, shifts the audio by that much, and writes
+  audio.wav            16 kHz mono, exactly n_frames / fps seconds, in sync with the frames
+  audio_ppg.npy        [N, P] float32 phoneme posteriorgram (columns: result["phoneme_vocabulary"])
+  audio_mel.npy        [N, 80] float32 log-mel
+  audio_pitch.npy      [N, 2] float32 (f0 Hz of the voiced part, voiced probability)
+  audio_energy.npy     [N] float32 RMS dBFS
+with the alignment convention of nerf_talk.audio_features (row k = the audio of [k/fps, (k+1)/fps)).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from nerf_talk import audio_features as af
+from nerf_talk import media
+from nerf_talk.av_sync import measure_offset
+from nerf_talk.errors import UserError
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import Dataset
+from preprocess.step import Step
+
+log = logging.getLogger("nerf_talk.preprocess")
+
+MIN_CONFIDENCE = 0.4  # below this the measured offset is not applied (see av_sync: unrelated audio scores < 0.25)
+LARGE_OFFSET_S = 0.3  # real recordings are rarely this far off: worth a look by a person
+MIN_SPEECH_FRACTION = 0.1
+
+
+def shift_audio(audio: np.ndarray, offset_s: float, n_samples: int, rate: int = media.AUDIO_RATE) -> np.ndarray:
+    """The audio moved `offset_s` earlier (positive: it came after the mouth, drop its start; negative: pad silence
+    before it), then padded with silence or trimmed to exactly `n_samples`."""
+    shift = int(round(offset_s * rate))
+    if shift >= 0:
+        out = audio[shift:]
+    else:
+        out = np.concatenate([np.zeros(-shift, np.float32), audio])
+    if len(out) < n_samples:
+        out = np.concatenate([out, np.zeros(n_samples - len(out), np.float32)])
+    return np.ascontiguousarray(out[:n_samples], dtype=np.float32)
+
+
+def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
+    n, fps = ds.n_frames, ds.fps
+    src = ds.path("audio_source.wav")
+    if not src.exists():
+        raise UserError(f"{src} is missing", "the ingest step did not finish: run preprocess again.")
+    audio = media.read_audio(src)
+    mouth = ds.load_array("mouth_opening")
+
+    estimate_s, confidence = None, None
+    if cfg.audio_offset is not None:
+        offset_s, measured = float(cfg.audio_offset), False
+        log.info("audio offset set to %+.3f s (not measured)", offset_s)
+    else:
+        # Only the log-mel is needed to measure: the posteriorgram waits until the audio is in place.
+        probe = af.compute_features(audio, fps, n, include=("mel",))
+        estimate_s, confidence = measure_offset(mouth, probe, fps)
+        measured = confidence >= MIN_CONFIDENCE
+        offset_s = estimate_s if measured else 0.0
+        if not measured:
+            log.warning(
+                "the audio/lip offset could not be measured reliably (estimate %+.3f s, confidence %.2f): "
+                "leaving the audio as it is; if the lips look out of sync, pass --audio-offset SECONDS",
+                estimate_s, confidence,
+            )
+        elif abs(offset_s) > LARGE_OFFSET_S:
+            log.warning(
+                "the audio is %+.3f s off the lips (confidence %.2f); correcting it. Check the report, and pass "
+                "--audio-offset SECONDS if this is wrong", offset_s, confidence,
+            )
+        else:
+            log.info("audio/lip offset %+.3f s (confidence %.2f): corrected", offset_s, confidence)
+
+    n_samples = int(round(n * media.AUDIO_RATE / fps))
+    synced = shift_audio(audio, offset_s, n_samples)
+    media.write_wav(ds.path("audio.wav"), synced)  # atomic
+    feats = af.compute_features(synced, fps, n)
+    for name, arr in feats.items():
+        ds.save_array(f"audio_{name}", arr)
+
+    speech = af.voice_activity(feats)
+    speech_fraction = float(speech.mean())
+    if speech_fraction < MIN_SPEECH_FRACTION:
+        log.warning(
+            "only %.0f%% of the frames hold speech: the lip motion will have little to learn from",
+            100 * speech_fraction,
+        )
+    return {
+        "offset_s": round(offset_s, 4),
+        "offset_measured": measured,
+        "offset_estimate_s": None if estimate_s is None else round(estimate_s, 4),
+        "offset_confidence": None if confidence is None else round(confidence, 3),
+        "speech_fraction": round(speech_fraction, 3),
+        "feature_dims": af.feature_dims(),
+        "phoneme_vocabulary": af.phoneme_vocabulary(),
+        "silence_columns": af.silence_columns(),
+    }
+
+
+STEP = Step(
+    name="audio_features",
+    version=1,
+    requires=("ingest", "face_motion"),
+    outputs=("audio.wav", "audio_ppg.npy", "audio_mel.npy", "audio_pitch.npy", "audio_energy.npy"),
+    run=run,
+    describe="measure and correct the audio/lip offset, compute per-frame audio features",
+    uses=("audio_offset",),
+)

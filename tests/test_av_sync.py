@@ -1,0 +1,159 @@
+"""Audio/lip offset on the shared clips, whose offsets are known (MANIFEST.md), and the audio_features step.
+
+The mouth opening is measured here directly with mediapipe FaceMesh (inner-lip gap 13-14 over face height 10-152),
+independently of the preprocessing steps, so these tests check av_sync alone. Nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import wave
+
+import numpy as np
+import pytest
+
+from nerf_talk import audio_features as af
+from nerf_talk import media
+from nerf_talk.av_sync import measure_offset
+from support import shared_file
+
+FPS = 25.0
+# name: (video, audio source, known offset in seconds; positive = the audio comes after the mouth)
+KNOWN = {
+    "obama": ("video/obama_450_20s.mp4", "video/obama_450_20s.mp4", 0.200),
+    "lieu": ("video/lieu_256_60s.mp4", "video/lieu_256_60s.mp4", 0.080),
+    "reagan": ("video/reagan_256_26s_silent.mp4", "video/reagan_256_26s.wav", 0.0),
+}
+_mouth_cache: dict[str, np.ndarray] = {}
+
+
+def mouth_opening(video) -> np.ndarray:
+    """[N] inner-lip gap over face height at 25 fps (NaN where no face is found); kept in memory per session."""
+    key = str(video)
+    if key not in _mouth_cache:
+        mp = pytest.importorskip("mediapipe")
+        mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False)
+        out = []
+        try:
+            for _, img in media.iter_frames(video, FPS):
+                found = mesh.process(img).multi_face_landmarks
+                if not found:
+                    out.append(np.nan)
+                    continue
+                lm = found[0].landmark
+                h, w = img.shape[:2]
+                p = {i: np.array([lm[i].x * w, lm[i].y * h]) for i in (10, 13, 14, 152)}
+                out.append(np.linalg.norm(p[13] - p[14]) / np.linalg.norm(p[10] - p[152]))
+        finally:
+            mesh.close()
+        _mouth_cache[key] = np.array(out, np.float32)
+    return _mouth_cache[key]
+
+
+def clip(name: str) -> tuple[np.ndarray, np.ndarray]:
+    video, audio, _ = KNOWN[name]
+    return mouth_opening(shared_file(video)), media.read_audio(shared_file(audio))
+
+
+def offset_of(mouth: np.ndarray, audio: np.ndarray) -> tuple[float, float]:
+    return measure_offset(mouth, af.compute_features(audio, FPS, len(mouth), include=("mel",)), FPS)
+
+
+@pytest.mark.parametrize("name", list(KNOWN))
+def test_known_offsets_are_recovered_within_a_frame(name):
+    mouth, audio = clip(name)
+    assert np.isfinite(mouth).mean() > 0.95
+    t0 = time.perf_counter()
+    offset, confidence = offset_of(mouth, audio)
+    print(f"\n{name}: offset {offset * 1000:+.1f} ms (known {KNOWN[name][2] * 1000:+.0f}), "
+          f"confidence {confidence:.2f}, {time.perf_counter() - t0:.2f} s")
+    assert abs(offset - KNOWN[name][2]) <= 1.0 / FPS
+    assert confidence > 0.8
+
+
+@pytest.mark.parametrize("name", ["obama", "reagan"])
+def test_delaying_the_audio_adds_to_the_offset(name):
+    mouth, audio = clip(name)
+    before, _ = offset_of(mouth, audio)
+    delayed = np.concatenate([np.zeros(int(0.120 * af.SAMPLE_RATE), np.float32), audio])
+    after, confidence = offset_of(mouth, delayed)
+    print(f"\n{name}: {before * 1000:+.1f} ms -> {after * 1000:+.1f} ms after delaying the audio 120 ms")
+    assert after - before == pytest.approx(0.120, abs=0.02)
+    assert confidence > 0.8
+
+
+def test_unrelated_audio_or_motion_gives_low_confidence():
+    mouth_obama, _ = clip("obama")
+    _, audio_lieu = clip("lieu")
+    _, confidence = offset_of(mouth_obama, audio_lieu)
+    assert confidence < 0.4
+    noise = np.random.default_rng(0).standard_normal(len(mouth_obama)).astype(np.float32)
+    assert offset_of(noise, clip("obama")[1])[1] < 0.4
+    # No motion at all, or a clip too short to judge: no answer rather than a guess.
+    assert offset_of(np.full(len(mouth_obama), 0.1, np.float32), clip("obama")[1]) == (0.0, 0.0)
+    assert offset_of(mouth_obama[:50], clip("obama")[1][: 2 * af.SAMPLE_RATE]) == (0.0, 0.0)
+
+
+# -------------------------------------------------------------------------------------------------- the step
+def make_dataset(root, mouth: np.ndarray, audio: np.ndarray):
+    """A dataset directory as ingest and face_motion leave it, holding only what the audio step reads."""
+    from preprocess.dataset import FORMAT_VERSION, KIND, Dataset
+
+    ds = Dataset(root)
+    root.mkdir(parents=True)
+    ds.save_manifest({
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "fps": FPS,
+        "size": 512,
+        "source": {"path": "test", "fingerprint": "0"},
+        "steps": {"ingest": {"result": {"n_frames": len(mouth)}}, "face_motion": {"result": {}}},
+    })
+    media.write_wav(ds.path("audio_source.wav"), audio)
+    ds.save_array("mouth_opening", mouth)
+    return ds
+
+
+def test_step_corrects_a_delayed_soundtrack(tmp_path):
+    from preprocess.audio_features import STEP
+    from preprocess.config import PreprocessConfig
+
+    mouth, audio = clip("reagan")
+    late = np.concatenate([np.zeros(int(0.16 * af.SAMPLE_RATE), np.float32), audio])  # 4 frames late
+    ds = make_dataset(tmp_path / "ds", mouth, late)
+    res = json.loads(json.dumps(STEP.run(ds, PreprocessConfig())))  # what the manifest will hold
+    print(f"\nstep result: offset {res['offset_s']:+.3f} s, confidence {res['offset_confidence']}, "
+          f"speech {res['speech_fraction']:.2f}")
+    assert res["offset_measured"] and res["offset_s"] == pytest.approx(0.16, abs=1.0 / FPS)
+    n = len(mouth)
+    for name in ("ppg", "mel", "pitch", "energy"):
+        arr = ds.load_array(f"audio_{name}")  # checks one row per frame
+        assert arr.dtype == np.float32 and np.isfinite(arr).all()
+    assert ds.load_array("audio_ppg").shape[1] == len(res["phoneme_vocabulary"]) == res["feature_dims"]["ppg"]
+    assert 0.4 < res["speech_fraction"] < 1.0
+    with wave.open(str(ds.path("audio.wav"))) as w:
+        assert (w.getframerate(), w.getnchannels()) == (16000, 1)
+        assert w.getnframes() == round(n / FPS * 16000)
+    # The written audio is back in sync with the lips.
+    synced = media.read_audio(ds.path("audio.wav"))
+    assert abs(offset_of(mouth, synced)[0] - KNOWN["reagan"][2]) <= 1.0 / FPS
+
+
+def test_step_uses_a_given_offset_and_falls_back_to_zero_when_unsure(tmp_path, caplog):
+    from preprocess.audio_features import STEP
+    from preprocess.config import PreprocessConfig
+
+    mouth, audio = clip("reagan")
+    ds = make_dataset(tmp_path / "given", mouth, audio)
+    res = STEP.run(ds, PreprocessConfig(audio_offset=-0.1))
+    assert res["offset_s"] == -0.1 and res["offset_measured"] is False and res["offset_confidence"] is None
+    synced = media.read_audio(ds.path("audio.wav"))
+    assert np.all(synced[:1500] == 0) and np.allclose(synced[1600:3200], audio[:1600], atol=1e-4)
+
+    noise = np.random.default_rng(1).uniform(0.0, 0.1, len(mouth)).astype(np.float32)
+    ds = make_dataset(tmp_path / "unsure", noise, audio)
+    with caplog.at_level("WARNING", logger="nerf_talk.preprocess"):
+        res = STEP.run(ds, PreprocessConfig())
+    assert res["offset_s"] == 0.0 and res["offset_measured"] is False and res["offset_confidence"] < 0.4
+    assert "could not be measured" in caplog.text
