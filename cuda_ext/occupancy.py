@@ -32,8 +32,8 @@ class OccupancyGrid(torch.nn.Module):
 
     Cell (i, j, k) covers aabb_min + ([i, i+1], [j, j+1], [k, k+1]) * extent / resolution; its linear index is
     (i * ry + j) * rz + k, the index of its bit in `bitfield`. `density` holds a decaying estimate of the maximum
-    density in each cell; it starts above any threshold, so every cell starts occupied and training can find the
-    object before `update` carves the empty space away.
+    density in each cell. It starts at 0 with every bit set, so marching samples the whole box until the first
+    `update` (instant-ngp and nerfacc do the same) carves the empty space away.
     """
 
     def __init__(self, aabb: Sequence[float], resolution: int | Sequence[int] = 128,
@@ -48,7 +48,7 @@ class OccupancyGrid(torch.nn.Module):
         self.resolution = tuple(int(r) for r in res)
         self.register_buffer("aabb", aabb_t.to(device))
         n = self.n_cells
-        self.register_buffer("density", torch.full((n,), 1e4, dtype=torch.float32, device=device))
+        self.register_buffer("density", torch.zeros(n, dtype=torch.float32, device=device))
         self.register_buffer("bitfield", torch.full(((n + 7) // 8,), 255, dtype=torch.uint8, device=device))
         if n % 8:  # clear the padding bits of the last byte
             self.bitfield[-1] = (1 << (n % 8)) - 1
