@@ -70,7 +70,7 @@ def cache_root() -> Path:
 def source_hash(kind: str) -> str:
     """Hash of everything a build of `kind` depends on: sources, headers, flags, torch and Python versions."""
     h = hashlib.sha256()
-    files = sorted(set(SOURCES[kind]) | {p.name for p in CSRC.glob("*.h")})
+    files = sorted(set(SOURCES[kind]) | {p.name for p in CSRC.glob("*.h")} | {p.name for p in CSRC.glob("*.cuh")})
     for name in files:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
@@ -126,10 +126,11 @@ def load(kind: str, verbose: bool = False) -> ModuleType:
                 build_directory=str(directory),
                 verbose=verbose,
             )
+            # (copies: torch appends its own flags to the lists it is given)
             if kind == "cpu":
-                module = jit_load(extra_cflags=CPU_CFLAGS, extra_ldflags=CPU_LDFLAGS, **common)
+                module = jit_load(extra_cflags=list(CPU_CFLAGS), extra_ldflags=list(CPU_LDFLAGS), **common)
             else:
-                module = jit_load(extra_cflags=CUDA_CFLAGS, extra_cuda_cflags=CUDA_NVCC_FLAGS, **common)
+                module = jit_load(extra_cflags=list(CUDA_CFLAGS), extra_cuda_cflags=list(CUDA_NVCC_FLAGS), **common)
         except BuildError as e:
             _errors[kind] = str(e)
             raise

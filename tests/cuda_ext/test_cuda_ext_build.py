@@ -1,0 +1,146 @@
+"""Build, loader and backend switch; torch-free kernel sources; nvcc compile check of the CUDA sources."""
+
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import cuda_ext
+from cuda_ext import _backend
+
+CSRC = _backend.CSRC
+
+
+def _nvcc() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    if CUDA_HOME and (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        return str(Path(CUDA_HOME) / "bin" / "nvcc")
+    return None
+
+
+def test_kernel_sources_are_torch_free():
+    kernel_files = [p for p in CSRC.iterdir() if p.suffix in (".h", ".cuh", ".cu") or p.name.endswith("_cpu.cpp")]
+    assert len(kernel_files) >= 10
+    for path in kernel_files:
+        includes = re.findall(r"#include\s*[<\"]([^>\"]+)[>\"]", path.read_text())
+        bad = [i for i in includes if i.startswith(("torch", "ATen", "c10", "pybind11"))]
+        assert not bad, f"{path.name} includes {bad}: keep kernel sources torch-free (only bindings.cpp uses torch)"
+
+
+def test_cpu_kernels_compile_without_torch(tmp_path):
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx})")
+    for name in _backend.SOURCES["cpu"][1:]:
+        r = subprocess.run([cxx, "-std=c++17", "-fopenmp", "-Wall", "-Werror", "-fsyntax-only", f"-I{CSRC}",
+                            str(CSRC / name)], capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}:\n{r.stderr}"
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (PATH or CUDA_HOME): CUDA sources not compile-checked")
+def test_cuda_sources_compile_with_nvcc(tmp_path):
+    """nvcc -c on every .cu (torch-free), for sm_80 and sm_90, in parallel; plus the CUDA branch of bindings.cpp."""
+    nvcc = _nvcc()
+    procs = []
+    for name in _backend.SOURCES["cuda"][1:]:
+        for arch in ("sm_80", "sm_90"):
+            cmd = [nvcc, "-std=c++17", "-O1", f"-arch={arch}", "-c", f"-I{CSRC}", str(CSRC / name),
+                   "-o", str(tmp_path / f"{name}.{arch}.o")]
+            procs.append((f"{name} ({arch})", subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                                text=True)))
+    # The binding's CUDA branch needs torch's c10/cuda headers and the CUDA runtime headers: syntax-check it.
+    from torch.utils.cpp_extension import include_paths
+
+    cuda_include = Path(nvcc).resolve().parent.parent / "include"
+    cxx = os.environ.get("CXX", "c++")
+    if (cuda_include / "cuda_runtime_api.h").exists() and shutil.which(cxx):
+        shim = tmp_path / "shim"
+        macros = Path(include_paths()[0]) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+        if not macros.exists():  # a CPU build of torch does not ship it; it only carries build options
+            (shim / "c10" / "cuda" / "impl").mkdir(parents=True)
+            (shim / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text("#pragma once\n")
+        cmd = [cxx, "-std=c++20", "-fsyntax-only", "-DNT_WITH_CUDA", "-DTORCH_EXTENSION_NAME=check", f"-I{CSRC}",
+               f"-isystem{cuda_include}", f"-isystem{shim}", f"-isystem{sysconfig.get_paths()['include']}"]
+        cmd += [f"-isystem{p}" for p in include_paths()] + [str(CSRC / "bindings.cpp")]
+        procs.append(("bindings.cpp (NT_WITH_CUDA)", subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                                      stderr=subprocess.STDOUT, text=True)))
+    failures = []
+    for label, p in procs:
+        out, _ = p.communicate(timeout=300)
+        if p.returncode != 0:
+            failures.append(f"{label}:\n{out}")
+    assert not failures, "\n".join(failures)
+
+
+def test_cpu_extension_builds_into_the_cache_and_is_reused():
+    module = _backend.load("cpu")
+    assert module.device == "cpu"
+    assert _backend.load("cpu") is module
+    directory = _backend.build_dir("cpu")
+    assert directory.parent == _backend.cache_root()
+    assert any(p.suffix == ".so" for p in directory.iterdir())
+
+
+def test_cache_location_and_hash(monkeypatch, tmp_path):
+    monkeypatch.setenv("NERF_TALK_CACHE", str(tmp_path))
+    assert _backend.cache_root() == tmp_path / "cuda_ext"
+    assert _backend.build_dir("cpu").name.startswith("cpu-")
+    monkeypatch.delenv("NERF_TALK_CACHE")
+    assert _backend.cache_root() == Path.home() / ".cache" / "nerf_talk" / "cuda_ext"
+    # the hash follows the sources
+    copy = tmp_path / "csrc"
+    shutil.copytree(CSRC, copy)
+    monkeypatch.setattr(_backend, "CSRC", copy)
+    before = _backend.source_hash("cpu")
+    (copy / "common.h").write_text((copy / "common.h").read_text() + "\n// changed\n")
+    assert _backend.source_hash("cpu") != before
+
+
+def test_missing_compiler_gives_a_clear_error_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(_backend, "_modules", {})
+    monkeypatch.setattr(_backend, "_errors", {})
+    monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(cuda_ext.BuildError, match=r"no C\+\+ compiler found: '/nonexistent/g\+\+'"):
+        _backend.load("cpu")
+    assert not cuda_ext.available("cpu")
+    with pytest.warns(RuntimeWarning, match="falling back to the torch reference"):
+        assert _backend.resolve("auto", torch.device("cpu")) == "torch"
+    cfg = cuda_ext.HashGridConfig(2, 2, 2, 6, 2, 8)
+    out = cuda_ext.hash_encode(torch.rand(5, 2), cfg.init_table(), cfg)  # auto: served by the reference
+    assert out.shape == (5, 4)
+    with pytest.raises(cuda_ext.BuildError, match="no C\\+\\+ compiler"):
+        cuda_ext.hash_encode(torch.rand(5, 2), cfg.init_table(), cfg, backend="cpu")
+
+
+def test_backend_switch(monkeypatch):
+    assert cuda_ext.get_backend() in cuda_ext.BACKENDS
+    previous = cuda_ext.get_backend()
+    calls = []
+    real = cuda_ext._torch_impl.hash_encode
+    monkeypatch.setattr(cuda_ext._torch_impl, "hash_encode", lambda *a: calls.append(1) or real(*a))
+    cfg = cuda_ext.HashGridConfig(3, 2, 2, 6, 2, 8)
+    x, table = torch.rand(4, 3), cfg.init_table()
+    try:
+        cuda_ext.set_backend("torch")
+        cuda_ext.hash_encode(x, table, cfg)
+        assert calls == [1]
+        cuda_ext.hash_encode(x, table, cfg, backend="cpu")  # the argument overrides the default
+        assert calls == [1]
+        with pytest.raises(ValueError, match="backend must be one of"):
+            cuda_ext.set_backend("metal")
+    finally:
+        cuda_ext.set_backend(previous)
+    assert _backend.resolve("auto", torch.device("cpu")) == "cpu"
+    assert _backend.resolve("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="cannot run tensors on cpu"):
+        _backend.resolve("cuda", torch.device("cpu"))

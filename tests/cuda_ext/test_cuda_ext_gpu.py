@@ -1,0 +1,115 @@
+"""CUDA backend against the CPU backend and the reference (skipped without a CUDA device)."""
+
+import pytest
+import torch
+
+import cuda_ext
+from cuda_ext import HashGridConfig, OccupancyGrid, composite, hash_encode, march_rays
+from cuda_ext import _backend
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exts():
+    return _backend.load("cuda"), _backend.load("cpu")
+
+
+def test_cuda_extension_loads():
+    assert _backend.load("cuda").device == "cuda"
+    assert _backend.resolve("auto", CUDA) == "cuda"
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.float16])
+def test_hash_encode_cuda_matches_cpu(dims, table_dtype):
+    cfg = HashGridConfig(dims, 8, 2, 14, 8, 512)
+    g = torch.Generator().manual_seed(dims)
+    x = torch.rand(20000, dims, generator=g)
+    table = (torch.rand(cfg.n_levels, cfg.table_size, 2, generator=g) - 0.5).to(table_dtype)
+    grad_out = torch.randn(20000, cfg.out_dim, generator=g)
+    results = {}
+    for backend, device in (("cuda", CUDA), ("cpu", "cpu")):
+        xb = x.to(device).clone().requires_grad_()
+        tb = (table.float() if device == "cpu" else table).to(device).clone().requires_grad_()
+        out = hash_encode(xb, tb, cfg, backend=backend)
+        out.backward(grad_out.to(device))
+        results[backend] = (out.cpu(), xb.grad.cpu(), tb.grad.float().cpu())
+    tol = 1e-5 if table_dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(results["cuda"][0], results["cpu"][0], rtol=tol, atol=tol)
+    torch.testing.assert_close(results["cuda"][2], results["cpu"][2], rtol=tol, atol=tol)  # atomics reorder sums
+    gx, gx_ref = results["cuda"][1], results["cpu"][1]
+    assert (gx - gx_ref).abs().max() <= 10 * tol * gx_ref.abs().max()
+    ref = hash_encode(x[:2000].to(CUDA), table.to(CUDA), cfg, backend="torch")
+    torch.testing.assert_close(ref.cpu(), results["cuda"][0][:2000], rtol=tol, atol=tol)
+
+
+def test_hash_encode_cuda_edge_cases():
+    cfg = HashGridConfig(3, 4, 2, 10, 4, 64)
+    table = cfg.init_table(device=CUDA).requires_grad_()
+    out = hash_encode(torch.zeros(0, 3, device=CUDA), table, cfg, backend="cuda")
+    assert out.shape == (0, cfg.out_dim)
+    out.sum().backward()
+    assert torch.count_nonzero(table.grad) == 0
+
+
+def _scene(n_rays=4000, res=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], res)
+    grid.set_density(torch.rand(grid.n_cells, generator=g), 0.7)
+    target = torch.rand(n_rays, 3, generator=g) * 1.6 - 0.8
+    origin = target + torch.randn(n_rays, 3, generator=g) * 3
+    return grid, origin, target - origin
+
+
+def test_march_cuda_matches_cpu_exactly():
+    grid, o, d = _scene()
+    cpu = march_rays(o, d, grid, near=0.5, far=8.0, step_size=0.01, backend="cpu")
+    grid_gpu = OccupancyGrid([-1, -1, -1, 1, 1, 1], 32, device=CUDA)
+    grid_gpu.bitfield.copy_(grid.bitfield)
+    gpu = march_rays(o.to(CUDA), d.to(CUDA), grid_gpu, near=0.5, far=8.0, step_size=0.01, backend="cuda")
+    assert cpu.t_starts.numel() > 10000
+    for name, a, b in zip(cpu._fields, cpu, gpu):
+        assert torch.equal(a, b.cpu()), f"{name} differs between CPU and CUDA"
+    ref = march_rays(o[:500].to(CUDA), d[:500].to(CUDA), grid_gpu, near=0.5, far=8.0, step_size=0.01,
+                     backend="torch")
+    n = int(ref.packed_info[:, 1].sum())
+    assert torch.equal(ref.t_starts.cpu(), cpu.t_starts[:n])
+    # zero rays and an empty grid
+    empty = march_rays(o[:0].to(CUDA), d[:0].to(CUDA), grid_gpu, step_size=0.01, backend="cuda")
+    assert empty.packed_info.shape == (0, 2)
+    grid_gpu.set_density(torch.zeros(grid_gpu.n_cells, device=CUDA), 0.5, backend="cuda")
+    assert march_rays(o.to(CUDA), d.to(CUDA), grid_gpu, step_size=0.01, backend="cuda").t_starts.numel() == 0
+
+
+def test_pack_bitfield_and_update_cuda():
+    density = torch.rand(33 * 33 * 33, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cuda_ext.pack_bitfield(density.to(CUDA), 0.3, backend="cuda").cpu(),
+                       cuda_ext.pack_bitfield(density, 0.3, backend="cpu"))
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 32, device=CUDA)
+    grid.update(lambda x: (x.norm(dim=-1) < 0.5).float() * 10, step=0)
+    assert 0.01 < grid.occupied_fraction() < 0.2
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_composite_cuda_matches_cpu_and_reference(eps):
+    grid, o, d = _scene(3000, seed=2)
+    s = march_rays(o, d, grid, step_size=0.01, backend="cpu")
+    g = torch.Generator().manual_seed(3)
+    sigmas = torch.rand(s.t_starts.shape[0], generator=g) * 30
+    rgbs = torch.rand(s.t_starts.shape[0], 3, generator=g)
+    grads = [torch.randn(3000, 3, generator=g), torch.randn(3000, generator=g), torch.randn(3000, generator=g)]
+    results = {}
+    for backend, device in (("cuda", CUDA), ("cpu", "cpu"), ("torch", CUDA)):
+        sb, cb = sigmas.to(device).clone().requires_grad_(), rgbs.to(device).clone().requires_grad_()
+        outs = composite(sb, cb, s.t_starts.to(device), s.t_ends.to(device), s.packed_info.to(device),
+                         early_stop_eps=eps, backend=backend)
+        torch.autograd.backward(outs, [t.to(device) for t in grads])
+        results[backend] = [t.detach().cpu() for t in outs] + [sb.grad.cpu(), cb.grad.cpu()]
+    for other in ("cpu", "torch"):
+        for a, b in zip(results["cuda"], results[other]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
