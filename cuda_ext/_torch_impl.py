@@ -19,17 +19,20 @@ def hash_encode(
     resolutions: list[int],
     dense: list[bool],
 ) -> torch.Tensor:  # [N, L * F]
-    """Multiresolution hash-grid encoding (see csrc/hashgrid.h)."""
+    """Multiresolution hash-grid encoding (see csrc/hashgrid.h).
+
+    Weights and table rows of every (level, corner) are built first and gathered with one indexing op, so that
+    autograd scatters the table gradient once (not once per level and corner).
+    """
     n_points, dims = x.shape
     n_levels, table_size, n_features = table.shape
     xc = x.clamp(0.0, 1.0)
-    outs = []
+    weights, rows = [], []
     for level in range(n_levels):
         pos = xc * scales[level] + 0.5
         cell_f = torch.floor(pos)
         frac = pos - cell_f
         cell = cell_f.long()
-        acc = torch.zeros(n_points, n_features, dtype=x.dtype, device=x.device)
         for corner in range(1 << dims):
             w = torch.ones(n_points, dtype=x.dtype, device=x.device)
             index = torch.zeros(n_points, dtype=torch.long, device=x.device)
@@ -43,10 +46,12 @@ def hash_encode(
                     stride *= resolutions[level]
                 else:
                     index = index ^ (c * HASH_PRIMES[d])
-            index = index & (table_size - 1)
-            acc = acc + w[:, None] * table[level][index].to(x.dtype)
-        outs.append(acc)
-    return torch.cat(outs, dim=-1)
+            weights.append(w)
+            rows.append((index & (table_size - 1)) + level * table_size)
+    n_corners = 1 << dims
+    w = torch.stack(weights, dim=1).view(n_points, n_levels, n_corners, 1)
+    values = table.reshape(n_levels * table_size, n_features)[torch.stack(rows, dim=1)].to(x.dtype)
+    return (w * values.view(n_points, n_levels, n_corners, n_features)).sum(dim=2).reshape(n_points, -1)
 
 
 def ray_interval(
@@ -81,7 +86,7 @@ def march_rays(
     device = rays_o.device
     res = torch.tensor(occupied.shape, dtype=torch.float32, device=device)
     lo = torch.tensor(aabb[:3], dtype=torch.float32, device=device)
-    extent = torch.tensor(aabb[3:], dtype=torch.float32, device=device) - lo
+    scale = res / (torch.tensor(aabb[3:], dtype=torch.float32, device=device) - lo)  # cells per unit
     step = torch.tensor(step_size, dtype=torch.float32)
     starts, ends, indices = [], [], []
     counts = torch.zeros(n_rays, dtype=torch.long, device=device)
@@ -98,7 +103,7 @@ def march_rays(
         te = torch.fmin(ts + step, t_max[:, None])
         tm = (ts + te) * 0.5
         x = o[:, None, :] + tm[..., None] * d[:, None, :]
-        g = torch.floor((x - lo) / extent * res).long()
+        g = torch.floor((x - lo) * scale).long()
         g = torch.minimum(torch.clamp(g, min=0), (res.long() - 1))
         occ = occupied[g[..., 0].clamp(min=0), g[..., 1].clamp(min=0), g[..., 2].clamp(min=0)]
         keep = valid & occ

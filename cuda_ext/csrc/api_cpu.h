@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "hashgrid.h"
 #include "march.h"
@@ -19,14 +20,13 @@ template <typename T>
 void hash_encode_backward(const T* x, const T* table, const T* grad_out, T* grad_table, T* grad_x, int64_t n,
                           const HashGridParams& p, int n_threads);
 
-// Samples per ray: counts [n_rays]. near/far [n_rays].
-void march_count(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
-                 const float* near, const float* far, int64_t n_rays, int64_t* counts, int n_threads);
+// Gives the output arrays for `total` samples (the caller allocates them once the count is known).
+using MarchAlloc = std::function<void(int64_t total, float** t_starts, float** t_ends, int64_t** ray_indices)>;
 
-// Writes the samples of each ray at offsets[r] (exclusive prefix sum of counts).
-void march_write(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
-                 const float* near, const float* far, int64_t n_rays, const int64_t* offsets, float* t_starts,
-                 float* t_ends, int64_t* ray_indices, int n_threads);
+// Marches every ray once into per-chunk buffers, fills counts [n_rays], asks `alloc` for the outputs and copies the
+// samples there, ray after ray (the CUDA build marches twice instead: count, then write at the offsets).
+void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d, const float* near,
+           const float* far, int64_t n_rays, int64_t* counts, const MarchAlloc& alloc, int n_threads);
 
 // bits [ceil(n_cells / 8)] from density [n_cells] > threshold.
 template <typename T>

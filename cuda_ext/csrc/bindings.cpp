@@ -239,6 +239,9 @@ std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const
     p.aabb[a] = static_cast<float>(aabb[a]);
     p.aabb[a + 3] = static_cast<float>(aabb[a + 3]);
     p.res[a] = static_cast<int32_t>(res[a]);
+    const float extent = p.aabb[a + 3] - p.aabb[a];
+    p.scale[a] = static_cast<float>(res[a]) / extent;  // float32, as the reference computes it
+    p.cell_size[a] = extent / static_cast<float>(res[a]);
     n_cells *= res[a];
   }
   NT_CHECK_SHAPE(bits.dim() == 1 && bits.size(0) == (n_cells + 7) / 8, "bits", bits, "[ceil(rx * ry * rz / 8)]");
@@ -247,6 +250,12 @@ std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const
 
   auto idx_opts = rays_o.options().dtype(at::kLong);
   Tensor counts = at::zeros({R}, idx_opts);
+  Tensor t_starts, t_ends, ray_indices;
+  auto allocate = [&](int64_t total) {
+    t_starts = at::empty({total}, rays_o.options());
+    t_ends = at::empty({total}, rays_o.options());
+    ray_indices = at::empty({total}, idx_opts);
+  };
 #if defined(NT_WITH_CUDA)
   const c10::cuda::CUDAGuard guard(rays_o.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -255,32 +264,32 @@ std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const
                                           rays_d.data_ptr<float>(), near.data_ptr<float>(), far.data_ptr<float>(), R,
                                           counts.data_ptr<int64_t>(), stream));
   }
-#else
-  if (R > 0) {
-    nt::cpu::march_count(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
-                         near.data_ptr<float>(), far.data_ptr<float>(), R, counts.data_ptr<int64_t>(), n_threads());
-  }
-#endif
   const Tensor inclusive = counts.cumsum(0);
   const Tensor offsets = inclusive.sub(counts);
   const int64_t total = R > 0 ? inclusive[R - 1].item<int64_t>() : 0;
-  Tensor packed_info = at::stack({offsets, counts}, 1).contiguous();
-  Tensor t_starts = at::empty({total}, rays_o.options());
-  Tensor t_ends = at::empty({total}, rays_o.options());
-  Tensor ray_indices = at::empty({total}, idx_opts);
+  allocate(total);
   if (total > 0) {
-#if defined(NT_WITH_CUDA)
     NT_CHECK_LAUNCH(nt::cuda::march_write(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(),
                                           rays_d.data_ptr<float>(), near.data_ptr<float>(), far.data_ptr<float>(), R,
                                           offsets.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
                                           t_ends.data_ptr<float>(), ray_indices.data_ptr<int64_t>(), stream));
-#else
-    nt::cpu::march_write(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
-                         near.data_ptr<float>(), far.data_ptr<float>(), R, offsets.data_ptr<int64_t>(),
-                         t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), ray_indices.data_ptr<int64_t>(),
-                         n_threads());
-#endif
   }
+#else
+  allocate(0);
+  if (R > 0) {
+    nt::cpu::march(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
+                   near.data_ptr<float>(), far.data_ptr<float>(), R, counts.data_ptr<int64_t>(),
+                   [&](int64_t total, float** ts, float** te, int64_t** ri) {
+                     allocate(total);
+                     *ts = t_starts.data_ptr<float>();
+                     *te = t_ends.data_ptr<float>();
+                     *ri = ray_indices.data_ptr<int64_t>();
+                   },
+                   n_threads());
+  }
+  const Tensor offsets = counts.cumsum(0).sub(counts);
+#endif
+  const Tensor packed_info = at::stack({offsets, counts}, 1).contiguous();
   return {packed_info, t_starts, t_ends, ray_indices};
 }
 

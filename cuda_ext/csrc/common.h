@@ -76,6 +76,24 @@ NT_HD double exp_(double v) { return exp(v); }
 NT_HD float floor_(float v) { return floorf(v); }
 NT_HD double floor_(double v) { return floor(v); }
 
+// floor/ceil to int for finite values in int range, without a libm call (floorf is one on baseline x86-64).
+NT_HD int64_t floor_to_int(float v) {
+  const int64_t i = static_cast<int64_t>(v);
+  return i - (v < static_cast<float>(i) ? 1 : 0);
+}
+NT_HD int64_t ceil_to_int(float v) {
+  const int64_t i = static_cast<int64_t>(v);
+  return i + (v > static_cast<float>(i) ? 1 : 0);
+}
+NT_HD double floor_fast(double v) {
+  const double i = static_cast<double>(static_cast<int64_t>(v));
+  return i - (v < i ? 1.0 : 0.0);
+}
+NT_HD float floor_fast(float v) {
+  const float i = static_cast<float>(static_cast<int64_t>(v));
+  return i - (v < i ? 1.0f : 0.0f);
+}
+
 template <typename T> NT_HD T min_(T a, T b) { return a < b ? a : b; }
 template <typename T> NT_HD T max_(T a, T b) { return a > b ? a : b; }
 template <typename T> NT_HD T clamp_(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }

@@ -14,9 +14,16 @@ namespace nt {
 struct MarchParams {
   float aabb[6];       // xmin, ymin, zmin, xmax, ymax, zmax
   int32_t res[3];      // occupancy grid resolution per axis; cell (i, j, k) has linear index (i * ry + j) * rz + k
+  float scale[3];      // res / (max - min) per axis, in float32 (the cell of x is floor((x - min) * scale))
+  float cell_size[3];  // (max - min) / res
   float step;          // > 0
   int64_t max_samples; // per ray
 };
+
+// Margin, in steps, kept when jumping over an empty cell (absorbs the rounding of the cell's exit distance).
+constexpr float kSkipMargin = 0.05f;
+// Empty cells are jumped over when the smallest cell spans at least this many steps, else stepped through.
+constexpr float kJumpMinSteps = 3.0f;
 
 NT_HD float div_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -28,11 +35,12 @@ NT_HD float div_rn(float a, float b) {
 
 // Clipped ray-box interval. Returns false when the ray misses the box or the interval is empty.
 NT_HD bool ray_interval(const MarchParams& p, const float* o, const float* d, float near, float far, float& t_min,
-                        float& t_max) {
+                        float& t_max, float* inv_d) {
   float tn = -INFINITY, tf = INFINITY;
   NT_UNROLL
   for (int a = 0; a < 3; ++a) {
     const float inv = div_rn(1.0f, d[a]);
+    inv_d[a] = inv;
     const float ta = mul_rn(p.aabb[a] - o[a], inv);
     const float tb = mul_rn(p.aabb[a + 3] - o[a], inv);
     tn = fmaxf(tn, fminf(ta, tb));
@@ -47,9 +55,8 @@ NT_HD bool ray_interval(const MarchParams& p, const float* o, const float* d, fl
 NT_HD void point_cell(const MarchParams& p, const float* x, int32_t* g) {
   NT_UNROLL
   for (int a = 0; a < 3; ++a) {
-    const float u = div_rn(x[a] - p.aabb[a], p.aabb[a + 3] - p.aabb[a]);
-    const int32_t gi = static_cast<int32_t>(floorf(mul_rn(u, static_cast<float>(p.res[a]))));
-    g[a] = clamp_(gi, 0, p.res[a] - 1);
+    const int64_t gi = floor_to_int(mul_rn(x[a] - p.aabb[a], p.scale[a]));
+    g[a] = static_cast<int32_t>(clamp_(gi, int64_t(0), static_cast<int64_t>(p.res[a] - 1)));
   }
 }
 
@@ -58,18 +65,22 @@ NT_HD bool cell_occupied(const MarchParams& p, const uint8_t* bits, const int32_
   return (bits[idx >> 3] >> (idx & 7)) & 1;
 }
 
-// Marches one ray. Returns its number of samples; writes them when `t_starts` is not null (second pass).
+// Marches one ray. Returns its number of samples; writes them when `t_starts` is not null (and their ray index when
+// `ray_indices` is not null).
 NT_HD int64_t march_ray(const MarchParams& p, const uint8_t* __restrict__ bits, const float* o, const float* d,
                         float near, float far, int64_t ray_id, float* t_starts, float* t_ends, int64_t* ray_indices) {
-  float t_min, t_max;
-  if (!ray_interval(p, o, d, near, far, t_min, t_max)) return 0;
+  float t_min, t_max, inv_d[3];
+  if (!ray_interval(p, o, d, near, far, t_min, t_max, inv_d)) return 0;
   const float step = p.step;
+  const float inv_step = 1.0f / step;
+  // Jumping over an empty cell costs a serial chain of arithmetic; it pays when a cell spans several steps.
+  const bool jump = min_(min_(p.cell_size[0], p.cell_size[1]), p.cell_size[2]) >= kJumpMinSteps * step;
   int64_t count = 0;
   int64_t k = 0;
   while (count < p.max_samples) {
     const float ts = add_rn(t_min, mul_rn(static_cast<float>(k), step));
     if (!(ts < t_max)) break;
-    const float te = fminf(add_rn(ts, step), t_max);
+    const float te = min_(add_rn(ts, step), t_max);
     const float tm = mul_rn(add_rn(ts, te), 0.5f);
     float x[3];
     NT_UNROLL
@@ -80,26 +91,26 @@ NT_HD int64_t march_ray(const MarchParams& p, const uint8_t* __restrict__ bits, 
       if (t_starts != nullptr) {
         t_starts[count] = ts;
         t_ends[count] = te;
-        ray_indices[count] = ray_id;
+        if (ray_indices != nullptr) ray_indices[count] = ray_id;
       }
       ++count;
       ++k;
+    } else if (!jump) {
+      ++k;
     } else {
-      // Exit of the empty cell along the ray; every midpoint before it lies in this cell.
+      // Exit of the empty cell along the ray; every midpoint before it lies in this cell. Jump to the first
+      // lattice index whose midpoint may lie past the exit, less a margin against rounding.
       float t_exit = INFINITY;
       NT_UNROLL
       for (int a = 0; a < 3; ++a) {
         if (d[a] == 0.0f) continue;
-        const float cell_size = (p.aabb[a + 3] - p.aabb[a]) / static_cast<float>(p.res[a]);
-        const float bound = p.aabb[a] + static_cast<float>(g[a] + (d[a] > 0.0f ? 1 : 0)) * cell_size;
-        t_exit = fminf(t_exit, (bound - o[a]) / d[a]);
+        const float bound = p.aabb[a] + static_cast<float>(g[a] + (d[a] > 0.0f ? 1 : 0)) * p.cell_size[a];
+        t_exit = min_(t_exit, (bound - o[a]) * inv_d[a]);
       }
       if (!(t_exit < INFINITY)) break;
-      // First lattice index whose midpoint may lie past the exit, less one step of margin against rounding: the
-      // index ceil(a) - 1 < a is still inside this cell, so nothing occupied is ever skipped.
-      const float a = (t_exit - t_min) / step - 0.5f;
+      const float a = (t_exit - t_min) * inv_step - 0.5f - kSkipMargin;
       if (!(a < 9.0e18f)) break;
-      const int64_t k_next = max_(k + 1, static_cast<int64_t>(ceilf(a)) - 1);
+      const int64_t k_next = max_(k + 1, ceil_to_int(a));
       k = k_next;
     }
   }
