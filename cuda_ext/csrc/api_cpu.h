@@ -11,6 +11,9 @@
 namespace nt {
 namespace cpu {
 
+// Loops with fewer work items than this run on the calling thread (a thread team costs more than they do).
+constexpr int64_t kParallelMin = 1 << 14;
+
 // x [n, dims], table [levels, table_size, features] -> out [n, levels * features]. T = float or double.
 template <typename T>
 void hash_encode_forward(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads);

@@ -8,7 +8,7 @@ namespace cpu {
 template <typename T>
 void composite_forward(const T* sigmas, const T* rgbs, const T* t_starts, const T* t_ends, const int64_t* packed_info,
                        int64_t n_rays, T early_stop_eps, T* rgb, T* depth, T* opacity, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256) if (n_rays >= kParallelMin / 16)
   for (int64_t r = 0; r < n_rays; ++r) {
     composite_ray_forward(packed_info[2 * r], packed_info[2 * r + 1], sigmas, rgbs, t_starts, t_ends, early_stop_eps,
                           rgb + 3 * r, depth + r, opacity + r);
@@ -20,7 +20,7 @@ void composite_backward(const T* sigmas, const T* rgbs, const T* t_starts, const
                         int64_t n_rays, T early_stop_eps, const T* rgb, const T* depth, const T* opacity,
                         const T* grad_rgb, const T* grad_depth, const T* grad_opacity, T* grad_sigmas, T* grad_rgbs,
                         int n_threads) {
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256) if (n_rays >= kParallelMin / 16)
   for (int64_t r = 0; r < n_rays; ++r) {
     composite_ray_backward(packed_info[2 * r], packed_info[2 * r + 1], sigmas, rgbs, t_starts, t_ends, early_stop_eps,
                            rgb + 3 * r, depth[r], opacity[r], grad_rgb + 3 * r, grad_depth[r], grad_opacity[r],

@@ -11,7 +11,7 @@ template <int D, typename T>
 void forward_impl(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads) {
   const int L = p.n_levels, F = p.n_features;
   // Level-major order: the threads sweep one level's table at a time, which keeps it in cache.
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (L * n >= kParallelMin)
   for (int64_t item = 0; item < L * n; ++item) {
     const int level = static_cast<int>(item / n);
     const int64_t i = item % n;
@@ -28,7 +28,7 @@ void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table,
   const int L = p.n_levels, F = p.n_features;
   if (grad_table != nullptr) {
     // One thread owns a level: no two threads write the same entries, so no atomics.
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (L * n >= kParallelMin)
     for (int level = L - 1; level >= 0; --level) {
       for (int64_t i = 0; i < n; ++i) {
         hash_level_backward_table<D, false, T, T>(p, level, x + i * D, grad_out + i * L * F + level * F,
@@ -37,7 +37,7 @@ void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table,
     }
   }
   if (grad_x != nullptr) {
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (L * n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) {
       T g[D];
       for (int d = 0; d < D; ++d) g[d] = T(0);

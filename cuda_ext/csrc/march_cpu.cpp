@@ -37,7 +37,7 @@ void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const
   const int64_t n_chunks = std::min<int64_t>(n_rays, std::max(1, n_threads) * 16);
   const int64_t chunk = n_chunks > 0 ? (n_rays + n_chunks - 1) / n_chunks : 0;
   std::vector<Buffer<float>> starts(n_chunks), ends(n_chunks);
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_rays >= kParallelMin / 64)
   for (int64_t c = 0; c < n_chunks; ++c) {
     for (int64_t r = c * chunk; r < std::min(n_rays, (c + 1) * chunk); ++r) {
       const float* o = rays_o + 3 * r;
@@ -61,7 +61,7 @@ void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const
   float *t_starts = nullptr, *t_ends = nullptr;
   int64_t* ray_indices = nullptr;
   alloc(chunk_offset[n_chunks], &t_starts, &t_ends, &ray_indices);
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (n_rays >= kParallelMin / 64)
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t off = chunk_offset[c];
     if (starts[c].size) {
@@ -77,7 +77,7 @@ void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const
 template <typename T>
 void pack_bitfield(const T* density, int64_t n_cells, T threshold, uint8_t* bits, int n_threads) {
   const int64_t n_bytes = (n_cells + 7) / 8;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_bytes >= kParallelMin)
   for (int64_t i = 0; i < n_bytes; ++i) bits[i] = pack_bitfield_byte(density, n_cells, i, threshold);
 }
 

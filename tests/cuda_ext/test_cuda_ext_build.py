@@ -53,8 +53,10 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     procs = []
     for name in _backend.SOURCES["cuda"][1:]:
         for arch in ("sm_80", "sm_90"):
-            cmd = [nvcc, "-std=c++17", "-O1", f"-arch={arch}", "-c", f"-I{CSRC}", str(CSRC / name),
-                   "-o", str(tmp_path / f"{name}.{arch}.o")]
+            # with the defines torch's JIT passes to nvcc (no implicit half conversions)
+            cmd = [nvcc, "-std=c++17", "-O1", f"-arch={arch}", "-c", f"-I{CSRC}", "-D__CUDA_NO_HALF_OPERATORS__",
+                   "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr",
+                   str(CSRC / name), "-o", str(tmp_path / f"{name}.{arch}.o")]
             procs.append((f"{name} ({arch})", subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                                 text=True)))
     # The binding's CUDA branch needs torch's c10/cuda headers and the CUDA runtime headers: syntax-check it.
