@@ -130,7 +130,7 @@ def hash_encode(
         raise ValueError(f"table must have shape {list(shape3)} (or be flat), got {list(table.shape)}")
     if table.device != x.device:
         raise ValueError(f"table is on {table.device} but x on {x.device}")
-    table3 = table.view(shape3) if table.shape != shape3 else table
+    table3 = table.reshape(shape3) if table.shape != shape3 else table
     lead = x.shape[:-1]
     x2 = x.reshape(-1, cfg.dims)
     scales, resolutions, dense = cfg.level_params()
