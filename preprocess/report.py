@@ -11,12 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
 
 from preprocess.config import PreprocessConfig  # noqa: E402
 from preprocess.dataset import Dataset, LandmarkFlag, frame_name  # noqa: E402
 from preprocess.parsing import overlay_labels  # noqa: E402
-from preprocess.pose import draw_pose  # noqa: E402
+from preprocess.pose import draw_pose, euler_yxz_degrees  # noqa: E402
 from preprocess.step import Step  # noqa: E402
 
 N_SHEET = 12  # frames on each contact sheet
@@ -42,12 +41,6 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def _thumb(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-
-
-def head_angles_deg(poses: np.ndarray) -> np.ndarray:
-    """[N, 3] (pitch, yaw, roll) of the head as seen from the camera, in degrees."""
-    head_to_cam = np.linalg.inv(poses)
-    return Rotation.from_matrix(head_to_cam[:, :3, :3]).as_euler("xyz", degrees=True)
 
 
 def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
@@ -89,9 +82,9 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
         # Curves over time.
         t = np.arange(n) / ds.fps
-        ang = head_angles_deg(poses)
+        ang = euler_yxz_degrees(poses)
         fig, ax = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
-        for k, name in enumerate(("pitch", "yaw", "roll")):
+        for k, name in enumerate(("yaw", "pitch", "roll")):
             ax[0].plot(t, ang[:, k] - np.median(ang[:, k]), label=name)
         ax[0].set_ylabel("head angle (deg,\nminus median)")
         ax[0].legend(loc="upper right")
