@@ -93,7 +93,7 @@ def march_rays(
     for c0 in range(0, n_rays, chunk):
         o, d = rays_o[c0 : c0 + chunk], rays_d[c0 : c0 + chunk]
         t_min, t_max = ray_interval(o, d, near[c0 : c0 + chunk], far[c0 : c0 + chunk], aabb)
-        hit = t_min < t_max
+        hit = (t_min < t_max) & (d != 0).any(dim=-1)
         if not bool(hit.any()):
             continue
         n_steps = int(torch.ceil((t_max[hit] - t_min[hit]) / step).max().item()) + 1

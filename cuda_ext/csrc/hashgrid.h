@@ -8,6 +8,8 @@
 // Corners are combined with multilinear weights, corner bit d taking frac_d (bit 1) or 1 - frac_d (bit 0).
 #pragma once
 
+#include <type_traits>
+
 #include "common.h"
 
 namespace nt {
@@ -57,13 +59,16 @@ NT_HD void hash_level_position(const HashGridParams& p, int level, const A* x, u
   }
 }
 
+// FT: the number of features when known at compile time (1, 2, 4, 8: loops unroll, arrays stay in registers), or 0
+// to read it from p.n_features. dispatch_features() picks it.
+
 // out[f] = sum over corners of weight * table[level, index(corner), f], f < n_features.
-template <int D, typename A, typename TT>
+template <int D, typename A, typename TT, int FT = 0>
 NT_HD void hash_level_forward(const HashGridParams& p, int level, const A* x, const TT* __restrict__ table, A* out) {
   uint32_t cell[D];
   A frac[D];
   hash_level_position<D, A>(p, level, x, cell, frac);
-  const int F = p.n_features;
+  const int F = FT > 0 ? FT : p.n_features;
   const TT* tl = table + static_cast<int64_t>(level) * p.table_size * F;
   const uint32_t res = p.resolutions[level];
   const bool dense = p.dense[level] != 0;
@@ -84,12 +89,12 @@ NT_HD void hash_level_forward(const HashGridParams& p, int level, const A* x, co
 }
 
 // grad_table[level, index(corner), f] += weight * grad_out[f]. ATOMIC where other threads write the same level.
-template <int D, bool ATOMIC, typename A, typename G>
+template <int D, bool ATOMIC, typename A, typename G, int FT = 0>
 NT_HD void hash_level_backward_table(const HashGridParams& p, int level, const A* x, const A* grad_out, G* grad_table) {
   uint32_t cell[D];
   A frac[D];
   hash_level_position<D, A>(p, level, x, cell, frac);
-  const int F = p.n_features;
+  const int F = FT > 0 ? FT : p.n_features;
   G* gl = grad_table + static_cast<int64_t>(level) * p.table_size * F;
   const uint32_t res = p.resolutions[level];
   const bool dense = p.dense[level] != 0;
@@ -116,13 +121,13 @@ NT_HD void hash_level_backward_table(const HashGridParams& p, int level, const A
 
 // grad_x[d] += d(out . grad_out)/dx_d for one level. The clamp passes no gradient where x_d lies outside [0, 1]:
 // the caller zeroes those axes once after summing the levels.
-template <int D, typename A, typename TT>
+template <int D, typename A, typename TT, int FT = 0>
 NT_HD void hash_level_backward_x(const HashGridParams& p, int level, const A* x, const TT* __restrict__ table,
                                  const A* grad_out, A* grad_x) {
   uint32_t cell[D];
   A frac[D];
   hash_level_position<D, A>(p, level, x, cell, frac);
-  const int F = p.n_features;
+  const int F = FT > 0 ? FT : p.n_features;
   const TT* tl = table + static_cast<int64_t>(level) * p.table_size * F;
   const uint32_t res = p.resolutions[level];
   const bool dense = p.dense[level] != 0;
@@ -148,6 +153,18 @@ NT_HD void hash_level_backward_x(const HashGridParams& p, int level, const A* x,
         if (e != d) dw *= wd[e];
       grad_x[d] += scale * dw * dot;
     }
+  }
+}
+
+// Calls fn(std::integral_constant<int, FT>) with FT = n_features for the common sizes, else FT = 0 (runtime).
+template <typename Fn>
+void dispatch_features(int n_features, Fn&& fn) {
+  switch (n_features) {
+    case 1: fn(std::integral_constant<int, 1>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 8: fn(std::integral_constant<int, 8>{}); break;
+    default: fn(std::integral_constant<int, 0>{}); break;
   }
 }
 

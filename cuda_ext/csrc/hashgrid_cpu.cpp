@@ -7,7 +7,7 @@ namespace nt {
 namespace cpu {
 namespace {
 
-template <int D, typename T>
+template <int D, int FT, typename T>
 void forward_impl(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads) {
   const int L = p.n_levels, F = p.n_features;
   // Level-major order: the threads sweep one level's table at a time, which keeps it in cache.
@@ -16,13 +16,13 @@ void forward_impl(const T* x, const T* table, T* out, int64_t n, const HashGridP
     const int level = static_cast<int>(item / n);
     const int64_t i = item % n;
     T acc[kMaxFeatures];
-    hash_level_forward<D, T, T>(p, level, x + i * D, table, acc);
+    hash_level_forward<D, T, T, FT>(p, level, x + i * D, table, acc);
     T* o = out + i * L * F + level * F;
     for (int f = 0; f < F; ++f) o[f] = acc[f];
   }
 }
 
-template <int D, typename T>
+template <int D, int FT, typename T>
 void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table, T* grad_x, int64_t n,
                    const HashGridParams& p, int n_threads) {
   const int L = p.n_levels, F = p.n_features;
@@ -31,7 +31,7 @@ void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table,
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (L * n >= kParallelMin)
     for (int level = L - 1; level >= 0; --level) {
       for (int64_t i = 0; i < n; ++i) {
-        hash_level_backward_table<D, false, T, T>(p, level, x + i * D, grad_out + i * L * F + level * F,
+        hash_level_backward_table<D, false, T, T, FT>(p, level, x + i * D, grad_out + i * L * F + level * F,
                                                   grad_table);
       }
     }
@@ -42,7 +42,7 @@ void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table,
       T g[D];
       for (int d = 0; d < D; ++d) g[d] = T(0);
       for (int level = 0; level < L; ++level) {
-        hash_level_backward_x<D, T, T>(p, level, x + i * D, table, grad_out + i * L * F + level * F, g);
+        hash_level_backward_x<D, T, T, FT>(p, level, x + i * D, table, grad_out + i * L * F + level * F, g);
       }
       for (int d = 0; d < D; ++d) {
         const T xd = x[i * D + d];
@@ -57,16 +57,22 @@ void backward_impl(const T* x, const T* table, const T* grad_out, T* grad_table,
 template <typename T>
 void hash_encode_forward(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads) {
   if (n == 0) return;
-  if (p.dims == 2) forward_impl<2, T>(x, table, out, n, p, n_threads);
-  else forward_impl<3, T>(x, table, out, n, p, n_threads);
+  dispatch_features(p.n_features, [&](auto ft) {
+    constexpr int FT = decltype(ft)::value;
+    if (p.dims == 2) forward_impl<2, FT, T>(x, table, out, n, p, n_threads);
+    else forward_impl<3, FT, T>(x, table, out, n, p, n_threads);
+  });
 }
 
 template <typename T>
 void hash_encode_backward(const T* x, const T* table, const T* grad_out, T* grad_table, T* grad_x, int64_t n,
                           const HashGridParams& p, int n_threads) {
   if (n == 0) return;
-  if (p.dims == 2) backward_impl<2, T>(x, table, grad_out, grad_table, grad_x, n, p, n_threads);
-  else backward_impl<3, T>(x, table, grad_out, grad_table, grad_x, n, p, n_threads);
+  dispatch_features(p.n_features, [&](auto ft) {
+    constexpr int FT = decltype(ft)::value;
+    if (p.dims == 2) backward_impl<2, FT, T>(x, table, grad_out, grad_table, grad_x, n, p, n_threads);
+    else backward_impl<3, FT, T>(x, table, grad_out, grad_table, grad_x, n, p, n_threads);
+  });
 }
 
 template void hash_encode_forward<float>(const float*, const float*, float*, int64_t, const HashGridParams&, int);

@@ -33,10 +33,11 @@ NT_HD float div_rn(float a, float b) {
 #endif
 }
 
-// Clipped ray-box interval. Returns false when the ray misses the box or the interval is empty.
+// Clipped ray-box interval. Returns false when the ray misses the box, the interval is empty or d = 0.
 NT_HD bool ray_interval(const MarchParams& p, const float* o, const float* d, float near, float far, float& t_min,
                         float& t_max, float* inv_d) {
   float tn = -INFINITY, tf = INFINITY;
+  if (d[0] == 0.0f && d[1] == 0.0f && d[2] == 0.0f) return false;  // no direction: no samples
   NT_UNROLL
   for (int a = 0; a < 3; ++a) {
     const float inv = div_rn(1.0f, d[a]);

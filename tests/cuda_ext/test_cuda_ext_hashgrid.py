@@ -13,6 +13,7 @@ CONFIGS = [
     HashGridConfig(2, 5, 4, 9, 4, 256),
     HashGridConfig(3, 3, 1, 12, 2, 8),
     HashGridConfig(2, 1, 8, 6, 16, 16),
+    HashGridConfig(3, 3, 3, 8, 4, 32),  # a feature count without a compiled specialisation
 ]
 
 

@@ -132,6 +132,13 @@ def test_edge_cases():
                       torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), grid, near=2.0, step_size=0.01,
                       backend="cpu")
     assert miss.packed_info.tolist() == [[0, 0], [0, 0]] and miss.t_starts.numel() == 0
+    # a ray without direction gets no samples, even from inside an occupied cell
+    full_grid = OccupancyGrid(AABB, 4)
+    still = march_rays(torch.zeros(2, 3), torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), full_grid,
+                       step_size=0.01, backend="cpu")
+    assert still.packed_info[:, 1].tolist() == [0, 50]
+    _assert_same(still, march_rays(torch.zeros(2, 3), torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), full_grid,
+                                   step_size=0.01, backend="torch"))
     # an empty grid
     empty = OccupancyGrid(AABB, 8)
     empty.set_density(torch.zeros(512), 0.5)
