@@ -1,0 +1,122 @@
+"""The head's radiance field in the head's canonical frame (metres, OpenCV-like axes, head at the origin).
+
+Split as nerfstudio splits fields: `get_density(positions)` is geometry only (the occupancy grid and the sampler ask
+for nothing else), `get_outputs(geo_features, codes)` is the colour, where the per-frame codes enter:
+  * motion: the lower face's PCA coefficients, embedded, then gated per point by a "region attention" computed from
+    the point's geometry features, so a coefficient can only act where the field learns that motion shows (lips, jaw);
+  * eyes: (left openness, right openness, blink);
+  * latent: a small per-frame code for what motion does not explain (lighting drift, small misfits). It cannot carry
+    lip motion: it is switched off inside the mouth region (a box around the template's lip and jaw landmarks, so
+    also where an open mouth would be in a frame whose mouth is closed); the trainer also drops it on random rays (so
+    the field renders well with the code 0 that unseen frames get), decays it and decorrelates it from the motion.
+Codes are arguments of every call and are never stored on the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from cuda_ext import HashGrid, HashGridConfig
+from nerf_talk.config import HeadConfig
+from nerf_talk.fields.mlp import mlp
+
+N_EYE = 3  # left openness, right openness, blink
+
+
+@dataclass
+class HeadCodes:
+    """Per-ray conditioning of the head field (gathered per sample by the renderer)."""
+
+    motion: torch.Tensor  # [R, K] motion coefficients
+    eyes: torch.Tensor  # [R, 3]
+    latent: torch.Tensor | None = None  # [R, latent_dim], or None for 0 (unseen frames)
+
+    def index(self, idx: torch.Tensor) -> "HeadCodes":
+        """The codes of rays `idx` [S] (one row per sample)."""
+        return HeadCodes(self.motion[idx], self.eyes[idx], None if self.latent is None else self.latent[idx])
+
+
+def head_box(template: np.ndarray, padding: float, neck_extension: float) -> list[float]:
+    """Axis-aligned box (xmin, ymin, zmin, xmax, ymax, zmax) around the landmark template [478, 3], grown by
+    `padding` x its size on each side (hair, ears, the back of the head) and by `neck_extension` x its height
+    downwards (+y in the head frame: the chin and the top of the neck)."""
+    t = np.asarray(template, dtype=np.float64)
+    if t.ndim != 2 or t.shape[1] != 3 or not np.isfinite(t).all():
+        raise ValueError(f"template must be a finite [P, 3] array, got shape {t.shape}")
+    lo, hi = t.min(0), t.max(0)
+    ext = hi - lo
+    # The face landmarks cover only the front of the head; its depth is about its width, so size z like x.
+    ext[2] = max(ext[2], ext[0])
+    lo2 = lo - padding * ext
+    hi2 = hi + padding * ext
+    hi2[1] += neck_extension * ext[1]
+    hi2[2] = max(hi2[2], lo[2] + (1 + padding) * ext[2])
+    return [float(v) for v in np.concatenate([lo2, hi2])]
+
+
+def mouth_region(template: np.ndarray, margin: float = 0.01, depth: float = 0.05) -> list[float]:
+    """Box around the template's lips and jaw landmarks, grown by `margin` metres and extended `depth` metres into the
+    head (+z) for the mouth interior: where lip motion shows, hence where the per-frame latent is switched off."""
+    from preprocess.mesh_topology import LOWER_FACE
+
+    t = np.asarray(template, dtype=np.float64)[list(LOWER_FACE)]
+    lo, hi = t.min(0) - margin, t.max(0) + margin
+    hi[2] += depth
+    return [float(v) for v in np.concatenate([lo, hi])]
+
+
+class HeadField(nn.Module):
+    def __init__(self, cfg: HeadConfig, aabb: list[float], n_motion: int, n_frames: int,
+                 mouth_box: list[float] | None = None, backend: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_motion = n_motion
+        self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32))
+        # No mouth box: an empty one (min > max), the latent acts everywhere.
+        self.register_buffer("mouth_box", torch.tensor(mouth_box or [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]))
+        self.grid = HashGrid(HashGridConfig(3, cfg.n_levels, cfg.n_features_per_level, cfg.log2_table_size,
+                                            cfg.base_resolution, cfg.finest_resolution), backend=backend)
+        enc = self.grid.cfg.out_dim
+        self.density_mlp = mlp(enc, cfg.hidden, 1 + cfg.geo_features)
+        self.motion_embed = mlp(n_motion, cfg.hidden, cfg.motion_code)
+        self.attention = nn.Linear(cfg.geo_features, cfg.motion_code)
+        self.color_mlp = mlp(cfg.geo_features + cfg.motion_code + N_EYE + cfg.latent_dim, cfg.hidden, 3, n_hidden=2)
+        # Per-frame latents start at 0 = the code every unseen frame gets.
+        self.latents = nn.Parameter(torch.zeros(max(n_frames, 1), cfg.latent_dim))
+
+    def normalize(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] head frame -> [N, 3] in [0, 1]
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return (positions - lo) / (hi - lo)
+
+    def get_density(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N, 3] (head frame) -> density [N] (1/metre), geometry features [N, geo_features]."""
+        x = self.normalize(positions)
+        inside = ((x >= 0) & (x <= 1)).all(-1)
+        h = self.density_mlp(self.grid(x.clamp(0, 1)))
+        raw = h[:, 0] + self.cfg.density_bias
+        # exp gives the large densities an opaque surface needs within a few 4 mm steps; clamp keeps it finite.
+        sigma = torch.exp(raw.clamp(-15.0, 15.0)) * inside
+        return sigma, h[:, 1:]
+
+    def in_mouth_region(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] bool
+        return ((positions >= self.mouth_box[:3]) & (positions <= self.mouth_box[3:])).all(-1)
+
+    def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
+        """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples -> rgb [N, 3] in [0, 1]."""
+        n = geo.shape[0]
+        motion = self.motion_embed(codes.motion) * torch.sigmoid(self.attention(geo))
+        parts = [geo, motion, codes.eyes]
+        if self.cfg.latent_dim:
+            if codes.latent is None:
+                lat = geo.new_zeros(n, self.cfg.latent_dim)
+            else:
+                lat = codes.latent * (~self.in_mouth_region(positions)).to(geo.dtype)[:, None]
+            parts.append(lat)
+        return torch.sigmoid(self.color_mlp(torch.cat(parts, -1)))
+
+    def density_fn(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N], for the occupancy grid
+        return self.get_density(positions)[0]

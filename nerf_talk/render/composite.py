@@ -1,0 +1,23 @@
+"""Layer compositing: the head over the torso over the background plate. Colours from the volume renderer are
+premultiplied by their opacity; the torso's colour is straight (not premultiplied) with its own alpha."""
+
+from __future__ import annotations
+
+import torch
+
+
+def over_background(rgb: torch.Tensor, opacity: torch.Tensor, under: torch.Tensor) -> torch.Tensor:  # [R, 3]
+    """Premultiplied `rgb` [R, 3] with `opacity` [R] over `under` [R, 3]."""
+    return rgb + (1.0 - opacity)[:, None] * under
+
+
+def composite_layers(
+    head_rgb: torch.Tensor,  # [R, 3] premultiplied
+    head_opacity: torch.Tensor,  # [R]
+    torso_rgb: torch.Tensor,  # [R, 3] straight
+    torso_alpha: torch.Tensor,  # [R]
+    background: torch.Tensor,  # [R, 3]
+) -> torch.Tensor:  # [R, 3]
+    """head over (torso over background)."""
+    under = torso_alpha[:, None] * torso_rgb + (1.0 - torso_alpha)[:, None] * background
+    return over_background(head_rgb, head_opacity, under)

@@ -1,0 +1,219 @@
+"""Training data from a preprocessed dataset: per-frame arrays, the motion basis, and rays sampled from a few frames
+per step. Decoded frames are cached on the CPU as uint8 (an LRU bounded by `cache_mb`) and only the sampled pixels go
+to the training device, so a 5-minute 512^2 clip never needs all its frames in GPU memory (or in RAM)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from nerf_talk.config import DataConfig
+from nerf_talk.errors import UserError
+from nerf_talk.render.cameras import Intrinsics
+from preprocess.dataset import Dataset, frame_name
+from preprocess.labels import HEAD_LABELS, Label
+
+MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)
+
+
+def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label in labels"
+    t = torch.zeros(256, dtype=torch.bool)
+    t[torch.tensor([int(v) for v in labels])] = True
+    return t
+
+
+HEAD_LUT, MOUTH_LUT = label_table(HEAD_LABELS), label_table(MOUTH_LABELS)
+
+
+@dataclass
+class MotionBasis:
+    """A per-person linear (PCA) basis of the lower-face motion: coefficients = (x - mean) @ components.T / scale.
+
+    One scale for all coefficients (the first component's standard deviation): normalising each coefficient to unit
+    variance would blow the near-noise trailing components up to the size of the real motion."""
+
+    mean: torch.Tensor  # [D] (D = K * 3)
+    components: torch.Tensor  # [C, D] orthonormal rows
+    scale: torch.Tensor  # [C] the first coefficient's standard deviation over the training frames, repeated
+
+    @classmethod
+    def fit(cls, motion: np.ndarray, n_components: int) -> "MotionBasis":  # motion [N, K, 3] training frames
+        x = torch.from_numpy(np.asarray(motion, np.float64).reshape(len(motion), -1))
+        mean = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        c = max(1, min(n_components, int((s > 1e-9 * max(float(s[0]), 1e-30)).sum())))
+        scale = (s[:1] / max(len(x) - 1, 1) ** 0.5).expand(c)
+        return cls(mean.float(), vh[:c].float(), scale.clamp(min=1e-8).float().contiguous())
+
+    def coefficients(self, motion: np.ndarray | torch.Tensor) -> torch.Tensor:  # [N, K, 3] -> [N, C]
+        x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1)
+        return (x - self.mean) @ self.components.T / self.scale
+
+    def explained(self, motion: np.ndarray) -> float:
+        """Fraction of the motion's variance the basis reconstructs."""
+        x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1) - self.mean
+        rec = (x @ self.components.T) @ self.components
+        return float(1 - ((x - rec) ** 2).sum() / (x**2).sum().clamp(min=1e-20))
+
+
+class FrameStore:
+    """Frame i's image, parsing labels and torso RGBA, decoded once and kept as uint8 CPU tensors (LRU)."""
+
+    def __init__(self, ds: Dataset, size: tuple[int, int], cache_mb: int) -> None:
+        self.ds, self.size = ds, size  # size: (height, width) after scaling
+        h, w = size
+        self.capacity = max(1, int(cache_mb * 2**20 // (h * w * 8)))  # 3 + 1 + 4 bytes per pixel
+        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def _resize(self, img: np.ndarray, nearest: bool) -> np.ndarray:
+        h, w = self.size
+        if img.shape[:2] == (h, w):
+            return img
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [H, W, 3], [H, W], [H, W, 4]
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        image = self._resize(self.ds.read_frame(i), False)
+        parsing = self._resize(self.ds.read_parsing(i), True)
+        torso = self.ds.read_image(f"torso/{frame_name(i, 'png')}")
+        if torso.ndim != 3 or torso.shape[2] != 4:
+            raise UserError(f"{self.ds.root}/torso/{frame_name(i, 'png')} is not RGBA (shape {torso.shape})",
+                            "run the torso step of preprocess again.")
+        item = (torch.from_numpy(image), torch.from_numpy(parsing), torch.from_numpy(self._resize(torso, False)))
+        self._cache[i] = item
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return item
+
+
+@dataclass
+class RayBatch:
+    """Pixels of a few frames with their ground truth; everything on the training device."""
+
+    frames: torch.Tensor  # [R] int64 dataset frame index
+    rows: torch.Tensor  # [R] int64 row in the training list (for per-frame latents), -1 for non-training frames
+    pixels: torch.Tensor  # [R, 2] int64 (x, y)
+    rgb: torch.Tensor  # [R, 3] float in [0, 1]
+    labels: torch.Tensor  # [R] uint8 parsing labels
+    torso_rgba: torch.Tensor  # [R, 4] float in [0, 1] (straight alpha)
+
+    @property
+    def head_mask(self) -> torch.Tensor:  # [R] bool
+        return HEAD_LUT.to(self.labels.device)[self.labels.long()]
+
+    @property
+    def mouth_mask(self) -> torch.Tensor:  # [R] bool
+        return MOUTH_LUT.to(self.labels.device)[self.labels.long()]
+
+
+class TrainData:
+    """Everything training reads from a dataset, at the configured scale."""
+
+    def __init__(self, dataset_dir, cfg: DataConfig, device: torch.device) -> None:
+        self.ds = ds = Dataset(dataset_dir)
+        ds.load_manifest()
+        self.cfg, self.device = cfg, device
+        self.n_frames = ds.n_frames
+        intr = Intrinsics.from_dict(ds.step_result("pose")["intrinsics"])
+        self.intrinsics = intr.scaled(cfg.scale) if cfg.scale != 1 else intr
+        self.size = (self.intrinsics.height, self.intrinsics.width)
+        split = ds.read_json("split.json")
+        self.train_frames = [int(i) for i in split["train"]]
+        if cfg.max_train_frames:
+            self.train_frames = self.train_frames[: cfg.max_train_frames]
+        self.val_frames = [int(i) for i in split.get("val", [])][: cfg.max_val_frames]
+        if len(self.train_frames) < 2:
+            raise UserError(f"{ds.root}/split.json has {len(self.train_frames)} training frames",
+                            "training needs a clip of at least a few seconds.")
+        self.poses = torch.from_numpy(ds.load_array("poses").astype(np.float32))  # [N, 4, 4]
+        if not torch.isfinite(self.poses).all():
+            raise UserError(f"{ds.root}/poses.npy holds non-finite values", "run the pose step again.")
+        self.template = ds.load_array("head_template", expect_rows=False)
+        motion = ds.load_array("lower_face_motion")
+        self.basis = MotionBasis.fit(motion[self.train_frames], cfg.motion_components)
+        self.motion = self.basis.coefficients(motion)  # [N, C]
+        eyes = ds.load_array("eye_openness").astype(np.float32)
+        blink = ds.load_array("blink").astype(np.float32)
+        self.eyes = torch.from_numpy(np.concatenate([eyes, blink[:, None]], 1))  # [N, 3]
+        bg = ds.read_image("background.png", cv2.IMREAD_COLOR)
+        h, w = self.size
+        bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_AREA) if bg.shape[:2] != (h, w) else bg
+        self.background = torch.from_numpy(bg).float() / 255.0  # [H, W, 3]
+        self.store = FrameStore(ds, self.size, cfg.cache_mb)
+        self.row_of = torch.full((self.n_frames,), -1, dtype=torch.long)
+        self.row_of[torch.tensor(self.train_frames)] = torch.arange(len(self.train_frames))
+
+    def mean_image(self) -> torch.Tensor:  # [H, W, 3] float: the baseline a trained avatar must beat
+        acc = torch.zeros(*self.size, 3, dtype=torch.float64)
+        for i in self.train_frames:
+            acc += self.store.get(i)[0].double()
+        return (acc / len(self.train_frames) / 255.0).float()
+
+    def _gather(self, frames: list[int], per_frame_pixels: list[torch.Tensor]) -> RayBatch:
+        fr, px, rgb, lab, tor = [], [], [], [], []
+        for i, p in zip(frames, per_frame_pixels):
+            image, parsing, torso = self.store.get(i)
+            fr.append(torch.full((p.shape[0],), i, dtype=torch.long))
+            px.append(p)
+            rgb.append(image[p[:, 1], p[:, 0]])
+            lab.append(parsing[p[:, 1], p[:, 0]])
+            tor.append(torso[p[:, 1], p[:, 0]])
+        frames_t = torch.cat(fr)
+        dev = self.device
+        return RayBatch(
+            frames_t.to(dev), self.row_of[frames_t].to(dev), torch.cat(px).to(dev),
+            (torch.cat(rgb).float() / 255.0).to(dev), torch.cat(lab).to(dev), (torch.cat(tor).float() / 255.0).to(dev),
+        )
+
+    def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float) -> RayBatch:
+        """`n_rays` pixels from `n_frames` random training frames: `head_fraction` of them on head pixels (where the
+        head field has something to learn), the rest uniform over the image."""
+        h, w = self.size
+        picks = torch.randint(0, len(self.train_frames), (n_frames,), generator=gen).tolist()
+        frames = [self.train_frames[k] for k in picks]
+        per = [n_rays // n_frames + (1 if k < n_rays % n_frames else 0) for k in range(n_frames)]
+        pixels = []
+        for i, n in zip(frames, per):
+            n_head = int(round(n * head_fraction))
+            flat = torch.randint(0, h * w, (n - n_head,), generator=gen)
+            head_idx = torch.nonzero(HEAD_LUT[self.store.get(i)[1].reshape(-1).long()]).reshape(-1)
+            if head_idx.numel() and n_head:
+                flat = torch.cat([flat, head_idx[torch.randint(0, head_idx.numel(), (n_head,), generator=gen)]])
+            else:
+                flat = torch.cat([flat, torch.randint(0, h * w, (n_head,), generator=gen)])
+            pixels.append(torch.stack([flat % w, flat // w], -1))
+        return self._gather(frames, pixels)
+
+    def sample_mouth_patches(self, gen: torch.Generator, n_patches: int, patch: int) -> RayBatch:
+        """`n_patches` square patches (row-major, patch x patch pixels each) around the mouth of random training
+        frames, jittered by up to a quarter patch; falls back to the head's centre when no mouth label is present."""
+        h, w = self.size
+        patch = min(patch, h, w)
+        picks = torch.randint(0, len(self.train_frames), (n_patches,), generator=gen).tolist()
+        frames = [self.train_frames[k] for k in picks]
+        jit = torch.randint(-(patch // 4), patch // 4 + 1, (n_patches, 2), generator=gen)
+        pixels = []
+        for k, i in enumerate(frames):
+            lab = self.store.get(i)[1]
+            ys, xs = torch.nonzero(MOUTH_LUT[lab.long()], as_tuple=True)
+            if ys.numel() == 0:
+                ys, xs = torch.nonzero(HEAD_LUT[lab.long()], as_tuple=True)
+            cx = int(xs.float().mean()) if xs.numel() else w // 2
+            cy = int(ys.float().mean()) if ys.numel() else h // 2
+            x0 = min(max(cx - patch // 2 + int(jit[k, 0]), 0), w - patch)
+            y0 = min(max(cy - patch // 2 + int(jit[k, 1]), 0), h - patch)
+            yy, xx = torch.meshgrid(torch.arange(y0, y0 + patch), torch.arange(x0, x0 + patch), indexing="ij")
+            pixels.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1))
+        return self._gather(frames, pixels)
+
+    def full_frame(self, i: int) -> RayBatch:
+        """Every pixel of frame `i`, row-major."""
+        h, w = self.size
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        return self._gather([i], [torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)])

@@ -1,0 +1,402 @@
+"""The trainer: stages (head, mouth refinement, torso), schedules, checkpoints, logging, and the NaN guard.
+
+Output directory (AVATAR_DIR):
+  config.json              the resolved config of the latest run
+  checkpoints/last/        the latest checkpoint (see checkpoint.py), every `checkpoint_every` steps and on Ctrl-C
+  train_log.jsonl          one line of scalars every `log_every` steps (appended across resumes)
+  tb/                      tensorboard scalars and previews (prediction | ground truth for validation frames)
+  avatar.safetensors       the trained weights alone (no optimizer state), written when training completes
+  avatar.json              what a renderer needs besides the weights: config, intrinsics, head box, figures
+  background.png           the plate the avatar was trained over
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from nerf_talk.config import StageConfig, TrainConfig, _from_dict, apply_override, config_to_json, load_config
+from nerf_talk.errors import UserError
+from nerf_talk.train import checkpoint as ck
+from nerf_talk.train import losses as L
+from nerf_talk.train.data import TrainData
+from nerf_talk.train.model import AvatarModel, render_batch
+
+log = logging.getLogger("nerf_talk.train")
+AVATAR_KIND = "nerf_talk.avatar.fields"
+AVATAR_VERSION = 1
+
+
+class TrainingDiverged(UserError):
+    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device = 'cuda' but no CUDA device is available", "use device = 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def learning_rate(stage: StageConfig, local_step: int) -> float:
+    """Linear warm-up, then exponential decay from lr to lr * lr_final_factor over the stage."""
+    frac = local_step / max(stage.steps, 1)
+    lr = stage.lr * stage.lr_final_factor**frac
+    if stage.warmup_steps:
+        lr *= min(1.0, (local_step + 1) / stage.warmup_steps)
+    return lr
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop after the current step (and save); a second one interrupts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dataset_dir: Path, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = TrainData(dataset_dir, cfg.data, self.device)
+        self.model = AvatarModel(cfg, self.data).to(self.device)
+        self.motion = self.data.motion.to(self.device)  # [N, C]
+        self.eyes = self.data.eyes.to(self.device)  # [N, 3]
+        self.train_motion = self.motion[torch.tensor(self.data.train_frames, device=self.device)]  # [F, C]
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # ray/frame sampling (CPU, device-independent)
+        self.grid_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # occupancy-grid updates
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.opt_stage = -1
+        self.ckpt_dir = out / "checkpoints"
+        self._mean_image: torch.Tensor | None = None
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        s = {"torch_cpu": torch.get_rng_state(), "sampler": self.gen.get_state(), "grid": self.grid_gen.get_state()}
+        if self.device.type == "cuda":
+            s["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def set_rng_state(self, s: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(s["torch_cpu"])
+        self.gen.set_state(s["sampler"])
+        self.grid_gen.set_state(s["grid"])
+        if self.device.type == "cuda" and "torch_cuda" in s:
+            torch.cuda.set_rng_state(s["torch_cuda"], self.device)
+
+    def save(self) -> Path:
+        state = {"step": self.step, "opt_stage": self.opt_stage, "config": self.cfg.to_dict()}
+        return ck.save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.rng_state(), state)
+
+    def restore(self, ckpt: Path) -> None:
+        state = ck.load_state(ckpt)
+        ck.load_model_weights(self.model, ckpt / "model.safetensors")
+        self.step = int(state["step"])
+        if state["opt_stage"] >= 0 and self.step < self.cfg.total_steps:
+            i, _, _ = self.cfg.stage_at(self.step)
+            if i == state["opt_stage"]:
+                self._make_optimizer(i)
+                ck.load_optimizer(self.optimizer, ckpt)
+        self.set_rng_state(ck.load_rng(ckpt))
+
+    def _make_optimizer(self, stage_index: int) -> None:
+        stage = self.cfg.stages[stage_index]
+        module = self.model.torso if stage.kind == "torso" else self.model.head
+        fast = [p for n, p in module.named_parameters() if n.startswith("grid.") or n == "latents"]
+        slow = [p for n, p in module.named_parameters() if not (n.startswith("grid.") or n == "latents")]
+        # instant-ngp's Adam settings: a tiny eps so rarely touched hash entries still get full-size updates.
+        self.optimizer = torch.optim.Adam([{"params": fast, "lr_factor": 1.0},
+                                           {"params": slow, "lr_factor": stage.mlp_lr_factor}],
+                                          lr=stage.lr, betas=(0.9, 0.99), eps=1e-15)
+        self.opt_stage = stage_index
+
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _update_grid(self) -> None:
+        r = self.cfg.render
+        # grid_threshold is an opacity per step; the grid compares densities, so divide by the step length.
+        self.model.grid.update(self.model.head.density_fn, self.step, threshold=r.grid_threshold / r.step_size,
+                               warmup_steps=r.grid_warmup_steps, generator=self.grid_gen, backend=self.cfg.backend)
+
+    def _head_losses(self, out: dict, batch) -> dict[str, torch.Tensor]:
+        lc = self.cfg.loss
+        w = L.pixel_weights(batch.labels, lc)
+        terms = {"photometric": L.weighted_mse(out["rgb"], batch.rgb, w)}
+        terms["opacity"] = lc.opacity * ((out["head_opacity"] - batch.head_mask.float()) ** 2).mean()
+        if lc.sparsity:
+            # Fog that no ray sees empty (behind and inside the head) would keep the occupancy grid full.
+            box = self.model.head.aabb
+            x = box[:3] + torch.rand(4096, 3, generator=self.gen).to(self.device) * (box[3:] - box[:3])
+            alpha = 1 - torch.exp(-self.model.head.density_fn(x) * self.cfg.render.step_size)
+            terms["sparsity"] = lc.sparsity * alpha.mean()
+        if self.cfg.head.latent_dim:
+            lat = self.model.head.latents
+            terms["latent_l2"] = lc.latent_l2 * (lat**2).sum(-1).mean()
+            terms["latent_decorrelation"] = lc.latent_decorrelation * L.latent_decorrelation(lat, self.train_motion)
+        return terms
+
+    def _jitter(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.gen).to(self.device)
+
+    def train_step(self, stage: StageConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        d, m = self.cfg.data, self.model
+        extra: dict[str, float] = {}
+        if stage.kind in ("head", "mouth"):
+            m.head.train()
+            if self.step % self.cfg.render.grid_update_every == 0:
+                self._update_grid()
+            if stage.kind == "head":
+                batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, d.head_ray_fraction)
+            else:
+                batch = self.data.sample_mouth_patches(self.gen, stage.patches_per_step, stage.patch_size)
+            n = len(batch.frames)
+            keep = (torch.rand(n, generator=self.gen) >= self.cfg.head.latent_dropout).float().to(self.device)
+            out = render_batch(m, self.data, self.motion, self.eyes, batch, "gt", keep, self._jitter(n))
+            terms = self._head_losses(out, batch)
+            if stage.kind == "mouth":
+                p = min(stage.patch_size, *self.data.size)
+                to_img = lambda x: x.reshape(-1, p, p, 3).permute(0, 3, 1, 2)  # noqa: E731  [P, 3, p, p]
+                ssim, grad = L.patch_losses(to_img(out["rgb"]), to_img(batch.rgb))
+                terms["ssim"] = self.cfg.loss.ssim * ssim
+                terms["gradient"] = self.cfg.loss.gradient * grad
+        else:  # torso under a frozen head
+            m.head.eval()
+            batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, 0.0)
+            with torch.no_grad():
+                keep = torch.ones(len(batch.frames), device=self.device)
+                head = render_batch(m, self.data, self.motion, self.eyes, batch, "none", keep)
+            out = render_batch_torso(m, self.data, batch, head)
+            w = L.pixel_weights(batch.labels, self.cfg.loss)
+            terms = {"photometric": L.weighted_mse(out["rgb"], batch.rgb, w),
+                     "torso_alpha": self.cfg.loss.torso_alpha * ((out["torso_alpha"] - batch.torso_rgba[:, 3]) ** 2).mean()}
+        extra["psnr"] = L.psnr(float(((out["rgb"].detach() - batch.rgb) ** 2).mean()))
+        extra["samples_per_ray"] = float(out["n_samples"]) / len(batch.frames) if "n_samples" in out else 0.0
+        return terms, extra
+
+    # -- validation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_frame(self, i: int, torso: str) -> tuple[torch.Tensor, torch.Tensor]:  # pred, gt [H, W, 3]
+        self.model.eval()
+        full = self.data.full_frame(i)
+        chunk, preds = self.cfg.render.chunk, []
+        for c0 in range(0, len(full.frames), chunk):
+            sub = type(full)(*(getattr(full, f)[c0 : c0 + chunk] for f in
+                               ("frames", "rows", "pixels", "rgb", "labels", "torso_rgba")))
+            # Validation frames have no latent: they are rendered as any new frame is, from motion and eyes alone.
+            preds.append(render_batch(self.model, self.data, self.motion, self.eyes, sub, torso, None)["rgb"])
+        h, w = self.data.size
+        return torch.cat(preds).reshape(h, w, 3).clamp(0, 1), full.rgb.reshape(h, w, 3)
+
+    def torso_trained(self) -> bool:
+        start = 0
+        for s in self.cfg.stages:
+            if s.kind == "torso" and s.steps and self.step > start:
+                return True
+            start += s.steps
+        return False
+
+    def validate(self, writer) -> dict[str, float]:
+        frames = self.data.val_frames or self.data.train_frames[-1:]
+        torso = "field" if self.torso_trained() else "gt"
+        if self._mean_image is None:
+            self._mean_image = self.data.mean_image().to(self.device)
+        mses, base = [], []
+        for k, i in enumerate(frames):
+            pred, gt = self.render_frame(i, torso)
+            mses.append(float(((pred - gt) ** 2).mean()))
+            base.append(float(((self._mean_image - gt) ** 2).mean()))
+            if writer is not None and k < 3:
+                writer.add_image(f"val/{i:06d}", torch.cat([pred, gt], 1).permute(2, 0, 1).cpu(), self.step)
+        res = {"psnr": L.psnr(float(np.mean(mses))), "mean_image_psnr": L.psnr(float(np.mean(base))),
+               "torso": torso, "frames": frames}
+        if writer is not None:
+            writer.add_scalar(f"val/psnr_{'full' if torso == 'field' else 'head_over_gt_torso'}", res["psnr"], self.step)
+            writer.add_scalar("val/mean_image_psnr", res["mean_image_psnr"], self.step)
+        return res
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self, writer=None) -> str:
+        """Trains from self.step to the end (or stop_at_step / Ctrl-C). Returns "done" or "stopped"."""
+        cfg = self.cfg
+        log_path = self.out / "train_log.jsonl"
+        total = cfg.total_steps
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+        t_last = time.perf_counter()
+        with _StopFlag() as stop, open(log_path, "a") as logf:
+            while self.step < total:
+                si, stage, local = cfg.stage_at(self.step)
+                if self.opt_stage != si or self.optimizer is None:
+                    self._make_optimizer(si)
+                lr = learning_rate(stage, local)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr * g["lr_factor"]
+                terms, extra = self.train_step(stage)
+                loss = sum(terms.values())
+                if not torch.isfinite(loss):
+                    self._diverged(stage, {k: float(v) for k, v in terms.items()}, "loss")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+                gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm=float("inf"))
+                if not torch.isfinite(gnorm):
+                    self._diverged(stage, {k: float(v) for k, v in terms.items()}, "gradient")
+                self.optimizer.step()
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    now = time.perf_counter()
+                    rec = {"step": self.step, "stage": stage.name, "loss": float(loss.detach()), "lr": lr,
+                           **{k: float(v.detach()) for k, v in terms.items()}, **extra,
+                           "occupied": self.model.grid.occupied_fraction(),
+                           "sec_per_step": (now - t_last) / cfg.log_every}
+                    t_last = now
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                    bar.set_postfix(stage=stage.name, loss=f"{float(loss.detach()):.4f}", psnr=f"{extra['psnr']:.1f}")
+                    if writer is not None:
+                        for k, v in rec.items():
+                            if isinstance(v, float):
+                                writer.add_scalar(f"train/{k}", v, self.step)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < total:
+                    self.validate(writer)
+                if stop.requested or (cfg.stop_at_step and self.step >= cfg.stop_at_step and self.step < total):
+                    path = self.save()
+                    bar.close()
+                    why = "Ctrl-C" if stop.requested else f"stop_at_step = {cfg.stop_at_step}"
+                    log.warning("stopped at step %d (%s); checkpoint %s; continue with --resume", self.step, why, path)
+                    return "stopped"
+        bar.close()
+        return "done"
+
+    def _diverged(self, stage: StageConfig, terms: dict[str, float], what: str) -> None:
+        last = ck.find_checkpoint(self.ckpt_dir)
+        kept = (f"the last good checkpoint (step {ck.load_state(last)['step']}) is kept in {last}" if last
+                else "no checkpoint had been written yet")
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1} (stage {stage.name!r}): the {what} is not finite "
+            f"(loss terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); {kept}",
+            "lower the stage's lr in the recipe (or data.rays_per_step up) and continue with --resume.",
+        )
+
+    def write_avatar(self, figures: dict) -> None:
+        """The trained weights without optimizer state, and the metadata a renderer needs."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(tensors, str(self.out / "avatar.safetensors.partial"))
+        os.replace(self.out / "avatar.safetensors.partial", self.out / "avatar.safetensors")
+        meta = {
+            "kind": AVATAR_KIND, "format_version": AVATAR_VERSION, "steps": self.step,
+            "dataset": str(self.data.ds.root), "intrinsics": self.data.intrinsics.to_dict(),
+            "head_aabb": self.model.head.aabb.tolist(), "n_motion": int(self.model.motion_components.shape[0]),
+            "motion_explained": self.data.basis.explained(self.data.ds.load_array("lower_face_motion")),
+            "train_frames": self.data.train_frames, "figures": figures, "config": self.cfg.to_dict(),
+        }
+        (self.out / "avatar.json.partial").write_text(json.dumps(meta, indent=2))
+        os.replace(self.out / "avatar.json.partial", self.out / "avatar.json")
+        shutil.copyfile(self.data.ds.path("background.png"), self.out / "background.png")
+
+
+def render_batch_torso(model: AvatarModel, data: TrainData, batch, head: dict) -> dict[str, torch.Tensor]:
+    """The torso field under an already rendered (frozen) head: only the torso gets gradients."""
+    from nerf_talk.render import composite_layers
+
+    h, w = data.size
+    poses = data.poses.to(batch.rgb.device)[batch.frames]
+    uv = (batch.pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=batch.rgb.device)
+    t_rgb, t_alpha = model.torso(uv, model.pose_code(poses))
+    rgb = composite_layers(head["head_rgb"], head["head_opacity"], t_rgb, t_alpha, model.background(batch.pixels))
+    return {"rgb": rgb, "torso_alpha": t_alpha}
+
+
+def _resume_config(ckpt: Path, overrides: list[str] | None) -> TrainConfig:
+    d = ck.load_state(ckpt)["config"]
+    for item in overrides or []:
+        apply_override(d, item)
+    cfg = _from_dict(TrainConfig, d, "")
+    cfg.validate()
+    return cfg
+
+
+def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool = False) -> Path:
+    """Trains an avatar from the dataset at `dataset_dir` into `out_dir` and returns `out_dir`.
+
+    recipe_path: a TOML recipe (recipes/*.toml); overrides: ["section.key=value", ...] applied on top. With `resume`,
+    training continues from out_dir's last checkpoint with the config saved there (overrides still apply), exactly
+    where it stopped: step, weights, occupancy grid, optimizer state and random state.
+    """
+    out = Path(out_dir)
+    ckpt = ck.find_checkpoint(out / "checkpoints") if resume else None
+    if resume and ckpt is None:
+        raise UserError(f"--resume: {out} holds no checkpoint", "start a new run without --resume.")
+    if ckpt is not None:
+        if recipe_path is not None:
+            log.warning("--resume uses the config saved in %s; the recipe %s is ignored", ckpt, recipe_path)
+        cfg = _resume_config(ckpt, overrides)
+    else:
+        cfg = load_config(recipe_path, overrides)
+        if (out / "checkpoints").exists() and cfg.init_from != "out":
+            raise UserError(f"{out} already holds a training run",
+                            "pass --resume to continue it, or choose another output directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, Path(dataset_dir), out)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    elif cfg.init_from:
+        src = out if cfg.init_from == "out" else Path(cfg.init_from)
+        if not (src / "avatar.safetensors").exists():
+            raise UserError(f"init_from: {src} holds no avatar.safetensors", "train the head first (recipes/head.toml).")
+        ck.load_model_weights(trainer.model, src / "avatar.safetensors")
+    (out / "config.json").write_text(config_to_json(cfg))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+    try:
+        status = trainer.run(writer)
+        if status == "stopped":
+            return out
+        trainer.save()
+        figures = trainer.validate(writer)
+        figures["seconds_per_step"] = _mean_sec_per_step(out / "train_log.jsonl")
+        trainer.write_avatar(figures)
+        (out / "metrics.json").write_text(json.dumps(figures, indent=2))
+        log.info("val PSNR %.2f dB (mean image %.2f dB)", figures["psnr"], figures["mean_image_psnr"])
+    finally:
+        writer.close()
+    return out
+
+
+def _mean_sec_per_step(path: Path) -> float:
+    vals = [json.loads(line).get("sec_per_step", math.nan) for line in path.read_text().splitlines() if line]
+    vals = [v for v in vals if math.isfinite(v)]
+    return float(np.median(vals)) if vals else math.nan

@@ -1,0 +1,149 @@
+"""Unit tests of the fields, the renderer and the config system (fast, CPU, tiny sizes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cuda_ext import OccupancyGrid
+from nerf_talk.config import HeadConfig, TorsoConfig, load_config
+from nerf_talk.errors import UserError
+from nerf_talk.fields import HeadCodes, HeadField, TorsoField, head_box, mouth_region, pose_features
+from nerf_talk.render import Intrinsics, composite_layers, pixel_rays, render_rays
+from nerf_talk.train.data import MotionBasis
+from preprocess.mesh_topology import LOWER_FACE
+
+SMALL_HEAD = HeadConfig(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, hidden=16,
+                        motion_code=8, latent_dim=4, geo_features=7)
+
+
+def _template(seed=0):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(478, 3))
+    t = t / np.linalg.norm(t, axis=1, keepdims=True) * 0.1
+    t[:, 2] = -np.abs(t[:, 2])
+    lower = list(LOWER_FACE)  # lips and jaw around the mouth, as on a face
+    t[lower] = np.array([0.0, 0.05, -0.085]) + rng.uniform(-0.02, 0.02, size=(len(lower), 3))
+    return t
+
+
+def test_head_box_contains_template_with_padding():
+    t = _template()
+    box = np.array(head_box(t, padding=0.3, neck_extension=0.5))
+    assert (box[:3] < t.min(0)).all() and (box[3:] > t.max(0)).all()
+    assert box[4] - t.max(0)[1] > 0.5 * np.ptp(t[:, 1])  # extended downwards for the neck
+    with pytest.raises(ValueError):
+        head_box(np.zeros((5, 2)), 0.3, 0.5)
+
+
+def _field(n_motion=3, n_frames=5):
+    t = _template()
+    torch.manual_seed(0)
+    return HeadField(SMALL_HEAD, head_box(t, 0.3, 0.5), n_motion, n_frames, mouth_region(t), backend="torch"), t
+
+
+def test_head_field_density_and_outputs():
+    field, _ = _field()
+    x = torch.rand(50, 3) * 0.2 - 0.1
+    sigma, geo = field.get_density(x)
+    assert sigma.shape == (50,) and geo.shape == (50, SMALL_HEAD.geo_features)
+    assert (sigma >= 0).all()
+    far = torch.full((2, 3), 5.0)  # outside the box: empty
+    assert (field.get_density(far)[0] == 0).all()
+    codes = HeadCodes(torch.randn(50, 3), torch.rand(50, 3), torch.randn(50, 4))
+    rgb = field.get_outputs(x, geo, codes)
+    assert rgb.shape == (50, 3) and (rgb >= 0).all() and (rgb <= 1).all()
+    rgb.sum().backward()
+    assert field.motion_embed[0].weight.grad is not None and field.grid.table.grad is not None
+
+
+def test_latent_is_off_in_the_mouth_region():
+    field, t = _field()
+    torch.nn.init.normal_(field.color_mlp[0].weight)  # make the latent's effect visible
+    inside = torch.tensor(t[list(LOWER_FACE)][:4], dtype=torch.float32)
+    outside = torch.tensor([[0.0, -0.08, -0.05]] * 4)
+    assert field.in_mouth_region(inside).all() and not field.in_mouth_region(outside).any()
+    for x, changes in ((inside, False), (outside, True)):
+        _, geo = field.get_density(x)
+        motion, eyes = torch.zeros(4, 3), torch.ones(4, 3)
+        a = field.get_outputs(x, geo, HeadCodes(motion, eyes, torch.ones(4, 4) * 3))
+        b = field.get_outputs(x, geo, HeadCodes(motion, eyes, None))
+        assert (not torch.allclose(a, b)) == changes
+
+
+def test_torso_field_starts_undeformed_and_pose_features():
+    torch.manual_seed(0)
+    f = TorsoField(TorsoConfig(n_levels=4, log2_table_size=10, finest_resolution=32, hidden=16, pose_code=4),
+                   backend="torch")
+    uv = torch.rand(20, 2)
+    poses = torch.eye(4).expand(20, 4, 4).clone()
+    poses[:, :3, 3] = torch.tensor([0.0, 0.0, -0.6])
+    feats = pose_features(poses, torch.tensor([0.0, 0.0, -0.6]), 0.6)
+    assert torch.allclose(feats, torch.zeros(20, 9))  # frontal pose at the mean position
+    rgb, alpha = f(uv, feats)
+    assert rgb.shape == (20, 3) and alpha.shape == (20,)
+    assert f.deform[-1].weight.abs().sum() == 0  # no deformation before training
+
+
+def test_pixel_rays_follow_opencv_axes():
+    intr = Intrinsics(50.0, 50.0, 16.0, 16.0, 32, 32)
+    c2h = torch.eye(4)
+    c2h[:3, 3] = torch.tensor([0.1, 0.2, -0.6])
+    o, d = pixel_rays(c2h[None].expand(3, 4, 4), torch.tensor([[15, 15], [31, 15], [15, 31]]), intr)
+    assert torch.allclose(o[0], c2h[:3, 3])
+    assert torch.allclose(d.norm(dim=-1), torch.ones(3))
+    assert d[0, 2] > 0.999  # the central pixel looks along +z
+    assert d[1, 0] > 0 and d[2, 1] > 0  # right is +x, down is +y
+
+
+def test_render_rays_sphere_and_layers():
+    grid = OccupancyGrid([-0.2] * 3 + [0.2] * 3, 16)
+    radius = 0.1
+
+    def radiance(positions, ray_indices):  # an opaque red sphere
+        sigma = (positions.norm(dim=-1) < radius).float() * 2000.0
+        return sigma, torch.tensor([1.0, 0.0, 0.0]).expand(len(positions), 3)
+
+    o = torch.tensor([[0.0, 0.0, -0.6], [0.15, 0.15, -0.6]])
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    out = render_rays(o, d, grid, radiance, step_size=0.004, max_samples=200, backend="torch")
+    assert out.opacity[0] > 0.99 and out.opacity[1] < 1e-6
+    assert math.isclose(float(out.depth[0] / out.opacity[0]), 0.5, abs_tol=0.01)
+    bg = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    rgb = composite_layers(out.rgb, out.opacity, torch.zeros(2, 3), torch.zeros(2), bg)
+    assert torch.allclose(rgb[0], torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
+    assert torch.allclose(rgb[1], bg[1])
+
+
+def test_motion_basis_recovers_a_one_dimensional_motion():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 3))
+    m = np.sin(np.arange(60) / 3.0)
+    motion = m[:, None, None] * a[None] + rng.normal(size=(60, 10, 3)) * 1e-4
+    basis = MotionBasis.fit(motion, 8)
+    c = basis.coefficients(motion)
+    assert c.shape == (60, 8)
+    assert basis.explained(motion) > 0.999
+    assert abs(np.corrcoef(c[:, 0].numpy(), m)[0, 1]) > 0.999
+    assert c[:, 1:].abs().max() < 0.05  # the noise components stay small (one scale for all)
+
+
+def test_config_recipe_overrides_and_errors(tmp_path):
+    cfg = load_config("recipes/smoke_cpu.toml", ["stages.0.steps=7", "data.scale=0.5", "head.hidden=8"])
+    assert cfg.stages[0].steps == 7 and cfg.data.scale == 0.5 and cfg.head.hidden == 8
+    assert [s.kind for s in cfg.stages] == ["head", "mouth", "torso"]
+    i, stage, local = cfg.stage_at(8)
+    assert (i, stage.kind, local) == (1, "mouth", 1)
+    for recipe in ("head", "torso"):
+        load_config(f"recipes/{recipe}.toml")
+    with pytest.raises(UserError, match="unknown setting"):
+        load_config(None, ["head.no_such_thing=1"])
+    with pytest.raises(UserError, match="kind"):
+        load_config(None, ["stages.0.kind=lips"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nscale = 'big'\n")
+    with pytest.raises(UserError, match="data.scale"):
+        load_config(bad)
