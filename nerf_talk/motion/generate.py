@@ -1,0 +1,145 @@
+"""Head pose and blinks for new speech, from the person's own recording: natural, not a frozen replay.
+
+Head pose (`generate_pose`): the person's real pose track is cut into overlapping segments; for each stretch of the
+new audio the segment is chosen whose speech activity (the share of speaking frames around each frame, from the
+clip's own audio) best matches the new audio's, among those that also start close to where the head currently is,
+with randomness among the near-best so that a long answer does not loop one segment; consecutive segments are joined
+by a raised-cosine cross-fade in (rotation vector, translation) space. A nodding speaker keeps nodding when talking
+and calms down in pauses, because the segments come from the matching state. `replay_pose` is the plain replay
+(`--pose-from VIDEO`: that video's track, ping-ponged to length).
+
+Blinks (`generate_blinks`): blink times are drawn as a renewal process at the person's own rate (face_motion's
+blink_rate_per_min), with gamma-distributed intervals (shape 3: blinks are more regular than a Poisson process,
+never closer than MIN_BLINK_GAP_S), and each is moved to a speech pause starting within PAUSE_SNAP_S with
+probability PAUSE_SNAP_P (people blink at phrase boundaries). Each blink has the person's own mean blink profile
+(closing-opening curve averaged over their detected blinks) or a 250 ms default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+from scipy.spatial.transform import Rotation
+
+SEGMENT_S = 2.4
+CROSSFADE_S = 0.6
+MIN_BLINK_GAP_S = 0.8
+PAUSE_SNAP_S = 0.6
+PAUSE_SNAP_P = 0.6
+GAMMA_SHAPE = 3.0
+DEFAULT_BLINK = np.array([0.3, 0.8, 1.0, 0.9, 0.6, 0.3, 0.1], np.float32)  # at 25 fps: ~280 ms
+
+
+def poses_to_params(poses: np.ndarray) -> np.ndarray:
+    """[N, 4, 4] camera-to-head -> [N, 6] (rotation vector, translation)."""
+    poses = np.asarray(poses, np.float64)
+    return np.concatenate([Rotation.from_matrix(poses[:, :3, :3]).as_rotvec(), poses[:, :3, 3]], 1)
+
+
+def params_to_poses(params: np.ndarray) -> np.ndarray:
+    """[N, 6] -> [N, 4, 4] float32."""
+    out = np.tile(np.eye(4), (len(params), 1, 1))
+    out[:, :3, :3] = Rotation.from_rotvec(params[:, :3]).as_matrix()
+    out[:, :3, 3] = params[:, 3:]
+    return out.astype(np.float32)
+
+
+def activity(speech: np.ndarray, fps: float) -> np.ndarray:
+    """[N] share of speaking frames in a 1 s window around each frame."""
+    return uniform_filter1d(np.asarray(speech, np.float64), max(1, int(fps)), mode="nearest")
+
+
+def replay_pose(poses: np.ndarray, n: int) -> np.ndarray:
+    """The track played forwards then backwards (no jump at the end), to length n: [n, 4, 4]."""
+    poses = np.asarray(poses)
+    cycle = np.concatenate([np.arange(len(poses)), np.arange(len(poses) - 2, 0, -1)]) if len(poses) > 1 else [0]
+    return poses[np.asarray(cycle)[np.arange(n) % len(cycle)]]
+
+
+def generate_pose(poses: np.ndarray, speech_src: np.ndarray, speech_new: np.ndarray, fps: float,
+                  seed: int = 0) -> np.ndarray:
+    """[M, 4, 4] camera-to-head poses for new audio with voice activity speech_new [M], from the person's track
+    poses [N, 4, 4] with its voice activity speech_src [N] (all at `fps`)."""
+    rng = np.random.default_rng(seed)
+    src = poses_to_params(poses)  # [N, 6]
+    n_src, m = len(src), len(speech_new)
+    seg = min(int(SEGMENT_S * fps), n_src)
+    fade = min(int(CROSSFADE_S * fps), seg // 2)
+    if n_src < 2 or seg <= fade:
+        return replay_pose(poses, m)
+    act_src, act_new = activity(speech_src, fps), activity(speech_new, fps)
+    starts = np.arange(0, n_src - seg + 1, max(1, fade // 2))
+    # Scale of "close": the track's typical frame-to-frame-second change, so the join cost is unit-free.
+    spread = np.std(src, 0) + 1e-6
+    out = np.zeros((m, 6))
+    step = seg - fade
+    pos, prev_start = 0, None
+    current = src[rng.integers(n_src)]
+    while pos < m:
+        want = act_new[pos:pos + seg]
+        cost = np.array([np.mean((act_src[s:s + len(want)] - want) ** 2) for s in starts])
+        join = np.sum(((src[starts] - current) / spread) ** 2, 1) / 6.0
+        total = cost / (cost.std() + 1e-6) + 0.5 * join / (join.std() + 1e-6)
+        if prev_start is not None:
+            total[np.abs(starts - prev_start) < seg] = np.inf  # not the same stretch again
+        if not np.isfinite(total).any():
+            total = np.zeros(len(starts))
+        best = np.argsort(total)[:3]  # a random pick among the three best keeps long outputs varied
+        s = int(starts[rng.choice(best[np.isfinite(total[best])])])
+        piece = src[s:s + seg].copy()  # [seg, 6]
+        if pos > 0:
+            # Start from where the head is, and let that offset fade over the segment, so that the head neither
+            # jumps nor drifts away from its usual place.
+            piece += (current - src[s]) * np.linspace(1.0, 0.0, seg)[:, None]
+        n = min(seg, m - pos)
+        if pos == 0:
+            out[:n] = piece[:n]
+        else:
+            w = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)  # raised cosine 0 -> 1
+            k = min(fade, n)
+            out[pos:pos + k] = out[pos:pos + k] * (1 - w[:k, None]) + piece[:k] * w[:k, None]
+            out[pos + k:pos + n] = piece[k:n]
+        current = out[min(pos + step, m - 1)]
+        prev_start = s
+        pos += step
+    return params_to_poses(out)
+
+
+def blink_profile(blink: np.ndarray, fps: float) -> np.ndarray:
+    """The person's mean blink curve [L] (values in [0, 1]) from their blink track [N], or the default."""
+    b = np.asarray(blink, np.float64)
+    peaks = [i for i in range(2, len(b) - 2) if b[i] > 0.6 and b[i] == b[i - 2:i + 3].max()]
+    half = max(2, int(round(0.15 * fps)))
+    curves = [b[i - half:i + half + 1] for i in peaks if half <= i < len(b) - half]
+    if len(curves) < 3:
+        t = np.linspace(0, len(DEFAULT_BLINK) - 1, max(3, int(round(len(DEFAULT_BLINK) * fps / 25))))
+        return np.interp(t, np.arange(len(DEFAULT_BLINK)), DEFAULT_BLINK).astype(np.float32)
+    return np.clip(np.mean(curves, 0), 0, 1).astype(np.float32)
+
+
+def generate_blinks(n: int, fps: float, rate_per_min: float, speech: np.ndarray | None = None,
+                    profile: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """[n] blink track in [0, 1] (1 = closed) at the person's rate; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    profile = DEFAULT_BLINK if profile is None else np.asarray(profile)
+    out = np.zeros(n, np.float32)
+    rate = float(np.clip(rate_per_min, 2.0, 60.0))
+    mean_gap = 60.0 / rate
+    pauses = np.zeros(0, int)
+    if speech is not None:
+        sp = np.asarray(speech, bool)
+        pauses = np.nonzero(sp[:-1] & ~sp[1:])[0] + 1  # first silent frame after speech
+    t = rng.uniform(0.2, 1.0) * mean_gap
+    last = -np.inf
+    while t * fps < n:
+        frame = int(t * fps)
+        if len(pauses) and rng.random() < PAUSE_SNAP_P:
+            near = pauses[np.abs(pauses - frame) <= PAUSE_SNAP_S * fps]
+            if len(near):
+                frame = int(near[np.argmin(np.abs(near - frame))])
+        if (frame - last) / fps >= MIN_BLINK_GAP_S:
+            seg = out[frame:frame + len(profile)]
+            np.maximum(seg, profile[:len(seg)], out=seg)
+            last = frame
+        t = max(t, frame / fps) + max(MIN_BLINK_GAP_S, rng.gamma(GAMMA_SHAPE, mean_gap / GAMMA_SHAPE))
+    return out
