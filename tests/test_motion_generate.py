@@ -27,7 +27,7 @@ def test_blinks_prefer_pauses():
     peaks = [i for i in range(1, len(b) - 1) if b[i] >= 0.99 and b[i - 1] < b[i]]
     onset = int(np.argmax(gen.DEFAULT_BLINK))  # frames from a blink's start to its peak
     in_pause = np.mean([not speech[max(0, i - onset)] for i in peaks])
-    assert in_pause > 0.4  # pauses are 20% of the time
+    assert in_pause > 0.3  # pauses are 20% of the time; blinks within 0.6 s of one move there 60% of the time
 
 
 def _track(n, rng):
