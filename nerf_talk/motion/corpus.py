@@ -1,0 +1,186 @@
+"""The training corpus: preprocessed datasets (real speech + real lip motion) and synthetic shards (TTS speech +
+viseme targets), served as fixed-length windows.
+
+A corpus folder holds any number of dataset directories (each with manifest.json, found up to two levels down) and,
+optionally, `synthetic/*.npz` shards written by synth.py. Arrays are memory-mapped and windows are cut on demand, so
+a corpus larger than RAM trains, and DataLoader workers share the page cache.
+
+Sources at a frame rate other than MODEL_FPS are brought to it once, when indexed: the features are recomputed from
+the dataset's audio.wav at MODEL_FPS and the motion is linearly interpolated to the new frame times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+
+from nerf_talk import audio_features as af
+from nerf_talk.errors import UserError
+from nerf_talk.motion import features as mf
+from nerf_talk.motion import visemes as vz
+from nerf_talk.motion.model import MODEL_FPS, MotionBasis
+
+log = logging.getLogger("nerf_talk.motion")
+FEATURES = ("ppg", "mel", "pitch", "energy")
+
+
+@dataclass
+class Source:
+    """One utterance or clip. Real sources carry motion [N, K, 3] and blink [N]; synthetic ones visemes [N, V]."""
+
+    name: str
+    kind: str  # "real" | "synthetic"
+    features: dict  # name -> [N, ...] arrays (possibly memory-mapped)
+    stats: mf.Stats
+    motion: np.ndarray | None = None  # [N, K, 3]
+    blink: np.ndarray | None = None  # [N]
+    visemes: np.ndarray | None = None  # [N, V]
+    mouth_opening: np.ndarray | None = None  # [N] real clips: the measured inner-lip gap / face size
+    frames: np.ndarray | None = None  # [M] the frame indices this source may train on (None: all)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.features["energy"])
+
+
+def find_datasets(corpus_dir: str | Path) -> list[Path]:
+    """Dataset directories (holding manifest.json) at most two levels under `corpus_dir`, sorted by name."""
+    root = Path(corpus_dir)
+    if not root.is_dir():
+        raise UserError(f"corpus folder {root} does not exist", "give a folder of preprocessed datasets.")
+    found = [p.parent for pat in ("manifest.json", "*/manifest.json", "*/*/manifest.json") for p in root.glob(pat)]
+    return sorted(set(found), key=lambda p: p.name)
+
+
+def load_real(path: Path, vocab: list[str], use_val_frames: bool = True) -> Source:
+    """A preprocessed dataset as a Source at MODEL_FPS."""
+    from preprocess.dataset import Dataset
+
+    ds = Dataset(path)
+    res = ds.step_result("audio_features")
+    if list(res.get("phoneme_vocabulary", vocab)) != list(vocab):
+        raise UserError(f"{path}: its posteriorgram columns differ from this nerf_talk's",
+                        "preprocess it again with this version (`--force audio_features`).")
+    feats = {k: ds.load_array(f"audio_{k}") for k in FEATURES}
+    motion, blink, opening = (ds.load_array(n) for n in ("lower_face_motion", "blink", "mouth_opening"))
+    frames = None
+    if not use_val_frames and ds.path("split.json").exists():
+        frames = np.asarray(ds.read_json("split.json")["train"], np.int64)
+    if abs(ds.fps - MODEL_FPS) > 1e-6:
+        from nerf_talk import media
+
+        audio = media.read_audio(ds.path("audio.wav"), af.SAMPLE_RATE)
+        n = int(math.floor(ds.n_frames / ds.fps * MODEL_FPS))
+        feats = af.compute_features(audio, MODEL_FPS, n)
+        t_new = (np.arange(n) + 0.5) / MODEL_FPS
+        t_old = (np.arange(ds.n_frames) + 0.5) / ds.fps
+        motion = resample_frames(motion, t_old, t_new)
+        blink = resample_frames(blink, t_old, t_new)
+        opening = resample_frames(opening, t_old, t_new)
+        if frames is not None:
+            keep = np.zeros(ds.n_frames, bool)
+            keep[frames] = True
+            frames = np.nonzero(resample_frames(keep.astype(np.float32), t_old, t_new) > 0.5)[0]
+    return Source(path.name, "real", feats, mf.utterance_stats(feats), motion=motion, blink=blink,
+                  mouth_opening=opening, frames=frames)
+
+
+def resample_frames(x: np.ndarray, t_old: np.ndarray, t_new: np.ndarray) -> np.ndarray:
+    """Linear interpolation of per-frame rows x [N, ...] from times t_old [N] to t_new [M] -> [M, ...]."""
+    flat = np.asarray(x, np.float32).reshape(len(x), -1)
+    out = np.stack([np.interp(t_new, t_old, flat[:, j]) for j in range(flat.shape[1])], 1)
+    return out.reshape((len(t_new),) + np.asarray(x).shape[1:]).astype(np.float32)
+
+
+def save_synthetic(path: Path, features: dict, visemes: np.ndarray, info: dict) -> None:
+    """One synthetic utterance as an .npz (plain arrays, loadable without pickle)."""
+    tmp = path.with_suffix(".partial.npz")
+    np.savez(tmp, **{k: np.asarray(features[k], np.float32) for k in FEATURES},
+             visemes=np.asarray(visemes, np.float32), info=np.array(json.dumps(info)))
+    tmp.replace(path)
+
+
+def load_synthetic(path: Path) -> Source:
+    with np.load(path, allow_pickle=False) as z:
+        feats = {k: z[k] for k in FEATURES}
+        vis = z["visemes"]
+    return Source(path.stem, "synthetic", feats, mf.utterance_stats(feats), visemes=vis)
+
+
+def synthetic_targets(visemes: np.ndarray, viseme_motion: np.ndarray, blur_frames: float) -> np.ndarray:
+    """[N, C] motion coefficients of a viseme track [N, V]: per-viseme means blended by frame shares, blurred in time
+    (coarticulation: a mouth moves towards the next shape before it arrives), then held at the bilabial shape
+    wherever a /p b m/ covers half a frame or more, so the blur cannot open a closure."""
+    coeffs = np.asarray(visemes, np.float64) @ np.asarray(viseme_motion, np.float64)
+    if blur_frames > 0:
+        coeffs = gaussian_filter1d(coeffs, blur_frames, axis=0, mode="nearest")
+    closed = visemes[:, vz.V["bilabial"]] >= 0.5
+    coeffs[closed] = viseme_motion[vz.V["bilabial"]]
+    return coeffs.astype(np.float32)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Fixed-length windows over all sources. Item: dict of x [T, D], coeffs [T, C], blink [T], blink_mask [T]
+    (1 where the blink target is real), real (0-d, 1 for real clips).
+
+    Windows start every window/2 frames; a real clip's windows are repeated `real_weight` times (rounded) so the
+    scarce real motion is not drowned by synthetic speech. Sources shorter than a window are padded with silence
+    features and neutral motion, weighted 0 where padded (`weight` [T])."""
+
+    def __init__(self, sources: list[Source], basis: MotionBasis, viseme_motion: np.ndarray, window: int,
+                 real_weight: float = 1.0, blur_frames: float = 1.2, blank_column: int = -1):
+        self.blank_column = blank_column  # the posteriorgram's "<blank>" column: what silence looks like there
+        self.sources, self.basis, self.viseme_motion = sources, basis, viseme_motion
+        self.window, self.blur = window, blur_frames
+        self.index: list[tuple[int, int]] = []
+        for si, s in enumerate(sources):
+            lo, hi = (0, s.n_frames) if s.frames is None or len(s.frames) == 0 else (int(s.frames.min()), int(s.frames.max()) + 1)
+            starts = list(range(lo, max(lo + 1, hi - window + 1), max(1, window // 2)))
+            reps = max(1, int(round(real_weight))) if s.kind == "real" else 1
+            self.index += [(si, st) for st in starts] * reps
+        self._targets: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _coeffs(self, si: int) -> np.ndarray:
+        if si not in self._targets:  # per worker process; a source's targets are small ([N, C])
+            s = self.sources[si]
+            if s.kind == "real":
+                self._targets[si] = self.basis.encode(np.asarray(s.motion)).astype(np.float32)
+            else:
+                self._targets[si] = synthetic_targets(np.asarray(s.visemes), self.viseme_motion, self.blur)
+        return self._targets[si]
+
+    def __getitem__(self, i: int) -> dict:
+        si, start = self.index[i]
+        s = self.sources[si]
+        end = min(start + self.window, s.n_frames)
+        feats = {k: np.asarray(v[start:end]) for k, v in s.features.items()}
+        x = mf.input_features(feats, s.stats)  # [t, D]
+        coeffs = self._coeffs(si)[start:end]  # [t, C]
+        t = end - start
+        pad = self.window - t
+        weight = np.ones(self.window, np.float32)
+        blink = np.zeros(self.window, np.float32)
+        blink_mask = np.zeros(self.window, np.float32)
+        if s.kind == "real":
+            blink[:t] = np.asarray(s.blink[start:end])
+            blink_mask[:t] = 1.0
+        if pad:
+            silence = np.zeros((pad, x.shape[1]), np.float32)
+            silence[:, self.blank_column] = 1.0
+            silence[:, -2] = -3.0  # the level column at its floor
+            x = np.concatenate([x, silence])
+            coeffs = np.concatenate([coeffs, np.zeros((pad, coeffs.shape[1]), np.float32)])
+            weight[t:] = 0.0
+        return {"x": torch.from_numpy(x), "coeffs": torch.from_numpy(np.ascontiguousarray(coeffs)),
+                "blink": torch.from_numpy(blink), "blink_mask": torch.from_numpy(blink_mask),
+                "weight": torch.from_numpy(weight), "real": torch.tensor(float(s.kind == "real"))}
