@@ -35,6 +35,34 @@ def cmd_preprocess(args) -> None:
     print(f"report:  {ds.path('report/index.html')}")
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def resolve_recipe(name: str | None) -> Path | None:
+    """A recipe path, or a bare name from recipes/ ("head", "smoke_cpu"); None: the hardware's default."""
+    if name is None:
+        import torch
+
+        name = "head" if torch.cuda.is_available() else "smoke_cpu"
+        if name == "smoke_cpu":
+            log.warning("no GPU: training the small CPU recipe (recipes/smoke_cpu.toml); a full avatar needs a GPU")
+    p = Path(name)
+    if p.suffix != ".toml" and not p.exists():
+        p = RECIPES / f"{name}.toml"
+    if not p.exists():
+        known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.toml")))
+        raise UserError(f"recipe not found: {name}", f"give a .toml path or one of: {known}")
+    return p
+
+
+def cmd_train(args) -> None:
+    from nerf_talk.train import train
+
+    recipe = None if args.resume and args.recipe is None else resolve_recipe(args.recipe)
+    out = train(args.dataset, args.output, recipe, overrides=args.set, resume=args.resume)
+    print(f"avatar: {out}")
+
+
 def cmd_sample(args) -> None:
     from nerf_talk.sample_clip import make_sample_clip
 
@@ -74,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--val-fraction", type=float, default=1 / 11, help="held-out last fraction (default 1/11)")
     pp.add_argument("--force", action="append", metavar="STEP", help="redo STEP (and what depends on it)")
     pp.set_defaults(func=cmd_preprocess)
+
+    pt = sub.add_parser("train", help="train an avatar's head and torso fields from a dataset")
+    pt.add_argument("dataset", type=Path, help="a directory written by `nerf-talk preprocess`")
+    pt.add_argument("-o", "--output", type=Path, required=True, help="avatar/training directory")
+    pt.add_argument("--recipe", help="recipes/NAME.toml or NAME (default: head on a GPU, smoke_cpu otherwise)")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. data.scale=0.5")
+    pt.add_argument("--resume", action="store_true", help="continue the run in OUTPUT exactly where it stopped")
+    pt.set_defaults(func=cmd_train)
 
     ps = sub.add_parser("sample", help="write the embedded sample talking-head clip and its ground truth")
     ps.add_argument("-o", "--output", type=Path, required=True)
