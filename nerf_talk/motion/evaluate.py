@@ -72,7 +72,8 @@ def evaluate_clip(model: MotionModel, dataset_dir: str | Path, fit_fraction: flo
     adapter = fit_adapter(coeffs[fit], motion[fit], model.basis.points)
     preds = {
         "generic": model.basis.decode(coeffs[test]),
-        "adapted": adapter.apply(coeffs[test]),
+        "adapted": adapter.apply(coeffs)[test],  # applied to the whole clip: the test part's first frames
+                                                 # see their real past (the adapter reads 4 past frames)
         "mean": np.broadcast_to(motion[fit].mean(0), motion[test].shape),
         "energy_jaw": energy_jaw(feats, motion[fit], fit, test),
         "real": motion[test],

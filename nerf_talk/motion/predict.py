@@ -94,20 +94,25 @@ def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps:
     feats = af.compute_features(a, MODEL_FPS)  # raises UserError for empty / short / non-finite audio
     coeffs, blink = run_network(model, mf.input_features(feats))
     speech = mf.speech_mask(feats)
-    coeffs = coeffs * silence_gate(speech)[:, None]
+    coeffs = (coeffs * silence_gate(speech)[:, None]).astype(np.float32)  # [M, C] at MODEL_FPS
+    # The adapter reads past frames, so it runs at the model's rate; the motion is resampled afterwards.
+    motion = adapter.apply(coeffs) if adapter is not None else model.basis.decode(coeffs)  # [M, K, 3]
     duration = len(a) / af.SAMPLE_RATE
     n = max(1, math.ceil(duration * fps - 1e-6))
     if abs(fps - MODEL_FPS) > 1e-6 or n != len(coeffs):
         t_model = (np.arange(len(coeffs)) + 0.5) / MODEL_FPS
         t_out = (np.arange(n) + 0.5) / fps
-        coeffs = np.stack([np.interp(t_out, t_model, coeffs[:, j]) for j in range(coeffs.shape[1])], 1)
-        blink = np.interp(t_out, t_model, blink)
-        speech = np.interp(t_out, t_model, speech.astype(np.float32)) > 0.5
-    coeffs = coeffs.astype(np.float32)
-    motion = adapter.apply(coeffs) if adapter is not None else model.basis.decode(coeffs)
-    return {"lower_face_motion": motion.astype(np.float32), "coeffs": coeffs, "blink": blink.astype(np.float32),
-            "mouth_opening": mouth_opening(motion, model.basis.points), "speech": speech, "fps": float(fps),
-            "points": list(model.basis.points)}
+
+        def resample(v):  # [M, ...] -> [n, ...]
+            flat = np.asarray(v, np.float64).reshape(len(v), -1)
+            return np.stack([np.interp(t_out, t_model, flat[:, j]) for j in range(flat.shape[1])], 1).reshape(
+                (n,) + np.shape(v)[1:])
+
+        coeffs, motion, blink = resample(coeffs), resample(motion), resample(blink)
+        speech = resample(speech.astype(np.float32)) > 0.5
+    return {"lower_face_motion": motion.astype(np.float32), "coeffs": coeffs.astype(np.float32),
+            "blink": blink.astype(np.float32), "mouth_opening": mouth_opening(motion, model.basis.points),
+            "speech": speech, "fps": float(fps), "points": list(model.basis.points)}
 
 
 class StreamingPredictor:
