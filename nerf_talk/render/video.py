@@ -1,0 +1,185 @@
+"""Whole frames of a trained avatar, and the per-frame conditioning ("drive") that new speech turns into.
+
+A frame is head + torso + background:
+  * the head field is rendered only inside the screen box of the head's 3D box for that frame's pose (every other
+    pixel's ray misses the box, so marching it would find nothing): on a head-and-shoulders crop that is a third of
+    the pixels, which is most of what makes CPU rendering usable;
+  * the torso field is evaluated over the whole image (it is a 2D field: one small MLP per pixel, no marching);
+  * both over the background plate, resampled when rendering at another size than the trained one.
+Rays go through the head field in chunks of `render.chunk` so memory stays bounded at any resolution.
+
+The drive: audio -> generic motion -> the personal adapter -> the person's lower-face motion -> the avatar's own
+motion coefficients; head pose generated from the person's track (or held still, or taken from another track);
+blinks generated at the person's rate with their blink profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from nerf_talk.fields import HeadCodes
+from nerf_talk.render.cameras import Intrinsics, image_pixels, pixel_rays
+from nerf_talk.render.composite import over_background
+
+POSE_MODES = ("generate", "still")
+
+
+@dataclass
+class Drive:
+    """What N frames show: head pose, lower-face motion, eyes; and where there is speech."""
+
+    poses: np.ndarray  # [N, 4, 4] camera-to-head
+    motion: np.ndarray  # [N, K, 3] lower-face motion in the person's space (0 = their neutral face)
+    eyes: np.ndarray  # [N, 3] left openness, right openness, blink
+    speech: np.ndarray  # [N] bool voice activity
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+
+def still_pose(track: np.ndarray) -> np.ndarray:
+    """[4, 4] the median pose of a track (rotation vector and translation medians): the person's usual position."""
+    from nerf_talk.motion.generate import params_to_poses, poses_to_params
+
+    return params_to_poses(np.median(poses_to_params(track), 0, keepdims=True))[0]
+
+
+def retarget_poses(source: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Another recording's head motion [M, 4, 4] moved onto this person: each source pose's rotation and translation
+    relative to the source's median pose, applied to this person's median pose (so their framing is kept)."""
+    from scipy.spatial.transform import Rotation
+
+    from nerf_talk.motion.generate import poses_to_params
+
+    src = poses_to_params(source)
+    med_src = np.median(src, 0)
+    home = still_pose(track).astype(np.float64)
+    r_med_inv = Rotation.from_rotvec(med_src[:3]).inv()
+    out = np.tile(np.eye(4), (len(src), 1, 1))
+    for i, p in enumerate(src):
+        delta = Rotation.from_rotvec(p[:3]) * r_med_inv  # the source's turn away from its usual pose
+        out[i, :3, :3] = (delta * Rotation.from_matrix(home[:3, :3])).as_matrix()
+        out[i, :3, 3] = home[:3, 3] + (p[3:] - med_src[3:])
+    return out.astype(np.float32)
+
+
+def make_drive(motion: np.ndarray, blink_prob: np.ndarray, speech: np.ndarray, fps: float, track: np.ndarray,
+               track_speech: np.ndarray, eyes_open: np.ndarray, blink_rate: float, blink_profile: np.ndarray,
+               pose: str | np.ndarray = "generate", blinks: bool = True, seed: int = 0) -> Drive:
+    """The drive of N frames from the person's motion [N, K, 3] and voice activity [N] (from predict_motion)."""
+    from nerf_talk.motion.generate import generate_blinks, generate_pose
+
+    n = len(motion)
+    if isinstance(pose, np.ndarray):
+        if pose.ndim != 3 or pose.shape[1:] != (4, 4) or len(pose) == 0:
+            raise ValueError(f"pose must be [M, 4, 4], got {pose.shape}")
+        from nerf_talk.motion.generate import replay_pose
+
+        poses = replay_pose(pose, n)
+    elif pose == "generate":
+        poses = generate_pose(track, track_speech, speech, fps, seed=seed)
+    elif pose == "still":
+        poses = np.repeat(still_pose(track)[None], n, 0)
+    else:
+        raise ValueError(f"pose must be one of {POSE_MODES} or an [M, 4, 4] array, is {pose!r}")
+    b = generate_blinks(n, fps, blink_rate, speech, blink_profile, seed) if blinks else np.zeros(n, np.float32)
+    eyes = np.stack([eyes_open[0] * (1 - b), eyes_open[1] * (1 - b), b], 1).astype(np.float32)
+    del blink_prob  # the generic model's blink probability is superseded by the person's own rate and profile
+    return Drive(np.asarray(poses, np.float32), np.asarray(motion, np.float32), eyes, np.asarray(speech, bool))
+
+
+def head_screen_box(pose: torch.Tensor, aabb: torch.Tensor, intr: Intrinsics, margin: int = 2
+                    ) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) pixel bounds (exclusive ends) of the head box's projection for camera-to-head `pose` [4, 4];
+    the whole image when a corner is behind the camera; None when the box is off screen."""
+    lo, hi = aabb[:3].double(), aabb[3:].double()
+    idx = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], dtype=torch.float64)
+    corners = lo + idx * (hi - lo)  # [8, 3] head frame
+    h2c = torch.linalg.inv(pose.double().cpu())
+    cam = corners @ h2c[:3, :3].T + h2c[:3, 3]
+    if (cam[:, 2] <= 1e-6).any():
+        return 0, 0, intr.width, intr.height
+    u = intr.fx * cam[:, 0] / cam[:, 2] + intr.cx
+    v = intr.fy * cam[:, 1] / cam[:, 2] + intr.cy
+    x0, x1 = int(np.floor(float(u.min()))) - margin, int(np.ceil(float(u.max()))) + margin
+    y0, y1 = int(np.floor(float(v.min()))) - margin, int(np.ceil(float(v.max()))) + margin
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, intr.width), min(y1, intr.height)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return x0, y0, x1, y1
+
+
+class FrameRenderer:
+    """Renders whole frames of an AvatarModel at its trained size or any other `size` (height, width)."""
+
+    def __init__(self, model, intrinsics: Intrinsics, size: tuple[int, int] | None = None,
+                 torso: bool = True, device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        h0, w0 = intrinsics.height, intrinsics.width
+        h, w = size or (h0, w0)
+        if abs(h / h0 - w / w0) > 1e-6:
+            raise ValueError(f"size {h}x{w} changes the aspect ratio of the trained {h0}x{w0}")
+        self.intr = intrinsics.scaled(h / h0) if (h, w) != (h0, w0) else intrinsics
+        self.size = (h, w)
+        plate = model.background.plate.cpu().numpy()
+        if plate.shape[:2] != (h, w):
+            interp = cv2.INTER_AREA if h < plate.shape[0] else cv2.INTER_LINEAR
+            plate = cv2.resize(plate, (w, h), interpolation=interp)
+        self.background = torch.from_numpy(np.ascontiguousarray(plate)).reshape(-1, 3).to(self.device)
+        self.pixels = image_pixels(h, w, self.device)  # [H*W, 2]
+        self.uv = (self.pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=self.device)
+        self.torso = torso
+        self.chunk = int(model.cfg.render.chunk)
+        self.head_pixels = 0  # pixels marched by the last frame (for benchmarks)
+
+    @torch.no_grad()
+    def under_head(self, pose: torch.Tensor) -> torch.Tensor:  # [H*W, 3] torso over background
+        if not self.torso:
+            return self.background
+        code = self.model.pose_code(pose[None])  # [1, 9]
+        out = torch.empty_like(self.background)
+        for c0 in range(0, len(self.uv), self.chunk * 4):
+            uv = self.uv[c0:c0 + self.chunk * 4]
+            rgb, alpha = self.model.torso(uv, code.expand(len(uv), -1))
+            out[c0:c0 + len(uv)] = alpha[:, None] * rgb + (1 - alpha[:, None]) * self.background[c0:c0 + len(uv)]
+        return out
+
+    @torch.no_grad()
+    def render(self, pose: np.ndarray | torch.Tensor, coeffs: np.ndarray | torch.Tensor,
+               eyes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """One frame: pose [4, 4] camera-to-head, the avatar's motion coefficients [C], eyes [3] -> uint8 [H, W, 3]."""
+        dev = self.device
+        pose = torch.as_tensor(np.asarray(pose, np.float32), device=dev)
+        coeffs = torch.as_tensor(np.asarray(coeffs, np.float32), device=dev)
+        eyes = torch.as_tensor(np.asarray(eyes, np.float32), device=dev)
+        h, w = self.size
+        img = self.under_head(pose).clone()  # [H*W, 3]
+        box = head_screen_box(pose, self.model.head.aabb, self.intr)
+        self.head_pixels = 0
+        if box is not None:
+            x0, y0, x1, y1 = box
+            ys = torch.arange(y0, y1, device=dev)
+            idx = (ys[:, None] * w + torch.arange(x0, x1, device=dev)[None]).reshape(-1)  # flat pixel indices
+            self.head_pixels = len(idx)
+            for c0 in range(0, len(idx), self.chunk):
+                sel = idx[c0:c0 + self.chunk]
+                n = len(sel)
+                rays_o, rays_d = pixel_rays(pose.expand(n, 4, 4), self.pixels[sel], self.intr)
+                codes = HeadCodes(coeffs.expand(n, -1), eyes.expand(n, -1), None)  # unseen frame: latent 0
+                head = self.model.render_head(rays_o, rays_d, codes)
+                img[sel] = over_background(head.rgb, head.opacity, img[sel])
+        return (img.clamp(0, 1).reshape(h, w, 3) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def motion_coefficients(model, motion: np.ndarray) -> np.ndarray:
+    """[N, K, 3] lower-face motion -> [N, C] the avatar's own basis coefficients (as training computed them)."""
+    x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1)
+    mean, comps, scale = (t.detach().cpu() for t in (model.motion_mean, model.motion_components, model.motion_scale))
+    if x.shape[1] != comps.shape[1]:
+        raise ValueError(f"motion has {x.shape[1] // 3} points, the avatar's basis {comps.shape[1] // 3}")
+    return ((x - mean) @ comps.T / scale).numpy()
