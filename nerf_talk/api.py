@@ -139,7 +139,9 @@ def render_video(avatar: Avatar | str | os.PathLike, audio, out: str | os.PathLi
     if isinstance(audio, np.ndarray):
         if sample_rate is None:
             raise UserError("an audio array needs its sample_rate")
-        wave, rate = to_mono16k(audio, sample_rate), 16000
+        # Mono at the given rate (to_mono16k with its own rate only averages channels and scales integer PCM): the
+        # mp4 keeps the speech's full band; predict_motion resamples for the motion model itself.
+        wave, rate = to_mono16k(audio, 16000), int(sample_rate)
     else:
         wave, rate = load_speech(audio, text)
     drive = avatar.drive(wave, rate, pose, blinks, seed)

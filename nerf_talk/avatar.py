@@ -297,6 +297,8 @@ def fit_personal_adapter(ds, motion_model, frames: list[int]):
         raise AvatarError(f"{ds.root} has no audio.wav", "the adapter is fitted on the clip's own speech; preprocess "
                           "the video with its audio (or --audio FILE).")
     audio = media.read_audio(ds.path("audio.wav"), 16000)
+    # At the dataset's rate (25 fps unless preprocessed with --fps, the model's own rate too): a frame of generic
+    # motion for each frame of real motion.
     pred = predict_motion(motion_model, audio, 16000, ds.fps)
     n = ds.n_frames
     coeffs, speech = pred["coeffs"], np.asarray(pred["speech"], bool)
@@ -306,8 +308,11 @@ def fit_personal_adapter(ds, motion_model, frames: list[int]):
     coeffs, speech = coeffs[:n], speech[:n]
     motion = ds.load_array("lower_face_motion")
     points = _motion_points(ds, motion.shape[1])
-    n_comp = min(12, motion.shape[1] * 3, len(frames) - 1)
-    adapter = fit_adapter(coeffs[frames], motion[frames], points, n_components=n_comp)
+    # The adapter reads a few past frames of generic motion, so it is fitted on a contiguous stretch: the training
+    # frames when they are one (preprocessing holds out the clip's end), else the whole clip.
+    fit = list(frames) if frames == list(range(frames[0], frames[-1] + 1)) else list(range(n))
+    n_comp = min(12, motion.shape[1] * 3, len(fit) - 1)
+    adapter = fit_adapter(coeffs[fit], motion[fit], points, n_components=n_comp)
     return adapter, speech
 
 

@@ -70,21 +70,162 @@ def cmd_sample(args) -> None:
     print(f"video: {clip.video}\ntruth: {clip.truth}")
 
 
+def cmd_fit(args) -> None:
+    from nerf_talk.api import fit
+
+    out = Path(args.output)
+    if out.suffix != ".avatar":
+        raise UserError(f"the output must be NAME.avatar, got {out}", f"e.g. -o {out.with_suffix('.avatar').name}")
+    t0 = time.perf_counter()
+    if (args.video is None) == (args.dataset is None):
+        raise UserError("give a VIDEO, or --dataset DIR of one already preprocessed (one of them)")
+    fit(args.video, out, args.recipe, args.set, audio=args.audio, dataset=args.dataset,
+        preprocess_config=_preprocess_config(args))
+    print(f"avatar: {out}  ({out.stat().st_size / 2**20:.1f} MB, {time.perf_counter() - t0:.0f} s)")
+    print(f"work:   {out.with_name(out.name + '.work')} (dataset, training runs; delete it once you are happy)")
+
+
+def _pose_source(path: Path, avatar, out: Path):
+    """Camera-to-head poses of another recording, moved onto the avatar: a dataset directory's poses.npy, or a video
+    preprocessed (at the avatar's frame rate) into a directory beside the output."""
+    from nerf_talk.render.video import retarget_poses
+    from preprocess.dataset import Dataset
+
+    ds = Dataset(path)
+    if not (path.is_dir() and ds.exists()):
+        from preprocess import pipeline
+        from preprocess.config import PreprocessConfig
+
+        print(f"preprocessing {path} for its head motion (cached in {out}.pose/)")
+        ds = pipeline.run(path, Path(f"{out}.pose"), PreprocessConfig(fps=avatar.fps))
+    if abs(ds.fps - avatar.fps) > 1e-6:
+        raise UserError(f"{path} is at {ds.fps:g} fps, the avatar at {avatar.fps:g}",
+                        "preprocess it with --fps equal to the avatar's frame rate.")
+    return retarget_poses(ds.load_array("poses"), avatar.parts.tensors["pose_track"].numpy())
+
+
+def cmd_render(args) -> None:
+    from nerf_talk.api import Avatar, load_speech, render_video
+
+    if (args.audio is None) == (args.text is None):
+        raise UserError("give the speech with --audio FILE or --text \"...\" (one of them)")
+    t0 = time.perf_counter()
+    avatar = Avatar.load(args.avatar)
+    audio, rate = load_speech(args.audio, args.text, args.voice)
+    pose = "still" if args.still else "generate"
+    if args.pose_from:
+        pose = _pose_source(Path(args.pose_from), avatar, Path(args.output))
+    h, w = avatar.size
+    print(f"avatar {args.avatar}: {w}x{h} at {avatar.fps:g} fps on {avatar.device}; speech {len(audio) / rate:.1f} s")
+    res = render_video(avatar, audio, args.output, sample_rate=rate, pose=pose, blinks=not args.no_blinks,
+                       seed=args.seed, size=args.size)
+    print(f"video: {res.path}  ({res.frames} frames, {res.duration:.2f} s of speech)")
+    print(f"rendered at {res.fps_rendered:.1f} frames per second ({res.seconds:.1f} s; "
+          f"{time.perf_counter() - t0:.1f} s in all)")
+
+
+def cmd_export(args) -> None:
+    from nerf_talk.avatar import export_avatar
+
+    export_avatar(args.train_dir, args.output, args.dataset)
+    print(f"avatar: {args.output}  ({Path(args.output).stat().st_size / 2**20:.1f} MB)")
+
+
+def cmd_train_motion(args) -> None:
+    from nerf_talk.motion import train_motion
+
+    out = train_motion(args.corpus, args.output, resolve_recipe(args.recipe or "audio2motion"), args.set)
+    print(f"motion model: {out}")
+
+
+DEMO_SENTENCE = ("Hello! I am a talking portrait made from a short video. "
+                 "Give me any speech, and I will say it with my own face.")
+
+
 def cmd_demo(args) -> None:
+    """The main job end to end on the embedded sample clip: clip, preprocess, fit (CPU recipe), render, report."""
+    from nerf_talk.api import Avatar, fit, render_video
     from nerf_talk.sample_clip import make_sample_clip
     from preprocess import pipeline
     from preprocess.config import PreprocessConfig
 
     out = Path(args.output)
     t0 = time.perf_counter()
-    print(f"[demo 1/2] making the embedded sample clip in {out / 'sample'} (a talking portrait, no download)")
-    clip = make_sample_clip(out / "sample")
-    print(f"[demo 2/2] preprocessing it into {out / 'dataset'}")
+    timings: dict[str, float] = {}
+
+    def stage(k: int, text: str) -> float:
+        print(f"[demo {k}/5] {text}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        return time.perf_counter()
+
+    t = stage(1, f"making the embedded sample clip in {out / 'sample'} (a talking portrait, no download)")
+    clip = make_sample_clip(out / "sample", seconds=args.seconds)
+    timings["sample clip"] = time.perf_counter() - t
+    t = stage(2, f"preprocessing it into {out / 'dataset'} (landmarks, pose, masks, audio features)")
     ds = pipeline.run(clip.video, out / "dataset", PreprocessConfig())
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    timings["preprocess"] = time.perf_counter() - t
+    t = stage(3, "fitting the avatar with the small CPU recipe (recipes/smoke_cpu.toml; a GPU runs the full one)")
+    avatar_path = fit(None, out / "sample.avatar", "smoke_cpu", dataset=ds.root, say=lambda m: print("  " + m))
+    timings["fit"] = time.perf_counter() - t
+    t = stage(4, f"rendering a new sentence spoken by espeak-ng: \"{DEMO_SENTENCE}\"")
+    avatar = Avatar.load(avatar_path)
+    res = render_video(avatar, None, out / "demo.mp4", text=DEMO_SENTENCE)
+    timings["render"] = time.perf_counter() - t
+    t = stage(5, "writing the report")
+    report = demo_report(out, ds, avatar, res, timings)
+    total = time.perf_counter() - t0
+    print(f"done in {total:.0f} s")
     print(f"  sample clip: {clip.video}")
-    print(f"  dataset:     {ds.root} ({ds.n_frames} frames)")
-    print(f"  report:      {ds.path('report/index.html')}")
+    print(f"  dataset:     {ds.root} ({ds.n_frames} frames; its report: {ds.path('report/index.html')})")
+    print(f"  avatar:      {avatar_path}")
+    print(f"  video:       {res.path} ({res.frames} frames, rendered at {res.fps_rendered:.1f} frames per second)")
+    print(f"  report:      {report}")
+
+
+def demo_report(out: Path, ds, avatar, res, timings: dict[str, float]) -> Path:
+    """One HTML page: rendered frames beside training frames, the timings, the figures, a link to the video."""
+    import html
+
+    import cv2
+    import numpy as np
+
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    h, w = avatar.size
+    import av as pyav
+
+    with pyav.open(str(res.path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    rows = []
+    picks = np.linspace(0, len(frames) - 1, 5)[1:4].round().astype(int)  # three frames inside the sentence
+    reals = np.linspace(0, ds.n_frames - 1, 5)[1:4].round().astype(int)
+    for k, (i, j) in enumerate(zip(picks, reals)):
+        real = cv2.resize(ds.read_frame(int(j)), (w, h), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(rep / f"rendered_{k}.png"), cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(rep / f"training_{k}.png"), cv2.cvtColor(real, cv2.COLOR_RGB2BGR))
+        rows.append(f"<tr><td><img src='training_{k}.png' width=256><br>training frame {j} (at the avatar's size)</td>"
+                    f"<td><img src='rendered_{k}.png' width=256><br>rendered frame {i} (new speech)</td></tr>")
+    fig = avatar.parts.meta.get("figures", {})
+    t_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.0f} s</td></tr>" for k, v in timings.items())
+    page = f"""<!doctype html><meta charset=utf-8><title>nerf_talk demo</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td{{padding:4px 12px;vertical-align:top}}
+img{{image-rendering:pixelated}}</style>
+<h1>nerf_talk demo</h1>
+<p>The embedded sample clip was preprocessed, fitted with the small CPU recipe (<code>smoke_cpu</code>, frames at
+{w}x{h}) and rendered saying a sentence it never said: <a href="../{html.escape(res.path.name)}">{html.escape(res.path.name)}</a>
+({res.frames} frames at {avatar.fps:g} fps, rendered at {res.fps_rendered:.1f} frames per second).
+The CPU recipe is a quick check of the whole path, not a photoreal avatar: that needs the full recipe on a GPU.</p>
+<h2>Training frames and rendered frames</h2><table>{"".join(rows)}</table>
+<h2>Timings</h2><table>{t_rows}<tr><td><b>total</b></td><td><b>{sum(timings.values()):.0f} s</b></td></tr></table>
+<h2>Figures</h2><table>
+<tr><td>validation PSNR (held-out frames)</td><td>{fig.get("psnr", float("nan")):.2f} dB</td></tr>
+<tr><td>mean training image PSNR (the baseline)</td><td>{fig.get("mean_image_psnr", float("nan")):.2f} dB</td></tr>
+<tr><td>training steps</td><td>{avatar.parts.meta.get("steps")}</td></tr>
+<tr><td>personal adapter gain</td><td>{avatar.parts.meta["adapter"].get("info", {}).get("gain")}</td></tr>
+</table>
+<p>Preprocessing report: <a href="../dataset/report/index.html">dataset/report/index.html</a></p>
+"""
+    (rep / "index.html").write_text(page)
+    return rep / "index.html"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +258,49 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--seed", type=int, default=0)
     ps.set_defaults(func=cmd_sample)
 
+    pf = sub.add_parser("fit", help="video -> one avatar file (preprocess, train head and torso, personal adapter)")
+    pf.add_argument("video", type=Path, nargs="?", help="a talking-head video, 1-5 min (anything `preprocess` takes)")
+    pf.add_argument("--dataset", type=Path, help="fit an already preprocessed dataset instead of a video")
+    pf.add_argument("-o", "--output", type=Path, required=True, help="NAME.avatar (work files go to NAME.avatar.work/)")
+    pf.add_argument("--recipe", help="training recipe (default: head + torso on a GPU, smoke_cpu otherwise)")
+    pf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    pf.add_argument("--audio", type=Path, help="separate speech file, for a video without (usable) sound")
+    pf.add_argument("--audio-offset", type=float, help="seconds the audio lags the lips (default: measured)")
+    pf.add_argument("--fps", type=float, default=25.0, help="frame rate of the avatar (default 25)")
+    pf.add_argument("--size", type=int, default=512, help="side of the square crop in pixels (default 512)")
+    pf.add_argument("--val-fraction", type=float, default=1 / 11, help="held-out last fraction (default 1/11)")
+    pf.add_argument("--force", action="append", metavar="STEP", help="redo a preprocessing STEP")
+    pf.set_defaults(func=cmd_fit)
+
+    pr = sub.add_parser("render", help="an avatar saying new speech -> mp4 (H.264 + AAC)")
+    pr.add_argument("avatar", type=Path, help="NAME.avatar from `nerf-talk fit` or `export`")
+    pr.add_argument("--audio", type=Path, help="speech file: wav/mp3/m4a/flac..., any rate, mono or stereo")
+    pr.add_argument("--text", help="words to speak through espeak-ng instead of an audio file")
+    pr.add_argument("--voice", default="en-us", help="espeak-ng voice for --text (default en-us)")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="output .mp4")
+    pr.add_argument("--pose-from", help="take the head motion from this video (or dataset directory)")
+    pr.add_argument("--still", action="store_true", help="hold the head still (default: generated head motion)")
+    pr.add_argument("--no-blinks", action="store_true", help="do not generate blinks")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the generated head motion and blinks")
+    pr.add_argument("--size", type=int, help="render at this height (default: the avatar's trained size)")
+    pr.set_defaults(func=cmd_render)
+
+    pe = sub.add_parser("export", help="write the avatar file of a finished training directory")
+    pe.add_argument("train_dir", type=Path, help="a directory written by `nerf-talk train`")
+    pe.add_argument("-o", "--output", type=Path, required=True, help="NAME.avatar")
+    pe.add_argument("--dataset", type=Path, help="its dataset (default: the one the training recorded)")
+    pe.set_defaults(func=cmd_export)
+
+    pm = sub.add_parser("train-motion", help="train the generic audio-to-motion model on a corpus of datasets")
+    pm.add_argument("corpus", type=Path, help="directory of preprocessed datasets (and synthetic shards)")
+    pm.add_argument("-o", "--output", type=Path, required=True)
+    pm.add_argument("--recipe", help="default recipes/audio2motion.toml")
+    pm.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    pm.set_defaults(func=cmd_train_motion)
+
     pd = sub.add_parser("demo", help="the whole job on the embedded sample clip, no user file needed")
     pd.add_argument("-o", "--output", type=Path, default=Path("nerf_talk_demo"))
+    pd.add_argument("--seconds", type=float, default=12.0, help="length of the sample clip (default 12)")
     pd.set_defaults(func=cmd_demo)
     return p
 

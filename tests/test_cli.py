@@ -36,3 +36,64 @@ def test_recipe_names_resolve_and_unknown_ones_are_refused():
 
     with pytest.raises(UserError, match="smoke_cpu"):
         resolve_recipe("nonexistent")
+
+
+# -- fit / render / export ----------------------------------------------------------------------------------------
+from test_fit_render import STEPS, fitted, speech, synthetic_dataset, tiny_motion_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fit_result(tmp_path_factory):
+    return fitted(tmp_path_factory)
+
+
+def test_fit_from_a_dataset_resumes_and_writes_one_file(tmp_path, capsys, monkeypatch):
+    import nerf_talk.motion
+
+    monkeypatch.setattr(nerf_talk.motion, "load_default_model", lambda device="cpu": tiny_motion_model())
+    ds = synthetic_dataset(tmp_path / "ds")
+    out = tmp_path / "me.avatar"
+    argv = ["fit", "--dataset", str(ds.root), "-o", str(out), "--recipe", "smoke_cpu"]
+    for s in STEPS[:1] + ["stages.0.steps=10", "stages.1.steps=2", "stages.2.steps=4", "stop_at_step=6"]:
+        argv += ["--set", s]
+    assert main(argv) == 2  # stopped before the end, as an interrupted run would
+    assert "run the same command again" in capsys.readouterr().err and not out.exists()
+    assert main(argv[:-2] + ["--set", "stop_at_step=0"]) == 0
+    text = capsys.readouterr().out
+    assert f"avatar: {out}" in text and out.is_file()
+    assert main(["fit", "-o", str(out)]) == 2  # neither video nor dataset
+    assert main(["fit", "--dataset", str(ds.root), "-o", str(tmp_path / "me.mp4")]) == 2
+
+
+def test_render_audio_file_and_text(fit_result, tmp_path, capsys):
+    from nerf_talk import media
+
+    wav = tmp_path / "speech.wav"
+    media.write_wav(wav, speech("Hi there.", pad_s=0.2, rate=48000), 48000)
+    out = tmp_path / "a.mp4"
+    assert main(["render", str(fit_result["avatar"]), "--audio", str(wav), "-o", str(out), "--still"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "frames per second" in text
+    assert main(["render", str(fit_result["avatar"]), "--text", "Yes.", "-o", str(tmp_path / "b.mp4")]) == 0
+    assert (tmp_path / "b.mp4").is_file()
+    assert main(["render", str(fit_result["avatar"]), "-o", str(tmp_path / "c.mp4")]) == 2  # no speech given
+
+
+def test_render_refuses_a_damaged_avatar(fit_result, tmp_path, capsys):
+    data = bytearray(fit_result["avatar"].read_bytes())
+    data[-100] ^= 0xFF
+    bad = tmp_path / "bad.avatar"
+    bad.write_bytes(bytes(data))
+    assert main(["render", str(bad), "--text", "Hello.", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_export_from_a_training_directory(fit_result, tmp_path, capsys, monkeypatch):
+    import nerf_talk.motion
+
+    monkeypatch.setattr(nerf_talk.motion, "load_default_model", lambda device="cpu": fit_result["motion_model"])
+    out = tmp_path / "exported.avatar"
+    assert main(["export", str(fit_result["train_dir"]), "-o", str(out)]) == 0
+    assert out.is_file() and f"avatar: {out}" in capsys.readouterr().out
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "y.avatar")]) == 2
