@@ -64,3 +64,28 @@ def test_replay_pingpongs():
     poses[:, 0, 3] = np.arange(5)
     out = gen.replay_pose(poses, 12)
     assert list(out[:, 0, 3]) == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]
+
+
+def test_for_new_audio_from_a_dataset(tmp_path):
+    """The dataset-level helper: the person's track and blink rate in, pose and blinks for new audio out."""
+    import json
+
+    from preprocess.dataset import FORMAT_VERSION, KIND
+
+    rng = np.random.default_rng(0)
+    n = 500
+    poses, speech = _track(n, rng)
+    energy = np.where(speech, -20.0, -70.0).astype(np.float32)
+    np.save(tmp_path / "poses.npy", poses)
+    np.save(tmp_path / "audio_energy.npy", energy)
+    np.save(tmp_path / "audio_pitch.npy", np.zeros((n, 2), np.float32))
+    np.save(tmp_path / "blink.npy", gen.generate_blinks(n, FPS, 12.0, seed=9))
+    steps = {"ingest": {"result": {"n_frames": n}}, "face_motion": {"result": {"blink_rate_per_min": 12.0}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": KIND, "format_version": FORMAT_VERSION, "fps": FPS,
+                                                        "size": 64, "steps": steps}))
+    new_speech = np.random.default_rng(1).random(750) < 0.7
+    out = gen.for_new_audio(tmp_path, new_speech, 30.0, seed=1)  # another frame rate than the dataset's
+    assert out["poses"].shape == (750, 4, 4) and out["blink"].shape == (750,)
+    assert out["blink_rate_per_min"] == 12.0
+    replay = gen.for_new_audio(tmp_path, new_speech, FPS, pose_from=poses)
+    np.testing.assert_array_equal(replay["poses"][:n], poses)

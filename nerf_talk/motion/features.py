@@ -40,8 +40,12 @@ def utterance_stats(features: dict[str, np.ndarray]) -> Stats:
     energy = np.asarray(features["energy"], np.float32)
     voiced = pitch[:, 1] > 0.5
     f0 = float(np.median(pitch[voiced, 0])) if voiced.sum() >= 3 else 0.0
-    floor = max(float(np.percentile(energy, 10)), af.ENERGY_FLOOR_DB + 10.0)
-    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), floor)
+    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), noise_floor(energy))
+
+
+def noise_floor(energy: np.ndarray) -> float:
+    """dB: the 10th percentile of the frame levels, at least -90 dB (audio_features.voice_activity's floor)."""
+    return max(float(np.percentile(energy, 10)), af.ENERGY_FLOOR_DB + 10.0)
 
 
 def input_dim(n_ppg: int) -> int:
@@ -71,8 +75,8 @@ def speech_mask(features: dict[str, np.ndarray], stats: Stats | None = None) -> 
     """[N] bool voice activity by audio_features.voice_activity's rule (15 dB over the noise floor, or voiced and
     8 dB over it) with the floor taken from `stats` (so that a chunk of a stream is judged like the whole), and
     never below SILENCE_DB."""
-    stats = stats or utterance_stats(features)
     energy = np.asarray(features["energy"], np.float64)
+    floor = stats.floor_db if stats is not None else noise_floor(energy)
     voiced = np.asarray(features["pitch"], np.float64)[:, 1]
-    active = (energy > stats.floor_db + 15.0) | ((voiced > 0.5) & (energy > stats.floor_db + 8.0))
+    active = (energy > floor + 15.0) | ((voiced > 0.5) & (energy > floor + 8.0))
     return active & (energy > SILENCE_DB)

@@ -143,3 +143,32 @@ def generate_blinks(n: int, fps: float, rate_per_min: float, speech: np.ndarray 
             last = frame
         t = max(t, frame / fps) + max(MIN_BLINK_GAP_S, rng.gamma(GAMMA_SHAPE, mean_gap / GAMMA_SHAPE))
     return out
+
+
+def for_new_audio(dataset_dir, speech_new: np.ndarray, fps: float, seed: int = 0,
+                  pose_from: np.ndarray | None = None) -> dict:
+    """Head pose [M, 4, 4] and blink [M] for new audio with voice activity speech_new [M] at `fps`, in the style of
+    the person of a preprocessed dataset: {"poses", "blink", "blink_rate_per_min"}. `pose_from` [N, 4, 4] (another
+    video's track at `fps`, e.g. `--pose-from VIDEO` preprocessed) is replayed instead of generating a pose."""
+    from nerf_talk.motion.features import speech_mask
+    from preprocess.dataset import Dataset
+
+    ds = Dataset(dataset_dir)
+    src_fps = ds.fps
+    poses = ds.load_array("poses")
+    feats = {k: ds.load_array(f"audio_{k}") for k in ("energy", "pitch")}
+    speech_src = speech_mask(feats)
+    blink_src = ds.load_array("blink")
+    if abs(src_fps - fps) > 1e-6:  # bring the person's tracks to the output rate
+        t_src = (np.arange(len(poses)) + 0.5) / src_fps
+        t_out = np.arange(int(len(poses) / src_fps * fps)) / fps + 0.5 / fps
+        params = poses_to_params(poses)
+        poses = params_to_poses(np.stack([np.interp(t_out, t_src, params[:, j]) for j in range(6)], 1))
+        speech_src = np.interp(t_out, t_src, speech_src.astype(np.float32)) > 0.5
+        blink_src = np.interp(t_out, t_src, blink_src)
+    m = len(speech_new)
+    rate = float(ds.step_result("face_motion").get("blink_rate_per_min", 15.0))
+    out_poses = replay_pose(pose_from, m) if pose_from is not None else \
+        generate_pose(poses, speech_src, speech_new, fps, seed)
+    blink = generate_blinks(m, fps, rate, speech_new, blink_profile(blink_src, fps), seed)
+    return {"poses": out_poses, "blink": blink, "blink_rate_per_min": rate}
