@@ -11,16 +11,14 @@ model learns to read the posteriorgram of unfamiliar voices. Each utterance is:
 The motion targets are made from the viseme track at training time (corpus.synthetic_targets), with the per-viseme
 motion learned from the real clips, so shards do not depend on any basis.
 
-TTS: nerf_talk.speech.synthesize when that module is present; otherwise libespeak-ng directly through ctypes
-(`espeak_timed`): the library reports each phoneme (IPA) with its sample position while it synthesises.
+TTS: nerf_talk.speech.synthesize (libespeak-ng reports each phoneme, in IPA, with its sample position). The shipped
+weights' corpus was made with an equivalent inline ctypes reader of the same events, before that module existed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -68,78 +66,11 @@ SENTENCES = {
 VARIANTS = ("", "+m1", "+m3", "+m7", "+f1", "+f2", "+f4", "+croak", "+klatt")
 
 
-# ------------------------------------------------------------------------------------------------ espeak-ng
-class _Event(ctypes.Structure):
-    """speak_lib.h espeak_EVENT (the union `id` read as its char[8] member, which holds a phoneme's IPA)."""
-
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-_EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
-_AUDIO_SYNCHRONOUS, _INIT_PHONEME_EVENTS, _INIT_PHONEME_IPA = 2, 0x1, 0x2
-_RATE, _PITCH = 1, 3
-_CHARS_UTF8, _POS_CHARACTER = 1, 1
-
-
-class _Espeak:
-    """libespeak-ng in synchronous mode; one per process (the library has global state)."""
-
-    def __init__(self):
-        self.lib = ctypes.CDLL("libespeak-ng.so.1")
-        self.rate = self.lib.espeak_Initialize(_AUDIO_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA)
-        if self.rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({self.rate})")
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, str]] = []
-        self._cb = _CALLBACK(self._on_audio)  # kept referenced: the library holds the pointer
-        self.lib.espeak_SetSynthCallback(self._cb)
-
-    def _on_audio(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).astype(np.float32) / 32768.0)
-        i = 0
-        while events[i].type != _EVENT_END_OF_LIST:
-            e = events[i]
-            if e.type == _EVENT_PHONEME:
-                self._events.append((e.sample, bytes(e.id).split(b"\0")[0].decode("utf-8", "replace")))
-            i += 1
-        return 0
-
-    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int):
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r}")
-        self.lib.espeak_SetParameter(_RATE, int(rate_wpm), 0)
-        self.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
-        self._chunks, self._events = [], []
-        data = text.encode("utf-8")
-        self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        self.lib.espeak_Synchronize()
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        # Each phoneme lasts until the next event; "" events are pauses and word/clause boundaries.
-        starts = [s / self.rate for s, _ in self._events] + [len(audio) / self.rate]
-        phonemes = [(starts[i], starts[i + 1], ph) for i, (_, ph) in enumerate(self._events) if ph]
-        return audio, self.rate, phonemes
-
-
-_engine: _Espeak | None = None
-
-
 def espeak_timed(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50):
-    """(audio float32 [S], sample_rate, phonemes [(start_s, end_s, ipa)]) from nerf_talk.speech when present (the
-    project's TTS module), else from libespeak-ng directly."""
-    global _engine
-    try:
-        from nerf_talk import speech  # noqa: F401  (another module of the project; optional here)
+    """(audio float32 [S], sample_rate, phonemes [(start_s, end_s, ipa)]) from the project's espeak-ng TTS."""
+    from nerf_talk import speech
 
-        return speech.synthesize(text, voice=voice, rate_wpm=rate_wpm, pitch=pitch)
-    except ImportError:
-        pass
-    if _engine is None:
-        _engine = _Espeak()
-    return _engine.synthesize(text, voice, rate_wpm, pitch)
+    return tuple(speech.synthesize(text, voice=voice, rate_wpm=rate_wpm, pitch=pitch))
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
