@@ -1,16 +1,23 @@
-"""Step: a parsing label map per frame (preprocess.labels.Label), without a parsing network.
+"""Step: a per-frame label map (preprocess.labels.Label) without a parsing network.
 
-Person vs background comes from mediapipe's selfie segmentation, smoothed over time so that masks do not flicker.
-The face's parts come from the mesh polygons, which are far more precise than any segmentation at this size:
-face skin inside the face oval, brows, eyes, lips between the outer and inner lip loops, mouth interior inside the
-inner loop, teeth as its bright, unsaturated pixels. Hair, neck and torso split the rest of the person by geometry
-anchored on the mesh: hair around and above the face, neck below the jaw within its width, torso the rest.
+Where each label comes from:
+- person vs background: mediapipe selfie segmentation, its soft mask smoothed over time (EMA) so that the boundary
+  does not flicker from frame to frame;
+- face skin, brows, eyes, lips, mouth interior: the face mesh's polygons (mesh_topology loops), which are far more
+  precise than any colour heuristic; teeth: the bright, unsaturated pixels inside the inner lip loop;
+- hair: person pixels in a zone around and above the face oval (the oval dilated and extended upward), above the jaw
+  line, that are not face;
+- neck: person pixels in a band below the jaw contour, within the jaw's width, down to the base of the neck (found
+  from the pose model's shoulder landmarks on every k-th frame, interpolated and smoothed; a fixed fraction of the face
+  height below the chin where the shoulders are not visible);
+- torso: every other person pixel.
+Figures: flicker (mean fraction of pixels whose label changes between consecutive frames), face coverage, how much of
+the face oval the person segmentation agrees with, and the fraction of frames whose person mask is nearly empty.
 """
 
 from __future__ import annotations
 
-import os
-from collections import deque
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -24,125 +31,269 @@ from preprocess.dataset import Dataset, frame_name, write_image_file
 from preprocess.labels import HEAD_LABELS, PALETTE, Label
 from preprocess.step import Step
 
-MASK_EMA = 0.5  # weight of the new frame in the temporal smoothing of the person mask
-HAIR_GROWTH = 1.45  # the hair region is the face oval grown by this factor about its centre...
-HAIR_LIFT = 0.18  # ...and lifted by this fraction of the face height
-NECK_DEPTH = 0.75  # the neck reaches this many face heights below the chin (cut by the person mask)
+log = logging.getLogger("nerf_talk.preprocess")
+
+PERSON_EMA = 0.6  # weight of the current frame's soft person mask; the rest is the running mean (less flicker)
+PERSON_THRESHOLD = 0.5
+EMPTY_PERSON = 0.25  # a person mask smaller than this fraction of the face oval's area counts as "not segmented"
+MAX_EMPTY_FRACTION = 0.5  # refuse when more frames than this are not segmented
+POSE_EVERY = 10  # run the (slower) pose model on every k-th frame for the shoulder line
+NECK_DEFAULT = 0.45  # neck length (chin to base) as a fraction of the face height when the shoulders are not seen
+NECK_RANGE = (0.15, 0.7)  # clamp of the neck length, in face heights
+HAIR_ZONE_SCALE = 1.45  # the hair zone is the face oval scaled by this about its centre ...
+HAIR_ZONE_UP = 0.45  # ... swept upward by this many face heights
+JAW_ANGLES = (172, 397)  # face-oval points at the angles of the jaw: the line between them separates head from neck
+# Teeth: inside the inner lip loop, saturation below this fraction of the face skin's and brightness above this
+# fraction of the skin's (tongue and lips are saturated red, the mouth cavity is dark; teeth are neither).
+TEETH_SAT, TEETH_VAL = 0.75, 0.8
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """RGB uint8 picture of a label map."""
-    return np.asarray(PALETTE, np.uint8)[labels]
+# -- drawing helpers -------------------------------------------------------------------------------------------------
+def _fill(mask: np.ndarray, pts: np.ndarray, value: int) -> None:
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], int(value))
 
 
-def overlay_labels(img: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The label colours blended over an RGB image (background left as it is)."""
-    col = colorize(labels).astype(np.float32)
-    out = img.astype(np.float32)
-    fg = labels > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * col[fg]
-    return out.clip(0, 255).astype(np.uint8)
+def loop_mask(shape: tuple[int, int], lm: np.ndarray, loop) -> np.ndarray:
+    """bool [H, W]: inside the closed polygon of landmark indices `loop`."""
+    m = np.zeros(shape, np.uint8)
+    _fill(m, mt.polygon(lm, loop), 1)
+    return m.astype(bool)
 
 
-def _poly(mask: np.ndarray, pts: np.ndarray, value: int = 1) -> np.ndarray:
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], value)
-    return mask
+def face_height(lm: np.ndarray) -> float:
+    """Forehead (10) to chin (152) distance in pixels."""
+    return float(np.linalg.norm(lm[mt.FOREHEAD, :2] - lm[mt.CHIN, :2]))
 
 
-def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """Labels [H, W] uint8 for one RGB frame, its boolean person mask and its [478, 2] landmarks."""
-    h, w = person.shape
-    oval = mt.polygon(lm, mt.FACE_OVAL_LOOP)
-    centre = oval.mean(0)
-    face_h = float(np.linalg.norm(lm[mt.CHIN] - lm[mt.FOREHEAD]))
-    chin_y = float(lm[mt.CHIN, 1])
-    labels = np.zeros((h, w), np.uint8)
-    rows = np.arange(h)[:, None]
+def hair_zone_polygon(lm: np.ndarray) -> np.ndarray:
+    """Convex hull of the face oval scaled about its centre and swept upward: where hair can be."""
+    oval = mt.polygon(lm, mt.FACE_OVAL_LOOP).astype(np.float32)
+    c = oval.mean(0)
+    big = c + (oval - c) * HAIR_ZONE_SCALE
+    # "Up" is from chin to forehead, so a tilted head gets a tilted zone.
+    up = (lm[mt.FOREHEAD, :2] - lm[mt.CHIN, :2]).astype(np.float32)
+    pts = np.concatenate([big, big + up * HAIR_ZONE_UP])
+    return cv2.convexHull(pts).reshape(-1, 2)
 
-    # Person pixels above the chin are hair (ears and hair spilling past the oval), below it torso, to begin with.
-    labels[person & (rows < chin_y)] = Label.HAIR
-    labels[person & (rows >= chin_y)] = Label.TORSO
-    hair_region = _poly(np.zeros((h, w), np.uint8), centre + HAIR_GROWTH * (oval - centre) - [0, HAIR_LIFT * face_h])
-    labels[person & hair_region.astype(bool) & (rows < chin_y)] = Label.HAIR
 
-    # Neck: below the jaw line (the oval below the mouth corners), within the jaw's width, down to a fixed depth.
-    lower = oval[oval[:, 1] > lm[list(mt.MOUTH_CORNERS), 1].max()]
-    x0, x1 = lower[:, 0].min(), lower[:, 0].max()
-    inset = 0.12 * (x1 - x0)
-    neck_poly = np.concatenate([lower[np.argsort(lower[:, 0])],
-                                [[x1 - inset, chin_y + NECK_DEPTH * face_h], [x0 + inset, chin_y + NECK_DEPTH * face_h]]])
-    neck = _poly(np.zeros((h, w), np.uint8), neck_poly).astype(bool)
-    labels[person & neck] = Label.NECK
+def below_line(shape: tuple[int, int], a: np.ndarray, b: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """bool [H, W]: pixels on the `down` side of the line through a and b."""
+    h, w = shape
+    n = np.array([-(b[1] - a[1]), b[0] - a[0]], np.float32)
+    if n @ down < 0:
+        n = -n
+    ys, xs = np.ogrid[:h, :w]
+    return (xs - a[0]) * n[0] + (ys - a[1]) * n[1] > 0
 
-    # The face's parts, painted whatever the person mask says (the mesh is the better judge there).
-    _poly(labels, oval, Label.FACE)
-    for loop in (mt.LEFT_BROW_LOOP, mt.RIGHT_BROW_LOOP):
-        _poly(labels, mt.polygon(lm, loop), Label.BROWS)
-    for loop in (mt.LEFT_EYE_LOOP, mt.RIGHT_EYE_LOOP):
-        _poly(labels, mt.polygon(lm, loop), Label.EYES)
-    _poly(labels, mt.polygon(lm, mt.LIPS_OUTER_LOOP), Label.LIPS)
-    mouth = _poly(np.zeros((h, w), np.uint8), mt.polygon(lm, mt.LIPS_INNER_LOOP)).astype(bool)
-    labels[mouth] = Label.MOUTH
-    if mouth.any():
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-        v, s = hsv[..., 2].astype(np.float32), hsv[..., 1].astype(np.float32)
-        # Teeth: the bright, unsaturated part of the open mouth, relative to the mouth's own brightness.
-        bright = v > max(110.0, np.percentile(v[mouth], 60))
-        labels[mouth & bright & (s < 90)] = Label.TEETH
+
+def neck_polygon(lm: np.ndarray, neck_len: float) -> np.ndarray:
+    """The jaw contour from angle to angle through the chin, closed by a base `neck_len` pixels below the chin.
+
+    The base is as wide as the jaw angles; it follows the chin-to-forehead axis so that a tilted head tilts the neck.
+    """
+    loop = list(mt.FACE_OVAL_LOOP)
+    i0, i1 = loop.index(JAW_ANGLES[1]), loop.index(JAW_ANGLES[0])  # 397 ... 152 ... 172 in loop order
+    jaw = mt.polygon(lm, loop[i0 : i1 + 1]).astype(np.float32)
+    down = (lm[mt.CHIN, :2] - lm[mt.FOREHEAD, :2]).astype(np.float32)
+    down /= max(np.linalg.norm(down), 1e-6)
+    chin = lm[mt.CHIN, :2].astype(np.float32)
+    # Base corners: below the jaw angles, at the depth of the chin + neck_len along "down".
+    corners = []
+    for p in (jaw[-1], jaw[0]):
+        depth = (chin - p) @ down + neck_len
+        corners.append(p + down * depth)
+    return np.concatenate([jaw, np.array(corners)])
+
+
+def skin_reference(hsv: np.ndarray, face: np.ndarray) -> tuple[float, float]:
+    """Median saturation and value of the face skin (HSV, 0-255)."""
+    px = hsv[face]
+    if len(px) == 0:
+        return 128.0, 128.0
+    return float(np.median(px[:, 1])), float(np.median(px[:, 2]))
+
+
+def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: float | None = None) -> np.ndarray:
+    """uint8 [H, W] label map of one frame.
+
+    img: [H, W, 3] RGB uint8; person: [H, W] bool person mask; lm: [478, >=2] landmarks in pixels;
+    neck_len: chin-to-neck-base distance in pixels (None: NECK_DEFAULT face heights).
+    """
+    shape = img.shape[:2]
+    lm = np.asarray(lm, np.float32)[:, :2]
+    if neck_len is None:
+        neck_len = NECK_DEFAULT * face_height(lm)
+    labels = np.zeros(shape, np.uint8)
+    oval = loop_mask(shape, lm, mt.FACE_OVAL_LOOP)
+    up = (lm[mt.FOREHEAD, :2] - lm[mt.CHIN, :2]).astype(np.float32)
+
+    # Body: everything the segmentation calls person, split below into hair / neck / torso.
+    labels[person] = Label.TORSO
+    jaw_a, jaw_b = lm[JAW_ANGLES[0], :2], lm[JAW_ANGLES[1], :2]
+    above_jaw = ~below_line(shape, jaw_a, jaw_b, -up)  # "down" = -up
+    zone = np.zeros(shape, np.uint8)
+    _fill(zone, hair_zone_polygon(lm), 1)
+    labels[person & zone.astype(bool) & above_jaw] = Label.HAIR
+    neck = np.zeros(shape, np.uint8)
+    _fill(neck, neck_polygon(lm, neck_len), 1)
+    labels[person & neck.astype(bool)] = Label.NECK
+
+    # Head from the mesh, which wins over the segmentation inside the face (a mesh polygon is the better evidence).
+    labels[oval] = Label.FACE
+    _fill(labels, mt.polygon(lm, mt.LEFT_BROW_LOOP), Label.BROWS)
+    _fill(labels, mt.polygon(lm, mt.RIGHT_BROW_LOOP), Label.BROWS)
+    _fill(labels, mt.polygon(lm, mt.LEFT_EYE_LOOP), Label.EYES)
+    _fill(labels, mt.polygon(lm, mt.RIGHT_EYE_LOOP), Label.EYES)
+    _fill(labels, mt.polygon(lm, mt.LIPS_OUTER_LOOP), Label.LIPS)
+    inner = mt.polygon(lm, mt.LIPS_INNER_LOOP)
+    _fill(labels, inner, Label.MOUTH)
+
+    # Teeth: classify the mouth interior's pixels by colour, on the mouth's bounding box only (cheap).
+    x0, y0 = np.floor(inner.min(0)).astype(int)
+    x1, y1 = np.ceil(inner.max(0)).astype(int) + 1
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, shape[1]), min(y1, shape[0])
+    if x1 > x0 and y1 > y0:
+        box = labels[y0:y1, x0:x1]
+        mouth = box == Label.MOUTH
+        if mouth.any():
+            # Skin reference from the cheeks/forehead: the oval minus the features, sampled on a coarse grid.
+            skin = (labels[::4, ::4] == Label.FACE)
+            hsv_small = cv2.cvtColor(np.ascontiguousarray(img[::4, ::4]), cv2.COLOR_RGB2HSV)
+            s_ref, v_ref = skin_reference(hsv_small, skin)
+            hsv = cv2.cvtColor(np.ascontiguousarray(img[y0:y1, x0:x1]), cv2.COLOR_RGB2HSV)
+            teeth = mouth & (hsv[..., 1] < TEETH_SAT * s_ref) & (hsv[..., 2] > TEETH_VAL * v_ref)
+            box[teeth] = Label.TEETH
     return labels
 
 
-def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
+# -- the person mask and the shoulder line over the clip --------------------------------------------------------------
+def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[np.ndarray, float]:
+    """[N] chin-to-neck-base distance per frame in pixels, and the fraction of sampled frames with visible shoulders.
+
+    The base of the neck sits at about the height of the shoulder joints (pose landmarks 11/12); the neck length is
+    measured along the chin-to-forehead axis on every `every`-th frame, interpolated in between and median-smoothed,
+    since the body moves slowly and a jittering neck base would make the neck/torso seam flicker.
+    """
     import mediapipe as mp
 
+    n = len(lm)
+    fh = np.array([face_height(p) for p in lm], np.float32)
+    sample = np.unique(np.r_[np.arange(0, n, every), n - 1])
+    measured = np.full(len(sample), np.nan, np.float32)
+    with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False) as pose:
+        for k, i in enumerate(tqdm(sample, desc="parsing (shoulders)", leave=False)):
+            res = pose.process(ds.read_frame(int(i)))
+            if res.pose_landmarks is None:
+                continue
+            pl = res.pose_landmarks.landmark
+            s11, s12 = pl[11], pl[12]
+            if min(s11.visibility, s12.visibility) < 0.5:
+                continue
+            size = ds.size
+            shoulder = np.array([(s11.x + s12.x) / 2 * size, (s11.y + s12.y) / 2 * size], np.float32)
+            down = lm[i, mt.CHIN] - lm[i, mt.FOREHEAD]
+            down = down / max(np.linalg.norm(down), 1e-6)
+            measured[k] = float((shoulder - lm[i, mt.CHIN]) @ down) / fh[i]
+    seen = np.isfinite(measured)
+    if seen.sum() >= 1:
+        rel = np.interp(np.arange(n), sample[seen], measured[seen])
+        rel = _median_filter(rel, 9)
+    else:
+        rel = np.full(n, NECK_DEFAULT, np.float32)
+    rel = np.clip(rel, *NECK_RANGE)
+    return (rel * fh).astype(np.float32), float(seen.mean())
+
+
+def _median_filter(x: np.ndarray, k: int) -> np.ndarray:
+    pad = np.pad(x, k // 2, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(pad, k), axis=-1)
+
+
+class PersonMask:
+    """Soft person mask per frame from selfie segmentation, smoothed over time by an exponential moving average."""
+
+    def __init__(self, ema: float = PERSON_EMA):
+        import mediapipe as mp
+
+        # model 0 (the "general" 256x256 model) follows hair and shoulders better than the landscape model.
+        self.seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self.ema = ema
+        self.state: np.ndarray | None = None
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        m = self.seg.process(img).segmentation_mask.astype(np.float32)
+        self.state = m if self.state is None else self.ema * m + (1 - self.ema) * self.state
+        return self.state
+
+    def close(self) -> None:
+        self.seg.close()
+
+
+# -- visualisation -----------------------------------------------------------------------------------------------------
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of a label map, colours from labels.PALETTE."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(PALETTE)] = np.array(PALETTE, np.uint8)
+    return lut[np.asarray(labels, np.uint8)]
+
+
+def overlay_labels(img: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with the colorized labels blended over it (background pixels left as they are)."""
+    col = colorize(labels).astype(np.float32)
+    out = img[..., :3].astype(np.float32)
+    a = np.where(labels[..., None] > 0, alpha, 0.0)
+    return np.clip(out * (1 - a) + col * a, 0, 255).astype(np.uint8)
+
+
+# -- the step ----------------------------------------------------------------------------------------------------------
+def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     n = ds.n_frames
     lm = ds.load_array("landmarks_2d")
-    seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-    soft_prev = None
-    empty = 0
-
-    def finish(i: int, img: np.ndarray, person: np.ndarray, d) -> np.ndarray:
-        labels = label_frame(img, person, lm[i])
-        write_image_file(d / frame_name(i, "png"), labels)
-        return labels
-
-    head = np.array([int(x) for x in HEAD_LABELS])
-    stats = {"changed": [], "coverage": [], "prev": None}
-
-    def consume(i: int, labels: np.ndarray) -> None:
-        if stats["prev"] is not None:
-            stats["changed"].append(float(np.mean(labels != stats["prev"])))
-        stats["prev"] = labels
-        if i % 25 == 0:
-            oval = _poly(np.zeros(labels.shape, np.uint8), mt.polygon(lm[i], mt.FACE_OVAL_LOOP)).astype(bool)
-            stats["coverage"].append(float(np.isin(labels[oval], head).mean()))
-
-    # Segmentation runs in order (its smoothing carries state); labelling and PNG encoding go to worker threads,
-    # a few frames ahead (a bounded queue keeps memory flat on long clips).
-    with ds.staged_dir("parsing") as d, ThreadPoolExecutor(os.cpu_count()) as pool:
-        pending: deque = deque()
-        for i in tqdm(range(n), desc="parsing"):
-            img = ds.read_frame(i)
-            soft = seg.process(img).segmentation_mask
-            soft = soft if soft_prev is None else MASK_EMA * soft + (1 - MASK_EMA) * soft_prev
-            soft_prev = soft
-            person = soft > 0.5
-            empty += int(person.mean() < 0.02)
-            pending.append((i, pool.submit(finish, i, img, person, d)))
-            while len(pending) > 8 or (i == n - 1 and pending):
-                j, job = pending.popleft()
-                consume(j, job.result())
-    changed, coverage = stats["changed"], stats["coverage"]
-    seg.close()
-    if empty > 0.5 * n:
+    neck_len, shoulders_seen = neck_lengths(ds, lm)
+    person_model = PersonMask()
+    changed, coverage, agreement = [], [], []
+    empty = np.zeros(n, bool)
+    prev = None
+    head = np.array([int(x) for x in HEAD_LABELS], np.uint8)
+    head_lut = np.zeros(256, bool)
+    head_lut[head] = True
+    # Reading (JPEG decode) and writing (PNG encode) release the GIL: overlap them with the per-frame work.
+    with ds.staged_dir("parsing") as d, ThreadPoolExecutor(2) as pool:
+        reads = pool.map(ds.read_frame, range(n))
+        writes = []
+        for i, img in enumerate(tqdm(reads, total=n, desc="parsing")):
+            soft = person_model(img)
+            person = soft > PERSON_THRESHOLD
+            labels = label_frame(img, person, lm[i], float(neck_len[i]))
+            oval = loop_mask(labels.shape, lm[i], mt.FACE_OVAL_LOOP)
+            oval_px = max(int(oval.sum()), 1)
+            coverage.append(head_lut[labels[oval]].mean() if oval.any() else 0.0)
+            agreement.append(person[oval].sum() / oval_px)
+            empty[i] = person.sum() < EMPTY_PERSON * oval_px
+            if prev is not None:
+                changed.append(np.count_nonzero(labels != prev) / labels.size)
+            prev = labels
+            writes.append(pool.submit(write_image_file, d / frame_name(i, "png"), labels))
+        for w in writes:
+            w.result()  # re-raise a failed write here, inside the staging context
+    person_model.close()
+    empty_fraction = float(empty.mean())
+    if empty_fraction > MAX_EMPTY_FRACTION:
         raise UserError(
-            f"no person could be segmented in {empty} of {n} frames",
-            "use a video with the person clearly in front of the background (head and shoulders, good light).",
+            f"the person was not segmented from the background in {empty_fraction:.0%} of the frames",
+            "use a video with the person's head and shoulders clearly in front of the background, well lit, "
+            "with the camera steady.",
         )
+    if empty_fraction > 0.05:
+        log.warning("person mask nearly empty in %.0f%% of the frames", 100 * empty_fraction)
     return {
         "flicker": float(np.mean(changed)) if changed else 0.0,
         "face_coverage": float(np.mean(coverage)),
-        "empty_person_frames": empty,
+        "segmentation_face_agreement": float(np.mean(agreement)),
+        "empty_person_fraction": empty_fraction,
+        "shoulders_seen_fraction": shoulders_seen,
+        "neck_length_face_heights": float(np.median(neck_len / np.array([face_height(p) for p in lm]))),
     }
 
 
@@ -152,5 +303,5 @@ STEP = Step(
     requires=("landmarks",),
     outputs=("parsing/",),
     run=run,
-    describe="label maps: background, hair, face parts, neck, torso",
+    describe="per-frame label maps (segmentation + face mesh polygons)",
 )
