@@ -43,7 +43,7 @@ from nerf_talk import speech
 from nerf_talk.media import atomic_path, write_video
 from preprocess import mesh_topology as mt
 
-VERSION = 1  # bump when the rendering changes, so that cached clips are remade
+VERSION = 3  # bump when the rendering changes, so that cached clips are remade
 SIZE = 512
 
 # Sentences written for this project; the clip speaks as many as fit, with pauses between them.
@@ -113,6 +113,23 @@ def _background_plate(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (image * (1 - soft) + up * soft).astype(np.uint8)
 
 
+def _close_photo_mouth(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The photo smiles with parted lips and teeth showing, and mediapipe's inner-lip loop runs a little inside the
+    visible opening (most at the dark mouth corners). Fill the opening, dilated by a few pixels, with the surrounding
+    lip colour: closing the mouth then gives lips that meet instead of a squeezed line of teeth with dark specks at
+    the corners, and when it opens, `_draw_mouth` paints the interior anyway."""
+    hole = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(hole, [np.round(lm[list(mt.LIPS_INNER_LOOP)] * 4).astype(np.int32)], 1, cv2.LINE_8, shift=2)
+    hole = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 5)))
+    # Dark pixels just beyond it inside the outer lip (the shadowed corners of the smile) go too.
+    outer = np.zeros_like(hole)
+    cv2.fillPoly(outer, [np.round(lm[list(mt.LIPS_OUTER_LOOP)] * 4).astype(np.int32)], 1, cv2.LINE_8, shift=2)
+    near = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    hole |= (near & outer & (luma < np.percentile(luma[outer > 0], 25))).astype(np.uint8)
+    return cv2.inpaint(image, hole, 3, cv2.INPAINT_TELEA)
+
+
 def _portrait() -> _Portrait:
     from skimage import data
 
@@ -120,7 +137,8 @@ def _portrait() -> _Portrait:
     if image.shape[:2] != (SIZE, SIZE):
         image = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     alpha = _segment_person(image)
-    return _Portrait(image, _detect_landmarks(image), alpha, _background_plate(image, alpha))
+    lm = _detect_landmarks(image)
+    return _Portrait(_close_photo_mouth(image, lm), lm, alpha, _background_plate(image, alpha))
 
 
 # ------------------------------------------------------------------------------------------------ face geometry
@@ -140,7 +158,7 @@ class _FaceFrame:
 def _split_loop(loop: tuple[int, ...], corner_a: int, corner_b: int) -> tuple[list[int], list[int]]:
     """A closed lip/eye loop -> its two halves from corner_a to corner_b (both include the corners)."""
     loop = list(loop)
-    i, j = loop.index(corner_a), loop.index(corner_b)
+    i = loop.index(corner_a)
     rolled = loop[i:] + loop[:i]
     k = rolled.index(corner_b)
     return rolled[: k + 1], rolled[k:] + [rolled[0]]
@@ -259,10 +277,17 @@ class _MeshWarp:
         gy, gx = np.mgrid[self.y0 : self.y1, self.x0 : self.x1]
         self.grid = np.stack([gx, gy, np.ones_like(gx)], -1).astype(np.float64)  # [h, w, 3] homogeneous pixels
         self.ids = np.empty(gx.shape, np.int32)
-        self.size = size
+
+    def apply(self, image: np.ndarray, moved: np.ndarray) -> np.ndarray:
+        """`image` with its face moved so that the landmarks lie at `moved` [478, 2]; only the face box is resampled."""
+        mx, my = self.maps(moved)
+        out = image.copy()
+        out[self.y0 : self.y1, self.x0 : self.x1] = cv2.remap(image, mx, my, cv2.INTER_LINEAR,
+                                                              borderMode=cv2.BORDER_REFLECT)
+        return out
 
     def maps(self, moved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Backward maps (map_x, map_y) [H, W] float32 for landmarks moved to `moved` [478, 2]."""
+        """Backward maps (map_x, map_y) [h, w] float32 over the face box for landmarks moved to `moved` [478, 2]."""
         dst = np.concatenate([moved[: self.n_mesh], self.fixed])
         D, S = dst[self.tris], self.src[self.tris]  # [T, 3, 2]
         Dh = np.concatenate([D, np.ones((len(D), 3, 1))], -1)  # [T, 3, 3]
@@ -278,10 +303,7 @@ class _MeshWarp:
         src = np.einsum("hwk,hwkj->hwj", self.grid, A[np.maximum(self.ids, 0)])
         miss = self.ids < 0
         src[miss] = self.grid[miss][:, :2]
-        ys, xs = np.mgrid[0 : self.size, 0 : self.size].astype(np.float32)
-        xs[self.y0 : self.y1, self.x0 : self.x1] = src[..., 0]
-        ys[self.y0 : self.y1, self.x0 : self.x1] = src[..., 1]
-        return xs, ys
+        return src[..., 0].astype(np.float32), src[..., 1].astype(np.float32)
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -307,11 +329,8 @@ class _Sway:
         self.gx, self.gy = gx, gy
         self.centre = frame.centre
 
-    def head_transform(self, roll: float, shift: np.ndarray, scale: float):
-        """(R, t) of the head as x' = pivot + shift + scale * R (x - pivot)."""
-        return _rotation(roll), shift, scale
-
     def forward(self, pts: np.ndarray, roll: float, shift: np.ndarray, scale: float) -> np.ndarray:
+        """Where head points [K, 2] go: pivot + shift + scale * R(roll) (x - pivot)."""
         return self.pivot + shift + scale * (pts - self.pivot) @ _rotation(roll).T
 
     def maps(self, roll: float, shift: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -329,14 +348,12 @@ class _Sway:
 # ------------------------------------------------------------------------------------------------ mouth interior
 _MOUTH_DARK = np.array([38, 14, 18], np.float32)
 _MOUTH_EDGE = np.array([95, 38, 42], np.float32)
-_TEETH = np.array([226, 220, 206], np.float32)
+_TEETH = np.array([214, 206, 192], np.float32)
 
 
 def _draw_mouth(img: np.ndarray, moved: np.ndarray, frame: _FaceFrame, gap_px: float) -> None:
     """Paint the mouth interior inside the moved inner-lip polygon, in place: dark throat, lighter near the lips, and
     the upper teeth as a band under the upper lip (about a third of the opening, at most ~10% of the mouth width)."""
-    if gap_px < 0.5:
-        return
     poly = moved[list(mt.LIPS_INNER_LOOP)]
     x0, y0 = np.floor(poly.min(0)).astype(int) - 3
     x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
@@ -362,21 +379,74 @@ def _draw_mouth(img: np.ndarray, moved: np.ndarray, frame: _FaceFrame, gap_px: f
         tmask = np.zeros((h * ss, w * ss), np.uint8)
         cv2.fillPoly(tmask, [np.round((band - [x0, y0]) * ss * 4).astype(np.int32)], 255, cv2.LINE_AA, shift=2)
         teeth = cv2.resize(tmask, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255
-        colour = colour * (1 - teeth) + _TEETH * teeth
+        # Shade the band: teeth turn away from the camera towards the corners and sit in the mouth's shadow, so a
+        # flat white bar would look pasted on.
+        gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        side = np.abs((gx - centre[0]) * frame.right[0] + (gy - centre[1]) * frame.right[1]) / half
+        shade = (1 - 0.35 * np.clip(side, 0, 1) ** 2)[..., None]
+        colour = colour * (1 - teeth) + _TEETH * shade * teeth
+    # The line where the lips meet: a soft dark seam, strongest when the lips are closed (no interior to show).
+    seam = np.zeros((h * ss, w * ss), np.uint8)
+    cv2.polylines(seam, [np.round((poly - [x0, y0]) * ss * 4).astype(np.int32)], True, 255, ss, cv2.LINE_AA, shift=2)
+    seam = cv2.resize(seam, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255 * 0.55
     roi = img[y0:y1, x0:x1].astype(np.float32)
+    roi = roi * (1 - seam) + _MOUTH_EDGE * seam
     img[y0:y1, x0:x1] = np.clip(roi * (1 - inner) + colour * inner, 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------ the motion
+_CHILD = """
+import json, sys
+import numpy as np
+from nerf_talk import speech
+job = json.loads(sys.stdin.read())
+out = {}
+for i, sentence in enumerate(job["sentences"]):
+    sp = speech.synthesize(sentence, voice=job["voice"], rate_wpm=job["rate"], pitch=job["pitch"])
+    out[f"audio{i}"] = sp.audio
+    out[f"phonemes{i}"] = np.array(json.dumps(sp.phonemes))
+    out[f"rate{i}"] = np.array(sp.sample_rate)
+np.savez(job["out"], **out)
+"""
+
+
+def _synthesize_fresh(sentences: list[str]) -> list[speech.Speech]:
+    """Speak each sentence, in a fresh process. libespeak-ng carries state from one utterance to the next (the same
+    sentence comes out a few hundred samples longer on a second call) and cannot be re-initialised in a process, so a
+    clip made after other speech in the same process would differ; a child process always starts from the same state,
+    which keeps the clip deterministic for its seed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        job = {"sentences": sentences, "voice": VOICE, "rate": RATE_WPM, "pitch": PITCH, "out": f"{tmp}/speech.npz"}
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+        res = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(job), text=True, capture_output=True,
+                             env=env, timeout=300)
+        if res.returncode != 0:
+            # Re-raise the child's error in this process, with its message (a missing library is a UserError).
+            speech.synthesize(sentences[0], voice=VOICE, rate_wpm=RATE_WPM, pitch=PITCH)
+            raise RuntimeError(f"speech synthesis in a child process failed:\n{res.stderr[-2000:]}")
+        with np.load(job["out"]) as z:
+            return [speech.Speech(z[f"audio{i}"], int(z[f"rate{i}"]),
+                                  [tuple(p) for p in json.loads(str(z[f"phonemes{i}"]))])
+                    for i in range(len(sentences))]
+
+
 def _speech(text: str | None, seconds: float, rng: np.random.Generator):
     """(audio [S] float32, rate, phonemes, duration_s, text): sentences with pauses of silence between them. Without
     `text`, as many of SENTENCES (in a seeded order) as fit in `seconds`; a longer `text` lengthens the clip."""
-    sentences = [text] if text else [SENTENCES[i] for i in rng.permutation(len(SENTENCES))]
+    sentences = [text] if text else list(SENTENCES)
+    spoken_as = dict(zip(sentences, _synthesize_fresh(sentences)))  # always all of them, in one order: determinism
+    if not text:
+        sentences = [SENTENCES[i] for i in rng.permutation(len(SENTENCES))]
     pieces, phonemes, spoken = [], [], []
     rate = None
     t = LEAD_SILENCE_S
-    for i, sentence in enumerate(sentences):
-        sp = speech.synthesize(sentence, voice=VOICE, rate_wpm=RATE_WPM, pitch=PITCH)
+    for sentence in sentences:
+        sp = spoken_as[sentence]
         rate = sp.sample_rate
         # espeak pads each utterance with silence; trim it so that our pause lengths are the real ones.
         loud = np.nonzero(np.abs(sp.audio) > 0.01)[0]
@@ -476,14 +546,12 @@ def make_sample_clip(
 
     pose2d = np.zeros((n, 4), np.float32)
     landmarks = np.zeros((n, len(portrait.landmarks), 2), np.float32)
-    image_f = portrait.image
     plate = portrait.plate.astype(np.float32)
 
     def frames():
         for k in range(n):
             moved = rig.displaced(float(gap[k]), float(blink[k]))
-            mx, my = mesh.maps(moved)
-            person = cv2.remap(image_f, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            person = mesh.apply(portrait.image, moved)
             _draw_mouth(person, moved, face, float(gap[k]))
             sx, sy = sway.maps(roll[k], shift[k], scale[k])
             person = cv2.remap(person, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)

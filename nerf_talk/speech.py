@@ -155,6 +155,8 @@ def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int 
 
     rate_wpm: words per minute (80-450); pitch: 0-100 (50 = the voice's normal pitch).
     Returns Speech(audio float32 [S], sample_rate (22050 for espeak-ng), phonemes [(start_s, end_s, ipa)]).
+    Not bit-reproducible across calls in one process: libespeak-ng keeps state between utterances (a repeated
+    sentence can come out a few hundred samples longer); the same sequence of calls in a fresh process repeats exactly.
     """
     if not text or not text.strip():
         raise UserError("nothing to speak: the text is empty", "give some words to say.")
