@@ -40,12 +40,20 @@ MAX_EMPTY_FRACTION = 0.5  # refuse when more frames than this are not segmented
 POSE_EVERY = 10  # run the (slower) pose model on every k-th frame for the shoulder line
 NECK_DEFAULT = 0.45  # neck length (chin to base) as a fraction of the face height when the shoulders are not seen
 NECK_RANGE = (0.15, 0.7)  # clamp of the neck length, in face heights
-HAIR_ZONE_SCALE = 1.45  # the hair zone is the face oval scaled by this about its centre ...
+HAIR_ZONE_SCALE = (1.6, 1.45)  # the hair zone is the face oval scaled by this (x, y) about its centre ...
 HAIR_ZONE_UP = 0.45  # ... swept upward by this many face heights
 JAW_ANGLES = (172, 397)  # face-oval points at the angles of the jaw: the line between them separates head from neck
 # Teeth: inside the inner lip loop, saturation below this fraction of the face skin's and brightness above this
 # fraction of the skin's (tongue and lips are saturated red, the mouth cavity is dark; teeth are neither).
 TEETH_SAT, TEETH_VAL = 0.75, 0.8
+# Skin: a Gaussian over the face skin's Lab chroma (a, b), fitted per frame on the face oval minus its features. Chroma
+# alone, because the neck under the chin is in shadow (darker, same hue); dark hair and most clothes are far off in
+# chroma. Brightness only rules out the near-black (more than SKIN_DARK standard deviations darker than the face).
+SKIN_SCALE = 0.5  # the skin score is computed (and smoothed over time) at this fraction of the frame size
+SKIN_SIGMA = 3.0  # Mahalanobis radius (in chroma standard deviations) where the score falls to exp(-4.5)
+SKIN_DARK = 3.5
+SKIN_THRESHOLD = 0.25  # on the spatially and temporally smoothed score
+SKIN_EMA = 0.5
 
 
 # -- drawing helpers -------------------------------------------------------------------------------------------------
@@ -69,7 +77,7 @@ def hair_zone_polygon(lm: np.ndarray) -> np.ndarray:
     """Convex hull of the face oval scaled about its centre and swept upward: where hair can be."""
     oval = mt.polygon(lm, mt.FACE_OVAL_LOOP).astype(np.float32)
     c = oval.mean(0)
-    big = c + (oval - c) * HAIR_ZONE_SCALE
+    big = c + (oval - c) * np.array(HAIR_ZONE_SCALE, np.float32)
     # "Up" is from chin to forehead, so a tilted head gets a tilted zone.
     up = (lm[mt.FOREHEAD, :2] - lm[mt.CHIN, :2]).astype(np.float32)
     pts = np.concatenate([big, big + up * HAIR_ZONE_UP])
@@ -86,7 +94,7 @@ def below_line(shape: tuple[int, int], a: np.ndarray, b: np.ndarray, down: np.nd
     return (xs - a[0]) * n[0] + (ys - a[1]) * n[1] > 0
 
 
-def neck_polygon(lm: np.ndarray, neck_len: float) -> np.ndarray:
+def neck_polygon(lm: np.ndarray, neck_len: float, widen: float = 1.0) -> np.ndarray:
     """The jaw contour from angle to angle through the chin, closed by a base `neck_len` pixels below the chin.
 
     The base is as wide as the jaw angles; it follows the chin-to-forehead axis so that a tilted head tilts the neck.
@@ -99,9 +107,10 @@ def neck_polygon(lm: np.ndarray, neck_len: float) -> np.ndarray:
     chin = lm[mt.CHIN, :2].astype(np.float32)
     # Base corners: below the jaw angles, at the depth of the chin + neck_len along "down".
     corners = []
+    mid = (jaw[0] + jaw[-1]) / 2
     for p in (jaw[-1], jaw[0]):
         depth = (chin - p) @ down + neck_len
-        corners.append(p + down * depth)
+        corners.append(mid + (p - mid) * widen + down * depth)
     return np.concatenate([jaw, np.array(corners)])
 
 
@@ -113,11 +122,39 @@ def skin_reference(hsv: np.ndarray, face: np.ndarray) -> tuple[float, float]:
     return float(np.median(px[:, 1])), float(np.median(px[:, 2]))
 
 
-def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: float | None = None) -> np.ndarray:
+def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE) -> np.ndarray:
+    """float32 [h, w] in [0, 1] at `scale` of the frame: how much each pixel looks like this frame's face skin."""
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    pts = np.asarray(lm, np.float32)[:, :2] * scale
+    face = np.zeros(lab.shape[:2], np.uint8)
+    _fill(face, mt.polygon(pts, mt.FACE_OVAL_LOOP), 1)
+    for loop in (mt.LEFT_BROW_LOOP, mt.RIGHT_BROW_LOOP, mt.LEFT_EYE_LOOP, mt.RIGHT_EYE_LOOP, mt.LIPS_OUTER_LOOP):
+        _fill(face, mt.polygon(pts, loop), 0)
+    px = lab[face.astype(bool)]
+    if len(px) < 20:
+        return np.zeros(lab.shape[:2], np.float32)
+    mu = px.mean(0)
+    sd_l = max(float(px[:, 0].std()), 4.0)
+    cov = np.cov(px[:, 1:].T) + np.eye(2, dtype=np.float32) * 1.0  # floor: a flat synthetic face has no spread
+    icov = np.linalg.inv(cov)
+    da, db = lab[..., 1] - mu[1], lab[..., 2] - mu[2]
+    d2 = icov[0, 0] * da * da + 2 * icov[0, 1] * da * db + icov[1, 1] * db * db
+    score = np.exp(-0.5 * d2 * (3.0 / SKIN_SIGMA) ** 2)
+    score[lab[..., 0] < mu[0] - SKIN_DARK * sd_l] = 0.0
+    # A little blur: single pixels of skin colour in the hair, or of shadow on the neck, are noise.
+    return cv2.GaussianBlur(score.astype(np.float32), (0, 0), 1.5)
+
+
+def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: float | None = None,
+                skin: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W] label map of one frame.
 
     img: [H, W, 3] RGB uint8; person: [H, W] bool person mask; lm: [478, >=2] landmarks in pixels;
-    neck_len: chin-to-neck-base distance in pixels (None: NECK_DEFAULT face heights).
+    neck_len: chin-to-neck-base distance in pixels (None: NECK_DEFAULT face heights);
+    skin: the skin score (skin_score, any size; None: computed from this frame alone).
     """
     shape = img.shape[:2]
     lm = np.asarray(lm, np.float32)[:, :2]
@@ -133,7 +170,18 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     above_jaw = ~below_line(shape, jaw_a, jaw_b, -up)  # "down" = -up
     zone = np.zeros(shape, np.uint8)
     _fill(zone, hair_zone_polygon(lm), 1)
-    labels[person & zone.astype(bool) & above_jaw] = Label.HAIR
+    if skin is None:
+        skin = skin_score(img, lm)
+    if skin.shape != shape:
+        skin = cv2.resize(skin, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    is_skin = skin > SKIN_THRESHOLD
+    head_zone = person & zone.astype(bool) & above_jaw
+    labels[head_zone] = Label.HAIR
+    # Skin around the oval (ears, the cheek beyond the mesh's silhouette, a high forehead) is face, not hair.
+    labels[head_zone & is_skin] = Label.FACE
+    # Neck: the person in a band below the jaw, by geometry alone. A skin-colour neck was tried: it follows the skin
+    # better (a collar becomes torso) but shadow under the chin breaks it up from frame to frame, and the torso field
+    # learns neck and torso together anyway.
     neck = np.zeros(shape, np.uint8)
     _fill(neck, neck_polygon(lm, neck_len), 1)
     labels[person & neck.astype(bool)] = Label.NECK
@@ -255,6 +303,7 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     changed, coverage, agreement = [], [], []
     empty = np.zeros(n, bool)
     prev = None
+    skin = None  # the skin score, smoothed over time like the person mask
     head = np.array([int(x) for x in HEAD_LABELS], np.uint8)
     head_lut = np.zeros(256, bool)
     head_lut[head] = True
@@ -265,7 +314,9 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
         for i, img in enumerate(tqdm(reads, total=n, desc="parsing")):
             soft = person_model(img)
             person = soft > PERSON_THRESHOLD
-            labels = label_frame(img, person, lm[i], float(neck_len[i]))
+            sk = skin_score(img, lm[i])
+            skin = sk if skin is None else SKIN_EMA * sk + (1 - SKIN_EMA) * skin
+            labels = label_frame(img, person, lm[i], float(neck_len[i]), skin)
             oval = loop_mask(labels.shape, lm[i], mt.FACE_OVAL_LOOP)
             oval_px = max(int(oval.sum()), 1)
             coverage.append(head_lut[labels[oval]].mean() if oval.any() else 0.0)
