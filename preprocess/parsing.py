@@ -39,6 +39,7 @@ EMPTY_PERSON = 0.25  # a person mask smaller than this fraction of the face oval
 MAX_EMPTY_FRACTION = 0.5  # refuse when more frames than this are not segmented
 POSE_EVERY = 10  # run the (slower) pose model on every k-th frame for the shoulder line
 NECK_DEFAULT = 0.45  # neck length (chin to base) as a fraction of the face height when the shoulders are not seen
+NECK_SHADOW = 0.08  # face heights under the chin that are neck whatever their colour (the chin's shadow)
 NECK_RANGE = (0.15, 0.7)  # clamp of the neck length, in face heights
 HAIR_ZONE_SCALE = (1.6, 1.45)  # the hair zone is the face oval scaled by this (x, y) about its centre ...
 HAIR_ZONE_UP = 0.45  # ... swept upward by this many face heights
@@ -179,12 +180,18 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     labels[head_zone] = Label.HAIR
     # Skin around the oval (ears, the cheek beyond the mesh's silhouette, a high forehead) is face, not hair.
     labels[head_zone & is_skin] = Label.FACE
-    # Neck: the person in a band below the jaw, by geometry alone. A skin-colour neck was tried: it follows the skin
-    # better (a collar becomes torso) but shadow under the chin breaks it up from frame to frame, and the torso field
-    # learns neck and torso together anyway.
-    neck = np.zeros(shape, np.uint8)
-    _fill(neck, neck_polygon(lm, neck_len), 1)
-    labels[person & neck.astype(bool)] = Label.NECK
+    # Neck: in a band below the jaw, the skin (its gaps closed), plus everything just under the jaw, where the chin's
+    # shadow hides the skin colour; a collar and shirt lower in the band are torso (a shirt's white is not neck).
+    band = np.zeros(shape, np.uint8)
+    _fill(band, neck_polygon(lm, neck_len), 1)
+    band = person & band.astype(bool)
+    fh = face_height(lm)
+    neck = (band & is_skin).astype(np.uint8)
+    k = max(3, int(0.08 * fh) | 1)
+    neck = cv2.morphologyEx(neck, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
+    under_jaw = np.zeros(shape, np.uint8)
+    _fill(under_jaw, neck_polygon(lm, NECK_SHADOW * fh), 1)
+    labels[band & (neck | under_jaw.astype(bool))] = Label.NECK
 
     # Head from the mesh, which wins over the segmentation inside the face (a mesh polygon is the better evidence).
     labels[oval] = Label.FACE

@@ -48,6 +48,7 @@ def synthetic_face(mouth_gap: float = 10.0):
     cv2.rectangle(person, (108, 150), (148, 200), 1, -1)  # neck
     cv2.rectangle(person, (40, 195), (216, 255), 1, -1)  # shoulders
     img[person.astype(bool)] = (90, 60, 40)  # hair / clothes colour
+    img[150:195, 108:149] = SKIN  # the neck shows skin
     cv2.fillPoly(img, [lm[list(mt.FACE_OVAL_LOOP)].round().astype(np.int32)], SKIN)
     inner = lm[list(mt.LIPS_INNER_LOOP)].round().astype(np.int32)
     mouth = np.zeros((S, S), np.uint8)
