@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_pose import real, rotation, synthetic_face  # noqa: F401  (real: the module-scoped real-clip fixture)
+from test_pose import rotation, synthetic_face
 
 from preprocess import face_motion as fm
 from preprocess import mesh_topology as mt
@@ -93,8 +93,8 @@ def test_lower_face_and_rigid_sets_are_disjoint():
 
 
 @pytest.mark.parametrize("name", ["obama", "reagan"])
-def test_real_clip_motion(real, name):  # noqa: F811
-    ds = real(name)
+def test_real_clip_motion(preprocessed, name):
+    ds = preprocessed(name)
     r = ds.step_result("face_motion")
     # Measured: obama 30 blinks/min, lieu 41, reagan 18; people blink 10-40 times a minute, more when speaking.
     assert 5 <= r["blink_rate_per_min"] <= 60, r["blink_rate_per_min"]

@@ -162,35 +162,9 @@ def test_garbage_landmarks_fail_loudly(tmp_path):
 
 
 # -- real clips ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    """real(name) -> Dataset of a shared clip after ingest, landmarks, pose and face_motion (built once)."""
-    from support import CLIPS, shared_file
-
-    from preprocess import pipeline
-    from preprocess.config import PreprocessConfig
-
-    built = {}
-
-    def get(name):
-        if name not in built:
-            video = shared_file(CLIPS[name][0])
-            audio = shared_file(CLIPS[name][1]) if CLIPS[name][1] else None
-            out = tmp_path_factory.mktemp(f"pose_{name}") / "dataset"
-            old = pipeline.STEP_MODULES
-            pipeline.STEP_MODULES = ("ingest", "landmarks", "pose", "face_motion")
-            try:
-                built[name] = pipeline.run(video, out, PreprocessConfig(audio=str(audio) if audio else None))
-            finally:
-                pipeline.STEP_MODULES = old
-        return built[name]
-
-    return get
-
-
 @pytest.mark.parametrize("name", ["obama", "reagan"])
-def test_real_clip_reprojection_error(real, name):
-    ds = real(name)
+def test_real_clip_reprojection_error(preprocessed, name):
+    ds = preprocessed(name)
     r = ds.step_result("pose")
     # Measured at 512 px: obama 0.54 px, lieu 0.64, reagan 0.65 (p95 0.85-1.10); mediapipe's own jitter is ~0.5 px.
     assert r["reprojection_error_px"] < 1.5, r["reprojection_error_px"]

@@ -27,10 +27,10 @@ def test_labels_cover_the_face_where_the_landmarks_are(preprocessed, name):
         lips = np.zeros_like(labels)
         cv2.fillPoly(lips, [polygon(lm[i], LIPS_OUTER_LOOP).round().astype(np.int32)], 1)
         assert np.isin(labels[lips.astype(bool)], [Label.LIPS, Label.MOUTH, Label.TEETH]).mean() > 0.8, i
-        # The torso lies below the face.
+        # The torso lies below the face (a low head can have its shoulders beside the chin, so: below the nose).
         ys = np.nonzero(labels == Label.TORSO)[0]
         if len(ys):
-            assert np.median(ys) > lm[i, 152, 1]
+            assert np.median(ys) > lm[i, 1, 1] and ys.max() > lm[i, 152, 1]
 
 
 @pytest.mark.parametrize("name", CLIP_NAMES)
