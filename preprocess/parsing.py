@@ -6,7 +6,8 @@ Where each label comes from:
 - face skin, brows, eyes, lips, mouth interior: the face mesh's polygons (mesh_topology loops), which are far more
   precise than any colour heuristic; teeth: the bright, unsaturated pixels inside the inner lip loop;
 - hair: person pixels in a zone around and above the face oval (the oval dilated and extended upward), above the jaw
-  line, that are not face;
+  line, that are not face; skin-coloured (rg chromaticity) patches of that zone beside the oval, between the brows'
+  line and the jaw line and touching the oval, are face (ears, cheek past the mesh's silhouette);
 - neck: person pixels in a band below the jaw contour, within the jaw's width, down to the base of the neck (found
   from the pose model's shoulder landmarks on every k-th frame, interpolated and smoothed; a fixed fraction of the face
   height below the chin where the shoulders are not visible);
@@ -43,16 +44,19 @@ NECK_SHADOW = 0.08  # face heights under the chin that are neck whatever their c
 NECK_RANGE = (0.15, 0.7)  # clamp of the neck length, in face heights
 HAIR_ZONE_SCALE = (1.6, 1.45)  # the hair zone is the face oval scaled by this (x, y) about its centre ...
 HAIR_ZONE_UP = 0.45  # ... swept upward by this many face heights
+BROW_OUTER = (70, 300)  # the brows' outer ends: above the line between them, skin outside the oval is hair's
 JAW_ANGLES = (172, 397)  # face-oval points at the angles of the jaw: the line between them separates head from neck
 # Teeth: inside the inner lip loop, saturation below this fraction of the face skin's and brightness above this
 # fraction of the skin's (tongue and lips are saturated red, the mouth cavity is dark; teeth are neither).
 TEETH_SAT, TEETH_VAL = 0.75, 0.8
-# Skin: a Gaussian over the face skin's Lab chroma (a, b), fitted per frame on the face oval minus its features. Chroma
-# alone, because the neck under the chin is in shadow (darker, same hue); dark hair and most clothes are far off in
-# chroma. Brightness only rules out the near-black (more than SKIN_DARK standard deviations darker than the face).
+# Skin: a Gaussian over the face skin's rg chromaticity (R/(R+G+B), G/(R+G+B)), fitted per frame on the face oval minus
+# its features. Chromaticity, not Lab's a/b, because it does not change with brightness: the neck under the chin is in
+# shadow (much darker, same hue), while Lab's a/b shrink towards grey in the dark and the shadowed neck fails a Lab
+# test. Brightness only rules out the near-black (hair, dark clothes: below SKIN_DARK of the face's median brightness,
+# where chromaticity is noise) and the near-white (a shirt collar: above SKIN_BRIGHT of it).
 SKIN_SCALE = 0.5  # the skin score is computed (and smoothed over time) at this fraction of the frame size
-SKIN_SIGMA = 3.0  # Mahalanobis radius (in chroma standard deviations) where the score falls to exp(-4.5)
-SKIN_DARK = 3.5
+SKIN_SIGMA = 3.0  # Mahalanobis radius (in chromaticity standard deviations) where the score falls to exp(-4.5)
+SKIN_DARK, SKIN_BRIGHT = 0.3, 1.6  # brightness (R+G+B) bounds as fractions of the face skin's median
 SKIN_THRESHOLD = 0.25  # on the spatially and temporally smoothed score
 SKIN_EMA = 0.5
 
@@ -127,24 +131,28 @@ def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE) -> np
     """float32 [h, w] in [0, 1] at `scale` of the frame: how much each pixel looks like this frame's face skin."""
     h, w = img.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    # JPEG stores colour in 8x8 blocks at half resolution: average a few pixels so block edges do not show as noise.
+    small = cv2.blur(small, (3, 3))
+    total = small.sum(-1) + 1.0  # [h, w] brightness
+    chroma = small[..., :2] / total[..., None]  # [h, w, 2] r, g chromaticity
     pts = np.asarray(lm, np.float32)[:, :2] * scale
-    face = np.zeros(lab.shape[:2], np.uint8)
+    face = np.zeros(small.shape[:2], np.uint8)
     _fill(face, mt.polygon(pts, mt.FACE_OVAL_LOOP), 1)
     for loop in (mt.LEFT_BROW_LOOP, mt.RIGHT_BROW_LOOP, mt.LEFT_EYE_LOOP, mt.RIGHT_EYE_LOOP, mt.LIPS_OUTER_LOOP):
         _fill(face, mt.polygon(pts, loop), 0)
-    px = lab[face.astype(bool)]
+    face = face.astype(bool)
+    px = chroma[face]
     if len(px) < 20:
-        return np.zeros(lab.shape[:2], np.float32)
+        return np.zeros(small.shape[:2], np.float32)
     mu = px.mean(0)
-    sd_l = max(float(px[:, 0].std()), 4.0)
-    cov = np.cov(px[:, 1:].T) + np.eye(2, dtype=np.float32) * 1.0  # floor: a flat synthetic face has no spread
-    icov = np.linalg.inv(cov)
-    da, db = lab[..., 1] - mu[1], lab[..., 2] - mu[2]
-    d2 = icov[0, 0] * da * da + 2 * icov[0, 1] * da * db + icov[1, 1] * db * db
+    cov = np.cov(px.T) + np.eye(2) * 1e-5  # floor: a flat synthetic face has no spread
+    icov = np.linalg.inv(cov).astype(np.float32)
+    dr, dg = chroma[..., 0] - mu[0], chroma[..., 1] - mu[1]
+    d2 = icov[0, 0] * dr * dr + 2 * icov[0, 1] * dr * dg + icov[1, 1] * dg * dg
     score = np.exp(-0.5 * d2 * (3.0 / SKIN_SIGMA) ** 2)
-    score[lab[..., 0] < mu[0] - SKIN_DARK * sd_l] = 0.0
+    lum = float(np.median(total[face]))
+    score[(total < SKIN_DARK * lum) | (total > SKIN_BRIGHT * lum)] = 0.0
     # A little blur: single pixels of skin colour in the hair, or of shadow on the neck, are noise.
     return cv2.GaussianBlur(score.astype(np.float32), (0, 0), 1.5)
 
@@ -178,8 +186,18 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     is_skin = skin > SKIN_THRESHOLD
     head_zone = person & zone.astype(bool) & above_jaw
     labels[head_zone] = Label.HAIR
-    # Skin around the oval (ears, the cheek beyond the mesh's silhouette, a high forehead) is face, not hair.
-    labels[head_zone & is_skin] = Label.FACE
+    # Skin beside the oval (ears, the cheek beyond the mesh's silhouette) is face, not hair. Only between the brows'
+    # line and the jaw line, and only where it touches the oval: above the brows, brown or grey hair has much the
+    # chromaticity of skin, and patches of it inside the hair would be called face.
+    brow_line = below_line(shape, lm[BROW_OUTER[0], :2], lm[BROW_OUTER[1], :2], -up)
+    side_skin = (head_zone & is_skin & brow_line & ~oval).astype(np.uint8)
+    if side_skin.any():
+        touching = cv2.dilate(oval.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        n_cc, cc = cv2.connectedComponents(side_skin, connectivity=4)
+        keep = np.zeros(n_cc, bool)
+        keep[np.unique(cc[touching & (side_skin > 0)])] = True
+        keep[0] = False
+        labels[keep[cc]] = Label.FACE
     # Neck: in a band below the jaw, the skin (its gaps closed), plus everything just under the jaw, where the chin's
     # shadow hides the skin colour; a collar and shirt lower in the band are torso (a shirt's white is not neck).
     band = np.zeros(shape, np.uint8)
@@ -357,7 +375,7 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="parsing",
-    version=1,
+    version=2,
     requires=("landmarks",),
     outputs=("parsing/",),
     run=run,

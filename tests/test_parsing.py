@@ -121,6 +121,21 @@ def test_hair_is_the_person_above_and_around_the_face_not_the_shoulders():
     assert (labels[200:, :] != Label.HAIR).all()
 
 
+def test_skin_beside_the_oval_is_face_but_skin_coloured_hair_above_the_brows_stays_hair():
+    lm, img, person, _, _ = synthetic_face()
+    img = img.copy()
+    ear = np.zeros((S, S), bool)
+    ear[88:112, 72:86] = True  # beside the oval at eye level, touching it
+    img[ear] = SKIN
+    tuft = np.zeros((S, S), bool)
+    tuft[22:34, 118:138] = True  # above the forehead: light hair of skin's hue
+    img[tuft] = SKIN
+    labels = label_frame(img, person, lm)
+    outside = ~_inside(lm, mt.FACE_OVAL_LOOP)
+    assert (labels[ear & outside] == Label.FACE).mean() > 0.8
+    assert (labels[tuft & outside] == Label.HAIR).mean() > 0.95
+
+
 def test_tilted_head_tilts_the_neck():
     lm, img, person, _, _ = synthetic_face()
     rot = cv2.getRotationMatrix2D((128, 100), 20, 1.0)
