@@ -32,7 +32,9 @@ def bench(video: Path, audio: str | None, size: int) -> None:
         print(f"\n{video.name}: {src['width']}x{src['height']} {src['codec']}, {seconds:.1f} s of video -> {size} px, "
               f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
         print(f"{'step':16s} {'seconds':>9s} {'s per s of video':>17s}")
-        for name, rec in ds.manifest["steps"].items():
+        steps = ds.manifest["steps"]
+        for name in pipeline.STEP_MODULES:
+            rec = steps[name]
             print(f"{name:16s} {rec['seconds']:9.2f} {rec['seconds'] / seconds:17.3f}")
         print(f"{'total (wall)':16s} {total:9.2f} {total / seconds:17.3f}")
 
