@@ -214,8 +214,8 @@ def main(argv=None) -> None:
     if gpu_peak is not None:
         mem += f"; CUDA max allocated {gpu_peak:.0f} MB"
     print(mem)
-    print(f"validation: {res['n_frames']} frames (torso from {'the torso field' if res['torso'] == 'field' else 'ground truth'}),"
-          f" {res['render_s_per_frame']:.2f} s/frame to render")
+    torso = "the torso field" if res["torso"] == "field" else "ground truth"
+    print(f"validation: {res['n_frames']} frames (torso from {torso}), {res['render_s_per_frame']:.2f} s/frame to render")
     print(f"  full frame   PSNR {res['psnr_full']:.2f} dB  SSIM {res['ssim_full']:.4f}"
           f"   (mean image PSNR {res['mean_image_psnr_full']:.2f} dB)")
     print(f"  head region  PSNR {res['psnr_head']:.2f} dB  SSIM {res['ssim_head']:.4f}"
