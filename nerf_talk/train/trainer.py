@@ -262,7 +262,7 @@ class Trainer:
                 terms, extra = self.train_step(stage)
                 loss = sum(terms.values())
                 if not torch.isfinite(loss):
-                    self._diverged(stage, {k: float(v) for k, v in terms.items()}, "loss")
+                    self._diverged(stage, {k: float(v.detach()) for k, v in terms.items()}, "loss")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
