@@ -116,15 +116,21 @@ def feature_dims() -> dict[str, int]:
     return {"ppg": len(phoneme_vocabulary()), "mel": N_MELS, "pitch": 2, "energy": 1}
 
 
-def voice_activity(features: dict[str, np.ndarray]) -> np.ndarray:
-    """[N] bool: frames with speech, from level relative to the clip's own noise floor and voicing.
+def noise_floor(energy: np.ndarray) -> float:
+    """dB: the 10th percentile of the frame levels (so a noisy room does not count as speech), at least -90 dB."""
+    return max(float(np.percentile(np.asarray(energy, np.float64), 10)), ENERGY_FLOOR_DB + 10.0)
 
-    The floor is the 10th percentile of the frame levels, so a noisy room does not count as speech; a frame is
-    speech when it is 15 dB over the floor, or voiced and 8 dB over it (soft vowels at the end of a phrase).
+
+def voice_activity(features: dict[str, np.ndarray], floor_db: float | None = None) -> np.ndarray:
+    """[N] bool: frames with speech, from level relative to the noise floor and voicing.
+
+    A frame is speech when it is 15 dB over the floor, or voiced and 8 dB over it (soft vowels at the end of a
+    phrase). The floor is the clip's own (`noise_floor`) unless given: a stream passes its utterance's floor so that
+    each chunk is judged like the whole.
     """
     energy = np.asarray(features["energy"], np.float64)
     voiced = np.asarray(features["pitch"], np.float64)[:, 1]
-    floor = max(float(np.percentile(energy, 10)), ENERGY_FLOOR_DB + 10.0)
+    floor = noise_floor(energy) if floor_db is None else floor_db
     return (energy > floor + 15.0) | ((voiced > 0.5) & (energy > floor + 8.0))
 
 

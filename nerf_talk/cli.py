@@ -228,6 +228,17 @@ The CPU recipe is a quick check of the whole path, not a photoreal avatar: that 
     return rep / "index.html"
 
 
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    """The preprocessing settings, shared by `preprocess` and `fit` (read back by _preprocess_config)."""
+    p.add_argument("--audio", type=Path, help="separate speech file, for a video without (usable) sound")
+    p.add_argument("--audio-offset", type=float, help="seconds the audio lags the lips (default: measured)")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--size", type=int, default=512, help="side of the square crop in pixels (default 512)")
+    p.add_argument("--val-fraction", type=float, default=1 / 11, help="held-out last fraction (default 1/11)")
+    p.add_argument("--force", action="append", metavar="STEP",
+                   help="redo a preprocessing STEP (and what depends on it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nerf-talk", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -236,12 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("preprocess", help="turn a talking-head video into a training dataset")
     pp.add_argument("video", type=Path, help="mp4/mov/mkv/webm, H.264 or HEVC, any frame rate, 256 px to 4K")
     pp.add_argument("-o", "--output", type=Path, required=True, help="dataset directory (new, or one to resume)")
-    pp.add_argument("--audio", type=Path, help="separate speech file, for a video without (usable) sound")
-    pp.add_argument("--audio-offset", type=float, help="seconds the audio lags the lips (default: measured)")
-    pp.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
-    pp.add_argument("--size", type=int, default=512, help="side of the square crop in pixels (default 512)")
-    pp.add_argument("--val-fraction", type=float, default=1 / 11, help="held-out last fraction (default 1/11)")
-    pp.add_argument("--force", action="append", metavar="STEP", help="redo STEP (and what depends on it)")
+    add_preprocess_args(pp)
     pp.set_defaults(func=cmd_preprocess)
 
     pt = sub.add_parser("train", help="train an avatar's head and torso fields from a dataset")
@@ -264,12 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("-o", "--output", type=Path, required=True, help="NAME.avatar (work files go to NAME.avatar.work/)")
     pf.add_argument("--recipe", help="training recipe (default: head + torso on a GPU, smoke_cpu otherwise)")
     pf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
-    pf.add_argument("--audio", type=Path, help="separate speech file, for a video without (usable) sound")
-    pf.add_argument("--audio-offset", type=float, help="seconds the audio lags the lips (default: measured)")
-    pf.add_argument("--fps", type=float, default=25.0, help="frame rate of the avatar (default 25)")
-    pf.add_argument("--size", type=int, default=512, help="side of the square crop in pixels (default 512)")
-    pf.add_argument("--val-fraction", type=float, default=1 / 11, help="held-out last fraction (default 1/11)")
-    pf.add_argument("--force", action="append", metavar="STEP", help="redo a preprocessing STEP")
+    add_preprocess_args(pf)
     pf.set_defaults(func=cmd_fit)
 
     pr = sub.add_parser("render", help="an avatar saying new speech -> mp4 (H.264 + AAC)")

@@ -40,12 +40,7 @@ def utterance_stats(features: dict[str, np.ndarray]) -> Stats:
     energy = np.asarray(features["energy"], np.float32)
     voiced = pitch[:, 1] > 0.5
     f0 = float(np.median(pitch[voiced, 0])) if voiced.sum() >= 3 else 0.0
-    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), noise_floor(energy))
-
-
-def noise_floor(energy: np.ndarray) -> float:
-    """dB: the 10th percentile of the frame levels, at least -90 dB (audio_features.voice_activity's floor)."""
-    return max(float(np.percentile(energy, 10)), af.ENERGY_FLOOR_DB + 10.0)
+    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), af.noise_floor(energy))
 
 
 def input_dim(n_ppg: int) -> int:
@@ -72,11 +67,7 @@ SILENCE_DB = -60.0  # quieter frames are silence whatever their relative level (
 
 
 def speech_mask(features: dict[str, np.ndarray], stats: Stats | None = None) -> np.ndarray:
-    """[N] bool voice activity by audio_features.voice_activity's rule (15 dB over the noise floor, or voiced and
-    8 dB over it) with the floor taken from `stats` (so that a chunk of a stream is judged like the whole), and
-    never below SILENCE_DB."""
-    energy = np.asarray(features["energy"], np.float64)
-    floor = stats.floor_db if stats is not None else noise_floor(energy)
-    voiced = np.asarray(features["pitch"], np.float64)[:, 1]
-    active = (energy > floor + 15.0) | ((voiced > 0.5) & (energy > floor + 8.0))
-    return active & (energy > SILENCE_DB)
+    """[N] bool audio_features.voice_activity with the floor taken from `stats` (so that a chunk of a stream is judged
+    like the whole), and never below SILENCE_DB."""
+    active = af.voice_activity(features, stats.floor_db if stats is not None else None)
+    return active & (np.asarray(features["energy"], np.float64) > SILENCE_DB)
