@@ -104,3 +104,25 @@ def test_bilabials_close_the_lips(model):
     vowel = (track[:, vz.V["open"]] + track[:, vz.V["mid"]]) >= 0.5
     assert bil.sum() >= 5 and vowel.sum() >= 5
     assert o[bil].mean() < 0.6 * o[vowel].mean(), (o[bil].mean(), o[vowel].mean())
+
+
+def test_close_bilabials_follows_the_bilabial_posterior(model):
+    """Frames the recogniser hears as /p b m/ take the closed-lip motion; other speech and silence keep theirs."""
+    from nerf_talk.motion import visemes as vz
+    from nerf_talk.motion.predict import close_bilabials
+
+    vocab = list(model.vocab)
+    col = {vz.viseme_of(t): i for i, t in enumerate(vocab) if vz.viseme_of(t) is not None}
+    ppg = np.zeros((12, len(vocab)), np.float32)
+    ppg[:, col[vz.V["open"]]] = 1.0
+    ppg[5:8] = 0.0
+    ppg[5:8, col[vz.V["bilabial"]]] = 1.0  # three frames of /m/ amid an open vowel
+    speech = np.ones(12, bool)
+    speech[-2:] = False
+    coeffs = np.full((12, model.net.cfg.n_coeffs), 0.3, np.float32)
+    out = close_bilabials(model, coeffs, {"ppg": ppg}, speech)
+    closed = model.viseme_motion[vz.V["bilabial"]]
+    np.testing.assert_allclose(out[6], closed, atol=1e-6)  # all posterior mass on /m/ (spread keeps it there)
+    np.testing.assert_allclose(out[:3], coeffs[:3])  # the vowel, two frames away
+    np.testing.assert_allclose(out[-2:], coeffs[-2:])  # no speech: untouched (the silence gate handles it)
+    assert 0 < np.abs(out[4] - coeffs[4]).max() < np.abs(closed - coeffs[4]).max()  # the edge: part way

@@ -27,13 +27,15 @@ from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.adapter import fit_adapter
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
-from nerf_talk.motion.predict import run_network, silence_gate
+from nerf_talk.motion.predict import close_bilabials, run_network, silence_gate
 
 
 def generic_coeffs(model: MotionModel, features: dict) -> np.ndarray:
-    """[N, C] the generic model's coefficients for per-frame features at MODEL_FPS, silence-gated as in predict."""
+    """[N, C] the generic model's coefficients for per-frame features at MODEL_FPS, silence-gated and with the
+    bilabial closures, as in predict_motion."""
     coeffs, _ = run_network(model, mf.input_features(features))
-    return coeffs * silence_gate(mf.speech_mask(features))[:, None]
+    speech = mf.speech_mask(features)
+    return close_bilabials(model, (coeffs * silence_gate(speech)[:, None]).astype(np.float32), features, speech)
 
 
 def _slice(features: dict, a: int, b: int) -> dict:

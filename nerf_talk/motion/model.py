@@ -145,7 +145,7 @@ class MotionModel:
     net: Audio2Motion
     basis: MotionBasis
     vocab: list[str]
-    viseme_motion: np.ndarray  # [N_VISEMES, C] per-viseme mean coefficients (synthetic targets; documentation)
+    viseme_motion: np.ndarray  # [N_VISEMES, C] per-viseme mean coefficients (synthetic targets; predict.close_bilabials)
     meta: dict
 
     def save(self, path: str | Path) -> None:

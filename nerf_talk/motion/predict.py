@@ -12,6 +12,12 @@ with N = ceil(duration * fps). The network runs at MODEL_FPS; its output is inte
 Silence: frames further than SILENCE_MARGIN_S from any detected speech are faded to the neutral face (coefficients
 0, a closed mouth). The network already learns this from the data; the gate makes it a guarantee, for room tone and
 breaths the network has never heard.
+
+Bilabials: where the phoneme recogniser hears /p b m/, the coefficients are pulled toward the model's closed-lip
+viseme motion in proportion to that posterior (close_bilabials). The network alone closes the lips too little on
+them (1.8 min of real motion hold few clear closures, and a regression to the mean blurs short ones); the pull needs
+one frame of look-ahead, inside the network's own. On held-out clips it raised mouth-opening correlation (lieu
+0.236 -> 0.281, reagan 0.093 -> 0.124) and lowered landmark error (docs/MOTION_MODEL.md).
 """
 
 from __future__ import annotations
@@ -85,6 +91,18 @@ def silence_gate(speech: np.ndarray, fps: float = MODEL_FPS) -> np.ndarray:
     return np.clip(uniform_filter1d(near.astype(np.float32), 3, mode="nearest") * 1.5 - 0.25, 0.0, 1.0) * near
 
 
+def close_bilabials(model: MotionModel, coeffs: np.ndarray, features: dict[str, np.ndarray],
+                    speech: np.ndarray) -> np.ndarray:
+    """coeffs [N, C] at MODEL_FPS pulled toward the closed-lip viseme motion by the /p b m/ posterior of each frame
+    (posteriorgram spread over +-1 frame; 0 outside speech)."""
+    from nerf_talk.motion import visemes as vz
+
+    vis = vz.ppg_to_visemes(np.asarray(features["ppg"]), speech, tuple(model.vocab), spread=1)
+    w = np.clip(vis[:, vz.V["bilabial"]], 0.0, 1.0)[:, None]
+    closed = np.asarray(model.viseme_motion, np.float32)[vz.V["bilabial"]][None]
+    return (coeffs * (1.0 - w) + w * closed).astype(np.float32)
+
+
 def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps: float, adapter=None) -> dict:
     """Motion for every video frame of `audio` at `fps` (see the module docstring). Raises UserError for empty,
     too short (< audio_features.MIN_SECONDS) or non-finite audio, and for sample rates outside 4-192 kHz."""
@@ -95,6 +113,7 @@ def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps:
     coeffs, blink = run_network(model, mf.input_features(feats))
     speech = mf.speech_mask(feats)
     coeffs = (coeffs * silence_gate(speech)[:, None]).astype(np.float32)  # [M, C] at MODEL_FPS
+    coeffs = close_bilabials(model, coeffs, feats, speech)
     # The adapter reads past frames, so it runs at the model's rate; the motion is resampled afterwards.
     motion = adapter.apply(coeffs) if adapter is not None else model.basis.decode(coeffs)  # [M, K, 3]
     duration = len(a) / af.SAMPLE_RATE
