@@ -131,6 +131,16 @@ def cmd_export(args) -> None:
     print(f"avatar: {args.output}  ({Path(args.output).stat().st_size / 2**20:.1f} MB)")
 
 
+def cmd_eval(args) -> None:
+    from nerf_talk.eval import evaluate_avatar, summary
+
+    out = args.output or Path(f"{args.avatar}.eval")
+    res = evaluate_avatar(args.avatar, args.dataset, out, audio=args.audio, size=args.size, seed=args.seed,
+                          video=not args.no_video)
+    print(summary(res))
+    print(f"figures: {out / 'eval.json'}  (plots and side-by-side video in {out}; definitions: docs/EVALUATION.md)")
+
+
 def cmd_train_motion(args) -> None:
     from nerf_talk.motion import train_motion
 
@@ -291,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("-o", "--output", type=Path, required=True, help="NAME.avatar")
     pe.add_argument("--dataset", type=Path, help="its dataset (default: the one the training recorded)")
     pe.set_defaults(func=cmd_export)
+
+    pv = sub.add_parser("eval", help="score an avatar on its held-out frames and, with --audio, saying other speech")
+    pv.add_argument("avatar", type=Path, help="NAME.avatar")
+    pv.add_argument("dataset", type=Path, help="the dataset it was fitted on (NAME.avatar.work/dataset after `fit`)")
+    pv.add_argument("--audio", type=Path, help="other speech for the lip-sync figures (wav/mp3/m4a/flac, 2 s or more)")
+    pv.add_argument("-o", "--output", type=Path, help="output folder (default: AVATAR.eval/ beside the avatar)")
+    pv.add_argument("--size", type=int, help="render and compare at this height (default: the avatar's trained size)")
+    pv.add_argument("--seed", type=int, default=0, help="seed of the generated head motion and blinks for --audio")
+    pv.add_argument("--no-video", action="store_true", help="do not write side_by_side.mp4")
+    pv.set_defaults(func=cmd_eval)
 
     pm = sub.add_parser("train-motion", help="train the generic audio-to-motion model on a corpus of datasets")
     pm.add_argument("corpus", type=Path, help="directory of preprocessed datasets (and synthetic shards)")
