@@ -5,8 +5,8 @@
     .venv/bin/python bench/bench_eval.py --recipe full                     # head then torso (needs a GPU)
 
 Per clip, under WORK/CLIP/: `dataset/` (nerf_talk preprocess; finished steps are reused), `RECIPE.avatar` (api.fit
-on that dataset, exactly what `nerf-talk fit --dataset` does; an avatar already there is reused and its fit time read
-from RECIPE.fit.json, which the fit that made it wrote) and `eval_RECIPE/` (nerf_talk.eval.evaluate_avatar: eval.json,
+on that dataset, exactly what `nerf-talk fit --dataset` does; an avatar already there is reused, with the fit time
+RECIPE.fit.json recorded, only while the dataset's manifest is the one it was fitted on) and `eval_RECIPE/` (nerf_talk.eval.evaluate_avatar: eval.json,
 plots, side_by_side.mp4). The other speech of the cross-driven figures is --audio (default: the shared
 en_female_18s.wav, a speaker none of the clips has).
 
@@ -20,9 +20,11 @@ at the compare size, the evaluation's own renders).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,14 +64,21 @@ def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | No
     tag = recipe
     avatar = d / f"{tag}.avatar"
     fit_json = d / f"{tag}.fit.json"
-    if avatar.exists() and fit_json.exists():
-        fit_s = json.loads(fit_json.read_text())["fit_s"]
+    # The avatar is reused only if the dataset is exactly the one it was fitted on: a preprocessing step that was
+    # redone (a new step version) can change the crop's camera, and evaluate_avatar would rightly refuse the pair.
+    key = hashlib.sha256(json.dumps(ds.manifest["steps"], sort_keys=True).encode()).hexdigest()[:16]
+    prev = json.loads(fit_json.read_text()) if fit_json.exists() else {}
+    if avatar.exists() and prev.get("dataset_key") == key:
+        fit_s = prev["fit_s"]
         print(f"[bench] {name}: reusing {avatar} (fitted in {fit_s:.1f} s)")
     else:
+        for old in (avatar, fit_json):
+            old.unlink(missing_ok=True)
+        shutil.rmtree(d / f"{tag}.avatar.work", ignore_errors=True)  # or fit would resume the stale training
         t0 = time.perf_counter()
         fit(None, avatar, None if recipe == "full" else recipe, dataset=ds.root)
         fit_s = time.perf_counter() - t0
-        fit_json.write_text(json.dumps({"fit_s": fit_s, "recipe": recipe, "threads": threads}))
+        fit_json.write_text(json.dumps({"fit_s": fit_s, "recipe": recipe, "threads": threads, "dataset_key": key}))
     res = evaluate_avatar(avatar, ds.root, d / f"eval_{tag}", audio=speech)
     return {"clip": name, "preprocess_s": pre_s, "fit_s": fit_s, "eval": res}
 

@@ -236,6 +236,33 @@ def test_evaluate_avatar_writes_figures_plots_and_video(fit_result, other_speech
     assert res["self_driven"]["tracked"]["psnr"] == doc["self_driven"]["tracked"]["psnr"]
 
 
+def test_a_blurred_render_scores_lower(fit_result):
+    """On the fitted avatar's own held-out renders: a render against itself scores maximal; blurring it lowers PSNR
+    and SSIM against that render and against the real frames, on the full frame and on the face."""
+    from nerf_talk.api import Avatar
+    from nerf_talk.eval.run import heldout_frames, image_scores, real_frames, render_sequence
+    from preprocess.dataset import Dataset
+
+    avatar = Avatar.load(fit_result["avatar"])
+    ds = Dataset(fit_result["dataset"])
+    val = heldout_frames(ds)
+    r = avatar.renderer()
+    eyes = np.concatenate([ds.load_array("eye_openness"), ds.load_array("blink")[:, None]], 1)[val]
+    rendered, _ = render_sequence(avatar, r, ds.load_array("poses")[val], ds.load_array("lower_face_motion")[val],
+                                  eyes, "render", False)
+    real, labels = real_frames(ds, val, r.size)
+    same = image_scores(rendered, rendered.copy(), labels)
+    assert same["psnr"] == math.inf and same["ssim"] == pytest.approx(1.0, abs=1e-6)
+    sharp_vs_real = image_scores(real, rendered, labels)
+    for sigma in (1.0, 2.0):
+        blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in rendered])
+        b = image_scores(rendered, blurred, labels)
+        assert b["psnr"] < 60 and b["ssim"] < 0.99
+        vs_real = image_scores(real, blurred, labels)
+        for k in ("psnr", "ssim", "psnr_face", "ssim_face"):
+            assert vs_real[k] < sharp_vs_real[k], (k, sigma, vs_real[k], sharp_vs_real[k])
+
+
 def _copy_dataset(fit_result, tmp_path):
     from preprocess.dataset import Dataset
 
