@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,17 +24,30 @@ def plate_from(frames: np.ndarray, background: np.ndarray, margin: int) -> tuple
     masks = np.stack([cv2.erode(m.astype(np.uint8), kernel) for m in background]).astype(bool)
     # A pixel seen behind the person in only a frame or two is mostly the segmentation's lag at the person's edge.
     seen = masks.sum(0) >= max(2, int(0.05 * len(masks)))
-    plate = np.zeros(frames.shape[1:], np.float32)
+    plate = np.zeros(frames.shape[1:], np.uint8)
     for r in range(0, plate.shape[0], 64):  # in bands, to bound memory on long clips
-        band = np.where(masks[:, r : r + 64, :, None], frames[:, r : r + 64].astype(np.float32), np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: pixels never seen, filled below
-            med = np.nanmedian(band, axis=0)
-        plate[r : r + 64] = np.nan_to_num(med)
-    plate = plate.clip(0, 255).astype(np.uint8)
+        plate[r : r + 64] = masked_median(frames[:, r : r + 64], masks[:, r : r + 64])
     if not seen.all():
         plate = fill_holes(plate, ~seen)
     return plate, seen
+
+
+def masked_median(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3]: per pixel and channel, the median of frames [S, ..., 3] uint8 over the samples where masks
+    [S, ...] is set (the mean of the two middle values when their count is even, truncated to an integer); 0 where
+    none is set.
+
+    The same numbers as np.nanmedian over the masked values, which this replaced: it ran through numpy's masked
+    arrays and took most of the step's time. Here the unseen samples become 256, above every pixel value, so one
+    integer sort along the samples puts the seen ones first, in order, and the median is read at the count's middle.
+    """
+    vals = np.where(masks[..., None], frames, np.uint16(256)).astype(np.uint16)
+    vals = np.sort(np.moveaxis(vals, 0, -1), axis=-1)  # [..., 3, S]
+    k = masks.sum(0)[..., None, None]  # [..., 1, 1] seen samples per pixel
+    lo = np.take_along_axis(vals, np.maximum(k - 1, 0) // 2, -1)[..., 0].astype(np.float32)
+    hi = np.take_along_axis(vals, np.minimum(k // 2, vals.shape[-1] - 1), -1)[..., 0].astype(np.float32)
+    med = (lo + hi) / 2
+    return np.where(k[..., 0] > 0, med, 0).astype(np.uint8)
 
 
 def fill_holes(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -68,7 +79,7 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="background",
-    version=1,
+    version=1,  # masked_median gives np.nanmedian's numbers: the plate is unchanged
     requires=("parsing",),
     outputs=("background.png",),
     run=run,

@@ -6,6 +6,9 @@ Writes frames/NNNNNN.jpg (cfg.size square) and audio_source.wav (16 kHz mono; sa
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -82,13 +85,23 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     # Pass 2: crop and resize every frame at the output rate.
     n_est = int(round(info.duration * cfg.fps)) if info.duration else None
     n = 0
-    with ds.staged_dir("frames") as d:
+    interp = cv2.INTER_AREA if side > cfg.size else cv2.INTER_CUBIC
+
+    def crop_and_write(k: int, img: np.ndarray, d: Path) -> None:
+        crop = cv2.resize(img[y0 : y0 + side, x0 : x0 + side], (cfg.size, cfg.size), interpolation=interp)
+        write_image_file(d / frame_name(k, "jpg"), crop, cfg.jpeg_quality)
+
+    # Resizing and JPEG encoding (OpenCV, which releases the GIL) run in a thread while the next frame is decoded;
+    # a few frames in flight at most, so that a long 4K clip does not pile up in memory.
+    with ds.staged_dir("frames") as d, ThreadPoolExecutor(1) as pool:
+        pending: deque = deque()
         for k, img in tqdm(media.iter_frames(video, cfg.fps), total=n_est, desc="ingest: frames"):
-            crop = img[y0 : y0 + side, x0 : x0 + side]
-            interp = cv2.INTER_AREA if side > cfg.size else cv2.INTER_CUBIC
-            crop = cv2.resize(crop, (cfg.size, cfg.size), interpolation=interp)
-            write_image_file(d / frame_name(k, "jpg"), crop, cfg.jpeg_quality)
+            pending.append(pool.submit(crop_and_write, k, img, d))
+            if len(pending) > 4:
+                pending.popleft().result()
             n = k + 1
+        for f in pending:
+            f.result()
         if n / cfg.fps < cfg.min_duration:
             raise UserError(
                 f"only {n / cfg.fps:.1f} s of video could be decoded; at least {cfg.min_duration:.0f} s are needed",

@@ -1,4 +1,9 @@
-"""Step 2: mediapipe's 478 face landmarks (with iris) on every frame; gaps filled and flagged."""
+"""Step 2: mediapipe's 478 face landmarks (with iris) on every frame; gaps filled and flagged.
+
+The clip is tracked in preprocess.parallel's segments on two cores. Tracking mode finds the face once and then
+follows it from the previous frame's landmarks, so the second segment starts WARM_UP frames early (those frames are
+tracked but not kept): by its first kept frame the tracker follows the face as it would in one unbroken stream.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nerf_talk.errors import UserError
+from preprocess import parallel
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import Dataset, LandmarkFlag
 from preprocess.mesh_topology import N_LANDMARKS
 from preprocess.step import Step
 
 log = logging.getLogger("nerf_talk.preprocess")
+
+WARM_UP = 10  # frames a later segment is tracked ahead of its start (detection, then the tracker settles)
 
 
 def face_mesh(static: bool = False):
@@ -63,16 +71,29 @@ def fill_gaps(points: np.ndarray, tracked: np.ndarray) -> tuple[np.ndarray, np.n
     return out, flags
 
 
+def track_segment(ds: Dataset, start: int, stop: int, warm_up: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks [stop - start, 478, 3] and tracked [stop - start] bool of frames start..stop-1, tracking from
+    frame start - warm_up (runs in either process: see preprocess.parallel)."""
+    pts = np.zeros((stop - start, N_LANDMARKS, 3), np.float32)
+    tracked = np.zeros(stop - start, bool)
+    mesh = face_mesh()
+    try:
+        first = max(0, start - warm_up)
+        for i in tqdm(range(first, stop), desc="landmarks", disable=not progress):
+            lm = detect_landmarks(mesh, ds.read_frame(i))
+            if lm is not None and i >= start:
+                pts[i - start], tracked[i - start] = lm, True
+    finally:
+        mesh.close()
+    return pts, tracked
+
+
 def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     n = ds.n_frames
-    pts = np.zeros((n, N_LANDMARKS, 3), np.float32)
-    tracked = np.zeros(n, bool)
-    mesh = face_mesh()
-    for i in tqdm(range(n), desc="landmarks"):
-        lm = detect_landmarks(mesh, ds.read_frame(i))
-        if lm is not None:
-            pts[i], tracked[i] = lm, True
-    mesh.close()
+    parts = parallel.map_segments(track_segment, [(ds, a, b, WARM_UP, k == 0)
+                                                  for k, (a, b) in enumerate(parallel.segments(n))])
+    pts = np.concatenate([p for p, _ in parts])
+    tracked = np.concatenate([t for _, t in parts])
     missing = 1.0 - tracked.mean()
     if missing > cfg.max_missing_face:
         raise UserError(
@@ -94,10 +115,11 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="landmarks",
-    version=1,
+    version=2,
     requires=("ingest",),
     outputs=("landmarks_2d.npy", "landmarks_3d.npy", "landmark_flags.npy"),
     run=run,
     describe="478 face landmarks per frame",
     uses=("max_missing_face",),
+    parallel=True,
 )

@@ -14,12 +14,18 @@ Where each label comes from:
 - torso: every other person pixel.
 Figures: flicker (mean fraction of pixels whose label changes between consecutive frames), face coverage, how much of
 the face oval the person segmentation agrees with, and the fraction of frames whose person mask is nearly empty.
+
+The frames are labelled in preprocess.parallel's segments on two cores (the shoulder pass too). The person mask and
+the skin score are smoothed over time, so the second segment starts WARM_UP frames early: the weight left on the
+state it started from is at most max(1 - PERSON_EMA, 1 - SKIN_EMA) ** WARM_UP (~2e-5), far below what could move a
+label.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,6 +33,7 @@ from tqdm.auto import tqdm
 
 from nerf_talk.errors import UserError
 from preprocess import mesh_topology as mt
+from preprocess import parallel
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import Dataset, frame_name, write_image_file
 from preprocess.labels import HEAD_LABELS, PALETTE, Label
@@ -59,6 +66,8 @@ SKIN_SIGMA = 3.0  # Mahalanobis radius (in chromaticity standard deviations) whe
 SKIN_DARK, SKIN_BRIGHT = 0.3, 1.6  # brightness (R+G+B) bounds as fractions of the face skin's median
 SKIN_THRESHOLD = 0.25  # on the spatially and temporally smoothed score
 SKIN_EMA = 0.5
+WARM_UP = 16  # frames a later segment is labelled ahead of its start, to settle the smoothed masks (not written)
+SEGMENT_SIDE = 256  # the selfie model's input side: frames are shrunk to it here (area-averaged) rather than by mediapipe
 
 
 # -- drawing helpers -------------------------------------------------------------------------------------------------
@@ -127,11 +136,16 @@ def skin_reference(hsv: np.ndarray, face: np.ndarray) -> tuple[float, float]:
     return float(np.median(px[:, 1])), float(np.median(px[:, 2]))
 
 
-def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE) -> np.ndarray:
-    """float32 [h, w] in [0, 1] at `scale` of the frame: how much each pixel looks like this frame's face skin."""
+def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE, small: np.ndarray | None = None) -> np.ndarray:
+    """float32 [h, w] in [0, 1] at `scale` of the frame: how much each pixel looks like this frame's face skin.
+
+    small: the frame already shrunk to that size with INTER_AREA (the person mask's input, at 512 px), to reuse.
+    """
     h, w = img.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    if small is None or small.shape[:2] != (size[1], size[0]):
+        small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    small = small.astype(np.float32)
     # JPEG stores colour in 8x8 blocks at half resolution: average a few pixels so block edges do not show as noise.
     small = cv2.blur(small, (3, 3))
     total = small.sum(-1) + 1.0  # [h, w] brightness
@@ -206,7 +220,7 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     fh = face_height(lm)
     neck = (band & is_skin).astype(np.uint8)
     k = max(3, int(0.08 * fh) | 1)
-    neck = cv2.morphologyEx(neck, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
+    neck = _close_in_box(neck, band, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
     under_jaw = np.zeros(shape, np.uint8)
     _fill(under_jaw, neck_polygon(lm, NECK_SHADOW * fh), 1)
     labels[band & (neck | under_jaw.astype(bool))] = Label.NECK
@@ -240,22 +254,31 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     return labels
 
 
-# -- the person mask and the shoulder line over the clip --------------------------------------------------------------
-def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[np.ndarray, float]:
-    """[N] chin-to-neck-base distance per frame in pixels, and the fraction of sampled frames with visible shoulders.
+def _close_in_box(mask: np.ndarray, support: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Morphological closing of `mask` (uint8, zero outside the bool `support`), computed on the support's bounding box
+    grown by the kernel's size only: the same result as on the whole frame (a closing never reaches past the box of
+    what it closes, and every pixel of the box depends only on pixels within one kernel size), at a fraction of the
+    cost, since the neck band is a small part of the frame."""
+    ys, xs = np.nonzero(support.any(1))[0], np.nonzero(support.any(0))[0]
+    if len(ys) == 0:
+        return mask
+    m = max(kernel.shape)
+    y0, y1 = max(ys[0] - m, 0), min(ys[-1] + 1 + m, mask.shape[0])
+    x0, x1 = max(xs[0] - m, 0), min(xs[-1] + 1 + m, mask.shape[1])
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = cv2.morphologyEx(np.ascontiguousarray(mask[y0:y1, x0:x1]), cv2.MORPH_CLOSE, kernel)
+    return out
 
-    The base of the neck sits at about the height of the shoulder joints (pose landmarks 11/12); the neck length is
-    measured along the chin-to-forehead axis on every `every`-th frame, interpolated in between and median-smoothed,
-    since the body moves slowly and a jittering neck base would make the neck/torso seam flicker.
-    """
+
+# -- the person mask and the shoulder line over the clip --------------------------------------------------------------
+def shoulder_depths(ds: Dataset, lm: np.ndarray, frames: np.ndarray, progress: bool = False) -> np.ndarray:
+    """[len(frames)] depth of the shoulder line below the chin along the chin-to-forehead axis, in face heights, from
+    the pose model's shoulder landmarks (11/12); NaN where they are not seen. lm: [len(frames), 478, 2]."""
     import mediapipe as mp
 
-    n = len(lm)
-    fh = np.array([face_height(p) for p in lm], np.float32)
-    sample = np.unique(np.r_[np.arange(0, n, every), n - 1])
-    measured = np.full(len(sample), np.nan, np.float32)
+    measured = np.full(len(frames), np.nan, np.float32)
     with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False) as pose:
-        for k, i in enumerate(tqdm(sample, desc="parsing (shoulders)", leave=False)):
+        for k, i in enumerate(tqdm(frames, desc="parsing (shoulders)", leave=False, disable=not progress)):
             res = pose.process(ds.read_frame(int(i)))
             if res.pose_landmarks is None:
                 continue
@@ -265,9 +288,25 @@ def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[
                 continue
             size = ds.size
             shoulder = np.array([(s11.x + s12.x) / 2 * size, (s11.y + s12.y) / 2 * size], np.float32)
-            down = lm[i, mt.CHIN] - lm[i, mt.FOREHEAD]
+            down = lm[k, mt.CHIN] - lm[k, mt.FOREHEAD]
             down = down / max(np.linalg.norm(down), 1e-6)
-            measured[k] = float((shoulder - lm[i, mt.CHIN]) @ down) / fh[i]
+            measured[k] = float((shoulder - lm[k, mt.CHIN]) @ down) / face_height(lm[k])
+    return measured
+
+
+def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[np.ndarray, float]:
+    """[N] chin-to-neck-base distance per frame in pixels, and the fraction of sampled frames with visible shoulders.
+
+    The base of the neck sits at about the height of the shoulder joints (pose landmarks 11/12); the neck length is
+    measured along the chin-to-forehead axis on every `every`-th frame, interpolated in between and median-smoothed,
+    since the body moves slowly and a jittering neck base would make the neck/torso seam flicker. The pose model runs
+    on each frame alone, so the sampled frames are simply shared between the two processes.
+    """
+    n = len(lm)
+    fh = np.array([face_height(p) for p in lm], np.float32)
+    sample = np.unique(np.r_[np.arange(0, n, every), n - 1])
+    jobs = [(ds, lm[sample[a:b]], sample[a:b], k == 0) for k, (a, b) in enumerate(parallel.segments(len(sample)))]
+    measured = np.concatenate(parallel.map_segments(shoulder_depths, jobs))
     seen = np.isfinite(measured)
     if seen.sum() >= 1:
         rel = np.interp(np.arange(n), sample[seen], measured[seen])
@@ -283,8 +322,22 @@ def _median_filter(x: np.ndarray, k: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(pad, k), axis=-1)
 
 
+def model_input(img: np.ndarray) -> np.ndarray:
+    """The frame at the selfie model's input size (area-averaged when shrinking)."""
+    h, w = img.shape[:2]
+    if (h, w) == (SEGMENT_SIDE, SEGMENT_SIDE):
+        return img
+    interp = cv2.INTER_AREA if min(h, w) > SEGMENT_SIDE else cv2.INTER_LINEAR
+    return cv2.resize(img, (SEGMENT_SIDE, SEGMENT_SIDE), interpolation=interp)
+
+
 class PersonMask:
-    """Soft person mask per frame from selfie segmentation, smoothed over time by an exponential moving average."""
+    """Soft person mask per frame from selfie segmentation, smoothed over time by an exponential moving average.
+
+    The model sees SEGMENT_SIDE pixels whatever the frame's size; the frame is shrunk to that here, with area
+    averaging, instead of inside mediapipe, and the running mean is kept at that size and enlarged (bilinear) once per
+    frame: the mask is as the model saw it, for a fraction of the copying and resizing.
+    """
 
     def __init__(self, ema: float = PERSON_EMA):
         import mediapipe as mp
@@ -294,10 +347,15 @@ class PersonMask:
         self.ema = ema
         self.state: np.ndarray | None = None
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        m = self.seg.process(img).segmentation_mask.astype(np.float32)
+    def __call__(self, img: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The smoothed mask [H, W] float32 of frame `img`; or, with `shape` = (H, W), of the frame that `img` is
+        model_input() of."""
+        h, w = shape or img.shape[:2]
+        m = self.seg.process(model_input(img)).segmentation_mask.astype(np.float32)
         self.state = m if self.state is None else self.ema * m + (1 - self.ema) * self.state
-        return self.state
+        if self.state.shape == (h, w):
+            return self.state
+        return cv2.resize(self.state, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def close(self) -> None:
         self.seg.close()
@@ -320,53 +378,74 @@ def overlay_labels(img: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> n
 
 
 # -- the step ----------------------------------------------------------------------------------------------------------
+def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int, stop: int, warm_up: int,
+                  out_dir: str, progress: bool) -> dict:
+    """Label frames start..stop-1 (writing out_dir/NNNNNN.png), starting the smoothed masks at start - warm_up.
+
+    lm, neck_len: the whole clip's. Returns per-frame figures of the written frames: changed (fraction of pixels
+    whose label differs from the previous frame's; NaN for the clip's first frame), coverage, agreement, empty.
+    """
+    first = max(0, start - warm_up)
+    m = stop - start
+    figures = {"changed": np.full(m, np.nan), "coverage": np.zeros(m), "agreement": np.zeros(m),
+               "empty": np.zeros(m, bool)}
+    head_lut = np.zeros(256, bool)
+    head_lut[np.array([int(x) for x in HEAD_LABELS], np.uint8)] = True
+    person_model = PersonMask()
+    prev = None
+    skin = None  # the skin score, smoothed over time like the person mask
+    # Reading (JPEG decode) and writing (PNG encode) release the GIL: overlap them with the per-frame work.
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            reads = pool.map(ds.read_frame, range(first, stop))
+            writes = []
+            for i, img in zip(tqdm(range(first, stop), desc="parsing", disable=not progress), reads):
+                small = model_input(img)  # shrunk once: the person mask's input, and the skin score's at 512 px
+                soft = person_model(small, img.shape[:2])
+                person = soft > PERSON_THRESHOLD
+                sk = skin_score(img, lm[i], small=small)
+                skin = sk if skin is None else SKIN_EMA * sk + (1 - SKIN_EMA) * skin
+                labels = label_frame(img, person, lm[i], float(neck_len[i]), skin)
+                if i >= start:
+                    k = i - start
+                    oval = loop_mask(labels.shape, lm[i], mt.FACE_OVAL_LOOP)
+                    oval_px = max(int(oval.sum()), 1)
+                    figures["coverage"][k] = head_lut[labels[oval]].mean() if oval.any() else 0.0
+                    figures["agreement"][k] = person[oval].sum() / oval_px
+                    figures["empty"][k] = person.sum() < EMPTY_PERSON * oval_px
+                    if prev is not None:
+                        figures["changed"][k] = np.count_nonzero(labels != prev) / labels.size
+                    writes.append(pool.submit(write_image_file, Path(out_dir) / frame_name(i, "png"), labels))
+                prev = labels
+            for w in writes:
+                w.result()  # re-raise a failed write here
+    finally:
+        person_model.close()
+    return figures
+
+
 def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     n = ds.n_frames
     lm = ds.load_array("landmarks_2d")
     neck_len, shoulders_seen = neck_lengths(ds, lm)
-    person_model = PersonMask()
-    changed, coverage, agreement = [], [], []
-    empty = np.zeros(n, bool)
-    prev = None
-    skin = None  # the skin score, smoothed over time like the person mask
-    head = np.array([int(x) for x in HEAD_LABELS], np.uint8)
-    head_lut = np.zeros(256, bool)
-    head_lut[head] = True
-    # Reading (JPEG decode) and writing (PNG encode) release the GIL: overlap them with the per-frame work.
-    with ds.staged_dir("parsing") as d, ThreadPoolExecutor(2) as pool:
-        reads = pool.map(ds.read_frame, range(n))
-        writes = []
-        for i, img in enumerate(tqdm(reads, total=n, desc="parsing")):
-            soft = person_model(img)
-            person = soft > PERSON_THRESHOLD
-            sk = skin_score(img, lm[i])
-            skin = sk if skin is None else SKIN_EMA * sk + (1 - SKIN_EMA) * skin
-            labels = label_frame(img, person, lm[i], float(neck_len[i]), skin)
-            oval = loop_mask(labels.shape, lm[i], mt.FACE_OVAL_LOOP)
-            oval_px = max(int(oval.sum()), 1)
-            coverage.append(head_lut[labels[oval]].mean() if oval.any() else 0.0)
-            agreement.append(person[oval].sum() / oval_px)
-            empty[i] = person.sum() < EMPTY_PERSON * oval_px
-            if prev is not None:
-                changed.append(np.count_nonzero(labels != prev) / labels.size)
-            prev = labels
-            writes.append(pool.submit(write_image_file, d / frame_name(i, "png"), labels))
-        for w in writes:
-            w.result()  # re-raise a failed write here, inside the staging context
-    person_model.close()
-    empty_fraction = float(empty.mean())
-    if empty_fraction > MAX_EMPTY_FRACTION:
-        raise UserError(
-            f"the person was not segmented from the background in {empty_fraction:.0%} of the frames",
-            "use a video with the person's head and shoulders clearly in front of the background, well lit, "
-            "with the camera steady.",
-        )
+    with ds.staged_dir("parsing") as d:
+        jobs = [(ds, lm, neck_len, a, b, WARM_UP, str(d), k == 0) for k, (a, b) in enumerate(parallel.segments(n))]
+        parts = parallel.map_segments(label_segment, jobs)
+        fig = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        empty_fraction = float(fig["empty"].mean())
+        if empty_fraction > MAX_EMPTY_FRACTION:  # raised inside: the label maps of a refused clip are not kept
+            raise UserError(
+                f"the person was not segmented from the background in {empty_fraction:.0%} of the frames",
+                "use a video with the person's head and shoulders clearly in front of the background, well lit, "
+                "with the camera steady.",
+            )
+    changed = fig["changed"][np.isfinite(fig["changed"])]
     if empty_fraction > 0.05:
         log.warning("person mask nearly empty in %.0f%% of the frames", 100 * empty_fraction)
     return {
-        "flicker": float(np.mean(changed)) if changed else 0.0,
-        "face_coverage": float(np.mean(coverage)),
-        "segmentation_face_agreement": float(np.mean(agreement)),
+        "flicker": float(np.mean(changed)) if len(changed) else 0.0,
+        "face_coverage": float(np.mean(fig["coverage"])),
+        "segmentation_face_agreement": float(np.mean(fig["agreement"])),
         "empty_person_fraction": empty_fraction,
         "shoulders_seen_fraction": shoulders_seen,
         "neck_length_face_heights": float(np.median(neck_len / np.array([face_height(p) for p in lm]))),
@@ -375,9 +454,10 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="parsing",
-    version=2,
+    version=3,
     requires=("landmarks",),
     outputs=("parsing/",),
     run=run,
     describe="per-frame label maps (segmentation + face mesh polygons)",
+    parallel=True,
 )

@@ -26,3 +26,4 @@ class Step:
     run: Callable[[Dataset, PreprocessConfig], dict]
     describe: str = ""
     uses: tuple[str, ...] = ()  # PreprocessConfig fields the outputs depend on; a change of one redoes the step
+    parallel: bool = False  # spreads its frames over preprocess.parallel's helper process (started ahead of it)
