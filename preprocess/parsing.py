@@ -105,7 +105,9 @@ def below_line(shape: tuple[int, int], a: np.ndarray, b: np.ndarray, down: np.nd
     if n @ down < 0:
         n = -n
     ys, xs = np.ogrid[:h, :w]
-    return (xs - a[0]) * n[0] + (ys - a[1]) * n[1] > 0
+    # x_term + y_term > 0 compared as x_term > -y_term: the same test (a float sum is positive exactly when the exact
+    # sum is), without a full-frame array of sums.
+    return (xs - a[0]) * n[0] > -((ys - a[1]) * n[1])
 
 
 def neck_polygon(lm: np.ndarray, neck_len: float, widen: float = 1.0) -> np.ndarray:
@@ -148,7 +150,7 @@ def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE, small
     small = small.astype(np.float32)
     # JPEG stores colour in 8x8 blocks at half resolution: average a few pixels so block edges do not show as noise.
     small = cv2.blur(small, (3, 3))
-    total = small.sum(-1) + 1.0  # [h, w] brightness
+    total = small[..., 0] + small[..., 1] + small[..., 2] + 1.0  # [h, w] brightness (sum(-1), added in the same order)
     chroma = small[..., :2] / total[..., None]  # [h, w, 2] r, g chromaticity
     pts = np.asarray(lm, np.float32)[:, :2] * scale
     face = np.zeros(small.shape[:2], np.uint8)
@@ -206,12 +208,15 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     brow_line = below_line(shape, lm[BROW_OUTER[0], :2], lm[BROW_OUTER[1], :2], -up)
     side_skin = (head_zone & is_skin & brow_line & ~oval).astype(np.uint8)
     if side_skin.any():
-        touching = cv2.dilate(oval.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-        n_cc, cc = cv2.connectedComponents(side_skin, connectivity=4)
+        # Components and the oval's neighbourhood on the box of the side skin only: the same components, less frame.
+        ys, xs = np.nonzero(side_skin.any(1))[0], np.nonzero(side_skin.any(0))[0]
+        box = np.s_[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+        touching = cv2.dilate(oval.astype(np.uint8), np.ones((5, 5), np.uint8))[box].astype(bool)
+        n_cc, cc = cv2.connectedComponents(np.ascontiguousarray(side_skin[box]), connectivity=4)
         keep = np.zeros(n_cc, bool)
-        keep[np.unique(cc[touching & (side_skin > 0)])] = True
+        keep[np.unique(cc[touching & (side_skin[box] > 0)])] = True
         keep[0] = False
-        labels[keep[cc]] = Label.FACE
+        labels[box][keep[cc]] = Label.FACE
     # Neck: in a band below the jaw, the skin (its gaps closed), plus everything just under the jaw, where the chin's
     # shadow hides the skin colour; a collar and shirt lower in the band are torso (a shirt's white is not neck).
     band = np.zeros(shape, np.uint8)
