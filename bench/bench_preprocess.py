@@ -41,13 +41,16 @@ def bench(video: Path, audio: str | None, size: int) -> None:
         print(f"\n{video.name}: {src['width']}x{src['height']} {src['codec']}, {seconds:.1f} s of video -> {size} px, "
               f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
         print(f"load average (1, 5, 15 min) before: {load_before}   after: {load_after}")
-        print(f"{'step':16s} {'wall s':>8s} {'cpu s':>8s} {'wall per s':>11s} {'cpu per s':>10s}")
+        print(f"{'step':16s} {'wall s':>8s} {'cpu s':>8s} {'of it helper':>13s} {'wall per s':>11s} {'cpu per s':>10s}")
         steps = ds.manifest["steps"]
         for name in pipeline.STEP_MODULES:
             rec = steps[name]
             cpu = rec.get("cpu_seconds", float("nan"))
-            print(f"{name:16s} {rec['seconds']:8.2f} {cpu:8.2f} {rec['seconds'] / seconds:11.3f} {cpu / seconds:10.3f}")
-        print(f"{'total':16s} {total:8.2f} {total_cpu:8.2f} {total / seconds:11.3f} {total_cpu / seconds:10.3f}")
+            helper = rec.get("helper_cpu_seconds", 0.0)
+            print(f"{name:16s} {rec['seconds']:8.2f} {cpu:8.2f} {helper:13.2f} {rec['seconds'] / seconds:11.3f} "
+                  f"{cpu / seconds:10.3f}")
+        print(f"{'total':16s} {total:8.2f} {total_cpu:8.2f} {'':13s} {total / seconds:11.3f} {total_cpu / seconds:10.3f}")
+        print("cpu s: this process and its helper process (user + system); 'of it helper': the helper's share")
         pose = ds.step_result("pose")
         parsing = ds.step_result("parsing")
         print(f"quality: pose reprojection {pose['reprojection_error_px']:.3f} px (p95 "

@@ -9,6 +9,9 @@ it, shifts the audio by that much, and writes
   audio_pitch.npy      [N, 2] float32 (f0 Hz of the voiced part, voiced probability)
   audio_energy.npy     [N] float32 RMS dBFS
 with the alignment convention of nerf_talk.audio_features (row k = the audio of [k/fps, (k+1)/fps)).
+
+In the pipeline this step runs in the helper process (preprocess.parallel) once face_motion is done and the steps
+that use both cores are over, beside the background and torso steps; `run` then takes its result.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from nerf_talk import audio_features as af
 from nerf_talk import media
 from nerf_talk.av_sync import measure_offset
 from nerf_talk.errors import UserError
+from preprocess import parallel
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import Dataset
 from preprocess.step import Step
@@ -45,7 +49,21 @@ def shift_audio(audio: np.ndarray, offset_s: float, n_samples: int, rate: int = 
     return np.ascontiguousarray(out[:n_samples], dtype=np.float32)
 
 
+def _ahead_key(ds: Dataset) -> tuple:
+    return ("audio_features", str(ds.root))
+
+
+def prefetch(ds: Dataset, cfg: PreprocessConfig) -> None:
+    """Compute (and write) this step's outputs in the helper process while this one goes on with the torso."""
+    parallel.submit_ahead(_ahead_key(ds), compute, (ds, cfg))
+
+
 def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
+    result = parallel.take_ahead(_ahead_key(ds))  # the outputs are written when it was computed ahead
+    return compute(ds, cfg) if result is None else result
+
+
+def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
     n, fps = ds.n_frames, ds.fps
     src = ds.path("audio_source.wav")
     if not src.exists():
@@ -111,4 +129,5 @@ STEP = Step(
     run=run,
     describe="measure and correct the audio/lip offset, compute per-frame audio features",
     uses=("audio_offset",),
+    prefetch=prefetch,
 )

@@ -29,6 +29,7 @@ import resource
 import subprocess
 import sys
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -36,6 +37,7 @@ SEGMENTS = 2  # the clip is always cut into this many parts: results do not depe
 WORKERS_ENV = "NERF_TALK_PREPROCESS_WORKERS"  # processes to use (default: the cores this process may run on)
 
 _reported = 0.0  # CPU seconds reported by helpers that have not yet been waited for
+_helper_total = 0.0  # CPU seconds reported by every helper, ever (for the figures: how the work was shared)
 _session: "_Helper | None" = None
 
 
@@ -58,6 +60,11 @@ def segments(n: int, parts: int = SEGMENTS) -> list[tuple[int, int]]:
 
 def reported_cpu_seconds() -> float:
     return _reported
+
+
+def helper_cpu_seconds() -> float:
+    """CPU seconds the helpers have reported so far (a running total: take differences)."""
+    return _helper_total
 
 
 def _self_cpu() -> float:
@@ -85,23 +92,29 @@ class _Helper:
         self._w = os.fdopen(self._to_child, "wb")
         self._r = os.fdopen(self._from_child, "rb")
         self.reported = 0.0
-        self.busy = False
+        self.pending: deque = deque()  # keys of the calls sent and not yet answered, in order
 
-    def submit(self, fn: Callable, args: tuple) -> None:
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def submit(self, fn: Callable, args: tuple, key=None) -> None:
         pickle.dump((fn.__module__, fn.__qualname__, args), self._w, protocol=pickle.HIGHEST_PROTOCOL)
         self._w.flush()
-        self.busy = True
+        self.pending.append(key)
 
     def result(self):
-        global _reported
+        """The answer to the oldest call sent (its exception raised here)."""
+        global _reported, _helper_total
         try:
             ok, value, cpu = pickle.load(self._r)
         except EOFError:
+            self.pending.clear()
             raise RuntimeError(f"the preprocessing helper process died (exit status {self.proc.wait()})") from None
-        finally:
-            self.busy = False
+        self.pending.popleft()
         self.reported += cpu
         _reported += cpu
+        _helper_total += cpu
         if not ok:
             exc, tb = value
             if isinstance(exc, BaseException):
@@ -109,9 +122,15 @@ class _Helper:
             raise RuntimeError(f"the preprocessing helper failed:\n{tb}")
         return value
 
+    def drain(self) -> None:
+        """Collect and drop every answer still due (work sent ahead that no step asked for, or the warm-up)."""
+        while self.pending:
+            with contextlib.suppress(Exception):
+                self.result()
+
     def close(self) -> None:
         global _reported
-        if self.busy:  # an error in this process while the helper works: do not wait for its answer
+        if self.busy:  # an error here while the helper works, or work sent ahead not taken: do not wait for it
             self.proc.kill()
         with contextlib.suppress(OSError):
             self._w.close()  # end of input: the helper exits
@@ -154,6 +173,29 @@ def prestart() -> None:
         _session.submit(_warm_up, ())
 
 
+def submit_ahead(key, fn: Callable, args: tuple) -> bool:
+    """Inside a session, start fn(*args) in the helper now, for a later step to take with `take_ahead(key)`.
+
+    For work of a step whose inputs are ready while other steps still run in this process on one core (the pose fit):
+    the helper would idle meanwhile. Returns whether it was sent (not without a helper).
+    """
+    prestart()
+    if _session is None:
+        return False
+    _session.submit(fn, args, key)
+    return True
+
+
+def take_ahead(key):
+    """The answer of the work sent ahead under `key` (waiting for it), or None when none was sent."""
+    if _session is None or key not in _session.pending:
+        return None
+    while _session.pending[0] != key:
+        with contextlib.suppress(Exception):
+            _session.result()  # older answers nobody asked for
+    return _session.result()
+
+
 def _warm_up() -> None:
     # What the per-frame steps use, so that the first segment does not wait for the imports.
     import cv2  # noqa: F401
@@ -177,8 +219,7 @@ def map_segments(fn: Callable, jobs: Sequence[tuple]) -> list:
     if own:
         helper = _Helper()
     try:
-        if helper.busy:  # the session's warm-up answer has not been collected yet
-            helper.result()
+        helper.drain()  # the warm-up's answer, or work sent ahead that was not asked for
         helper.submit(fn, tuple(jobs[1]))
         out = [fn(*jobs[0])]
         out.append(helper.result())

@@ -299,6 +299,23 @@ def shoulder_depths(ds: Dataset, lm: np.ndarray, frames: np.ndarray, progress: b
     return measured
 
 
+def shoulder_samples(n: int, every: int = POSE_EVERY) -> np.ndarray:
+    """The frames the pose model looks at: every `every`-th, and the last."""
+    return np.unique(np.r_[np.arange(0, n, every), n - 1])
+
+
+def _ahead_key(ds: Dataset, n: int, every: int) -> tuple:
+    return ("parsing.shoulders", str(ds.root), n, every)
+
+
+def prefetch(ds: Dataset, cfg: PreprocessConfig) -> None:
+    """Start the shoulder pass in the helper process as soon as the landmarks are there: it needs nothing else, and
+    the pose fit that runs next uses one core, so it runs beside the fit instead of inside this step."""
+    lm = ds.load_array("landmarks_2d")
+    sample = shoulder_samples(len(lm))
+    parallel.submit_ahead(_ahead_key(ds, len(lm), POSE_EVERY), shoulder_depths, (ds, lm[sample], sample, False))
+
+
 def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[np.ndarray, float]:
     """[N] chin-to-neck-base distance per frame in pixels, and the fraction of sampled frames with visible shoulders.
 
@@ -309,9 +326,11 @@ def neck_lengths(ds: Dataset, lm: np.ndarray, every: int = POSE_EVERY) -> tuple[
     """
     n = len(lm)
     fh = np.array([face_height(p) for p in lm], np.float32)
-    sample = np.unique(np.r_[np.arange(0, n, every), n - 1])
-    jobs = [(ds, lm[sample[a:b]], sample[a:b], k == 0) for k, (a, b) in enumerate(parallel.segments(len(sample)))]
-    measured = np.concatenate(parallel.map_segments(shoulder_depths, jobs))
+    sample = shoulder_samples(n, every)
+    measured = parallel.take_ahead(_ahead_key(ds, n, every))
+    if measured is None:  # not sent ahead (run outside the pipeline): share the frames between the two processes
+        jobs = [(ds, lm[sample[a:b]], sample[a:b], k == 0) for k, (a, b) in enumerate(parallel.segments(len(sample)))]
+        measured = np.concatenate(parallel.map_segments(shoulder_depths, jobs))
     seen = np.isfinite(measured)
     if seen.sum() >= 1:
         rel = np.interp(np.arange(n), sample[seen], measured[seen])
@@ -465,4 +484,5 @@ STEP = Step(
     run=run,
     describe="per-frame label maps (segmentation + face mesh polygons)",
     parallel=True,
+    prefetch=prefetch,
 )

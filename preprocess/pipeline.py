@@ -133,24 +133,37 @@ def run(video: str | Path, out: str | Path, cfg: PreprocessConfig) -> Dataset:
     return ds
 
 
-def _run_steps(ds: Dataset, steps: list[Step], cfg: PreprocessConfig, redo: set[str]) -> None:
-    for k, step in enumerate(steps):
-        m = ds.load_manifest()
+def _plan(ds: Dataset, steps: list[Step], cfg: PreprocessConfig, redo: set[str]) -> set[str]:
+    """Names of the steps that will run: not cached (other version or settings, outputs missing, forced), or after a
+    step they require that runs."""
+    m = ds.load_manifest()
+    run: set[str] = set()
+    for step in steps:
         rec = m["steps"].get(step.name)
-        settings = _settings_key(step, cfg)
-        stale_deps = [r for r in step.requires if r in redo]
-        if rec and rec.get("version") == step.version and rec.get("settings") == settings and not stale_deps \
-                and step.name not in redo and not _outputs_present(ds, step):
+        cached = rec and rec.get("version") == step.version and rec.get("settings") == _settings_key(step, cfg) \
+            and not any(r in run for r in step.requires) and step.name not in redo and not _outputs_present(ds, step)
+        if cached:
             log.info("[%s] cached (%.1fs when it ran)", step.name, rec.get("seconds", 0.0))
+        else:
+            run.add(step.name)
+    return run
+
+
+def _run_steps(ds: Dataset, steps: list[Step], cfg: PreprocessConfig, redo: set[str]) -> None:
+    to_run = _plan(ds, steps, cfg, redo)
+    done = {s.name for s in steps if s.name not in to_run}
+    prefetched: set[str] = set()
+    for k, step in enumerate(steps):
+        if step.name not in to_run:
             continue
-        redo.add(step.name)
+        m = ds.load_manifest()
         missing = [r for r in step.requires if r not in m["steps"]]
         if missing:
             raise RuntimeError(f"step {step.name} needs {missing}, which have not run")
-        if any(s.parallel for s in steps[k:]):
+        if any(s.parallel for s in steps[k:] if s.name in to_run):
             parallel.prestart()  # before the clock starts: its imports overlap this step, and are charged where used
         log.info("[%s] %s", step.name, step.describe)
-        t0, c0 = time.perf_counter(), cpu_seconds()
+        t0, c0, h0 = time.perf_counter(), cpu_seconds(), parallel.helper_cpu_seconds()
         result = step.run(ds, cfg)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         absent = _outputs_present(ds, step)
@@ -159,10 +172,20 @@ def _run_steps(ds: Dataset, steps: list[Step], cfg: PreprocessConfig, redo: set[
         m = ds.load_manifest()
         m["steps"][step.name] = {
             "version": step.version,
-            "settings": settings,
+            "settings": _settings_key(step, cfg),
             "seconds": round(seconds, 3),
             "cpu_seconds": round(cpu, 3),
+            "helper_cpu_seconds": round(parallel.helper_cpu_seconds() - h0, 3),
             "result": json.loads(json.dumps(result, default=float)),
         }
         ds.save_manifest(m)
         log.info("[%s] done in %.1fs (%.1fs of CPU)", step.name, seconds, cpu)
+        done.add(step.name)
+        # Work of later steps whose inputs are now all there can start in the helper while the next steps run here;
+        # not while a step that spreads its own frames over the helper comes first (it would wait for that work).
+        for j, later in enumerate(steps[k + 1 :], k + 1):
+            between = [s for s in steps[k + 1 : j] if s.name in to_run]
+            if later.prefetch and later.name in to_run and later.name not in prefetched \
+                    and all(r in done for r in later.requires) and not any(s.parallel for s in between):
+                prefetched.add(later.name)
+                later.prefetch(ds, cfg)

@@ -27,3 +27,6 @@ class Step:
     describe: str = ""
     uses: tuple[str, ...] = ()  # PreprocessConfig fields the outputs depend on; a change of one redoes the step
     parallel: bool = False  # spreads its frames over preprocess.parallel's helper process (started ahead of it)
+    # Called by the pipeline as soon as every step in `requires` is done, when this step will run but other steps come
+    # first: it may send work to the helper process (parallel.submit_ahead) that `run` then takes.
+    prefetch: Callable[[Dataset, PreprocessConfig], None] | None = None
