@@ -148,6 +148,36 @@ def cmd_train_motion(args) -> None:
     print(f"motion model: {out}")
 
 
+def cmd_serve(args) -> None:
+    from nerf_talk.motion.stream import StreamConfig
+    from nerf_talk.serve import ServeConfig, run
+
+    files = [Path(p) for p in args.avatars]
+    for f in files:
+        if f.suffix != ".avatar" or not f.is_file():
+            raise UserError(f"not an avatar file: {f}", "give NAME.avatar files written by `nerf-talk fit`")
+    if args.avatar_dir is None and not files:
+        raise UserError("nothing to serve", "give NAME.avatar files, or --avatar-dir DIR holding some")
+    root = (args.avatar_dir or files[0].parent).resolve()
+    # Only one directory's avatars can be named by clients: the given files must lie in it.
+    for f in files:
+        if f.resolve().parent != root:
+            raise UserError(f"{f} is not in the avatar directory {root}",
+                            "put the avatars in one directory (or give it with --avatar-dir)")
+    try:
+        stream = StreamConfig(hop_frames=args.hop_frames, lookahead_s=args.lookahead_ms / 1000,
+                              context_s=args.context_ms / 1000)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(ServeConfig(avatar_dir=root, preload=[f.stem for f in files], host=args.host, port=args.port,
+                    size=args.size, max_stream_s=args.max_stream_s, idle_timeout_s=args.idle_timeout,
+                    stream=stream))
+
+
 DEMO_SENTENCE = ("Hello! I am a talking portrait made from a short video. "
                  "Give me any speech, and I will say it with my own face.")
 
@@ -318,6 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--recipe", help="default recipes/audio2motion.toml")
     pm.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
     pm.set_defaults(func=cmd_train_motion)
+
+    pv = sub.add_parser("serve", help="a local web page where avatars speak live (a speech file or the microphone)")
+    pv.add_argument("avatars", type=Path, nargs="*", help="NAME.avatar files, loaded at start (the other .avatar "
+                    "files of their directory are offered too)")
+    pv.add_argument("--avatar-dir", type=Path, help="the directory whose NAME.avatar files clients may use "
+                    "(default: that of the given files); nothing outside it can be named")
+    pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    pv.add_argument("--port", type=int, default=8765, help="default 8765")
+    pv.add_argument("--size", type=int, help="render height (default: each avatar's trained size)")
+    pv.add_argument("--hop-frames", type=int, default=4, help="40 ms frames per feature block (default 4)")
+    pv.add_argument("--lookahead-ms", type=float, default=40.0, help="audio the recogniser hears past a block")
+    pv.add_argument("--context-ms", type=float, default=600.0, help="audio the recogniser hears before a block")
+    pv.add_argument("--max-stream-s", type=float, default=600.0, help="longest stream in seconds (default 600)")
+    pv.add_argument("--idle-timeout", type=float, default=30.0, help="close silent connections after this (s)")
+    pv.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    pv.set_defaults(func=cmd_serve)
 
     pd = sub.add_parser("demo", help="the whole job on the embedded sample clip, no user file needed")
     pd.add_argument("-o", "--output", type=Path, default=Path("nerf_talk_demo"))

@@ -14,11 +14,13 @@ TORCH_CPU_VERSION=${TORCH_CPU_VERSION:-2.13.0}
 
 log() { printf '[install] %s\n' "$*"; }
 
-# System packages: espeak-ng (speech for the embedded sample clip and --text) and ffmpeg (test fixtures only).
+# System packages: espeak-ng (speech for the embedded sample clip and --text), ffmpeg (test fixtures only) and
+# chromium (the browser test of `nerf-talk serve`'s page; that test skips without it).
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libespeak-ng.so.1 || need_apt+=(libespeak-ng1)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     log "apt-get install ${need_apt[*]}"

@@ -1,0 +1,501 @@
+"""The live server: aiohttp routes, the avatar store and the WebSocket stream handler.
+
+Routes
+  GET /              the page (static/index.html); its script and audio worklet under /static/
+  GET /api/avatars   {"avatars": [{"name", "loaded"}], "limits": {...}}: what a client may ask for
+  GET /ws            the stream, one per connection at a time
+
+WebSocket protocol (docs/LIVE.md has it with examples)
+  client -> server, text (JSON objects):
+    {"type": "start", "avatar": NAME, "sample_rate": 4000..192000, "pose": "generate"|"still", "size": H?}
+    {"type": "stop"}                      the audio has ended: the server renders the last frames, then "end"
+  client -> server, binary: mono 16-bit little-endian PCM at sample_rate, any chunk size (<= max_message_bytes)
+  server -> client, text: {"type": "ready", ...} | {"type": "end", ...} | {"type": "error", "message", "hint"}
+  server -> client, binary: a frame: 4-byte big-endian header length, the header (UTF-8 JSON: "i" frame index,
+    "t" / "t_end" its span in the audio in seconds, "server_ms" the time from the arrival of the audio up to
+    t_end to sending, "speech", "dropped"), then the JPEG.
+
+Safety: binds to 127.0.0.1 unless told otherwise; WebSocket messages over max_message_bytes close that connection
+(1009); a stream is limited to max_stream_s of audio and max_queued_s of audio waiting to be processed; avatar names
+are resolved only inside avatar_dir (a bare name, no path: nothing outside can be named, symlinks out are refused);
+a connection silent for idle_timeout_s is closed; every error in a handler is reported to that client only and
+the server goes on serving the others.
+
+Latency: each frame is rendered as soon as its motion is known (LiveStream emits a block of hop_frames at once, the
+renderer works through it frame by frame); a frame that is already later than the algorithmic delay + max_lag_s
+when its turn comes is skipped (counted as "dropped"), so a slow machine shows fewer frames, not later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import struct
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from nerf_talk.errors import UserError
+from nerf_talk.motion.stream import StreamConfig
+
+log = logging.getLogger("nerf_talk.serve")
+STATIC = Path(__file__).resolve().parent / "static"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+MIN_SIZE, MAX_SIZE = 32, 1024
+CONFIG = web.AppKey("config", object)  # ServeConfig
+STORE = web.AppKey("store", object)  # AvatarStore
+POOL = web.AppKey("pool", ThreadPoolExecutor)
+ACTIVE = web.AppKey("active", object)  # Running: streams running (mutable: app state is frozen once started)
+
+
+@dataclass
+class ServeConfig:
+    avatar_dir: Path
+    preload: list[str] = field(default_factory=list)  # avatar names loaded at start
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_message_bytes: int = 256 * 1024  # one WebSocket message: 2.7 s of 48 kHz PCM16, far above a live chunk
+    max_stream_s: float = 600.0  # audio in one stream
+    max_queued_s: float = 20.0  # audio received but not yet processed (a client sending far faster than real time)
+    idle_timeout_s: float = 30.0  # a connection that sends nothing for this long (and has nothing running) is closed
+    max_streams: int = 4  # streams at once, all clients together
+    max_lag_s: float = 0.15  # a frame later than the algorithmic delay + this is skipped when a newer one waits
+    jpeg_quality: int = 80
+    workers: int = 2  # threads for features, motion and rendering
+    size: int | None = None  # default render height (None: the avatar's trained size)
+    device: str | None = None
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+
+class Running:
+    n = 0
+
+
+class AvatarStore:
+    """Avatars by name, loaded once, only from avatar_dir."""
+
+    def __init__(self, root: Path, device: str | None):
+        self.root = Path(root).resolve()
+        self.device = device
+        self.loaded: dict = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.avatar")
+                      if NAME_RE.fullmatch(p.stem) and p.resolve().parent == self.root and p.is_file())
+
+    def path_of(self, name) -> Path:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith(".avatar"):
+            raise UserError(f"bad avatar name {str(name)[:80]!r}",
+                            "give the bare name of an avatar this server lists (letters, digits, _ . -)")
+        p = (self.root / f"{name}.avatar").resolve()
+        if p.parent != self.root or not p.is_file():  # (a symlink pointing out of the directory resolves outside)
+            raise UserError(f"no avatar named {name!r} on this server", f"available: {', '.join(self.names()) or 'none'}")
+        return p
+
+    async def get(self, name, pool: ThreadPoolExecutor):
+        path = self.path_of(name)
+        if name in self.loaded:
+            return self.loaded[name]
+        lock = self.locks.setdefault(name, asyncio.Lock())
+        async with lock:  # two clients asking for the same avatar load it once
+            if name not in self.loaded:
+                self.loaded[name] = await asyncio.get_running_loop().run_in_executor(pool, self._load, name, path)
+        return self.loaded[name]
+
+    def _load(self, name: str, path: Path):
+        from nerf_talk.api import Avatar
+
+        try:
+            avatar = Avatar.load(path, self.device)
+            warm_up(avatar)
+        except UserError as e:
+            raise UserError(f"avatar {name!r} cannot be used: {e.problem}", e.hint) from None
+        except Exception as e:  # a damaged file can fail anywhere in the loader: say so, keep serving
+            raise UserError(f"avatar {name!r} cannot be used: {type(e).__name__}: {e}",
+                            "re-export it with `nerf-talk export`") from None
+        log.info("loaded avatar %s (%dx%d at %g fps)", name, avatar.size[1], avatar.size[0], avatar.fps)
+        return avatar
+
+
+def warm_up(avatar) -> None:
+    """Run the whole live path once on half a second of silence: the posteriorgram's session, the motion model and
+    the renderer pay their first-call costs (over a second on a CPU) at load time, not in a client's first frames."""
+    import numpy as np
+
+    from nerf_talk.motion.stream import LiveStream
+
+    live = LiveStream(avatar, 16000, pose="still")
+    frames = live.push(np.zeros(8000, np.int16)) + live.finish()
+    live.render_jpeg(frames[-1])
+
+
+def pack_frame(header: dict, jpeg: bytes) -> bytes:
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack(">I", len(h)) + h + jpeg
+
+
+def unpack_frame(data: bytes) -> tuple[dict, bytes]:
+    """(header, jpeg) of a frame message (for clients written in Python: tests, bench)."""
+    (n,) = struct.unpack(">I", data[:4])
+    return json.loads(data[4:4 + n]), data[4 + n:]
+
+
+class Stream:
+    """One running stream: the LiveStream, its audio queue, its processing task and its arrival log."""
+
+    def __init__(self, live, rate: int):
+        self.live, self.rate = live, rate
+        self.queue: asyncio.Queue = asyncio.Queue()  # audio chunks (bytes), None at the end
+        self.frames: asyncio.Queue = asyncio.Queue()  # LiveFrames waiting to be rendered, None at the end
+        self.queued = 0  # samples received, not yet processed
+        self.received = 0  # samples received
+        self.arrivals: deque = deque()  # (samples received in all, monotonic time), one per chunk
+        self.dropped = 0
+        self.sent = 0
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+        self.motion_done = False  # the last frames (and the None after them) are queued for rendering
+
+    def arrival(self, sample: int) -> float:
+        """Monotonic time at which input sample `sample` had arrived (the first chunk that covered it)."""
+        for n, t in self.arrivals:
+            if n >= sample:
+                return t
+        return time.monotonic()
+
+
+class Client:
+    """One WebSocket connection."""
+
+    def __init__(self, ws: web.WebSocketResponse, app: web.Application, peer: str):
+        self.ws, self.app, self.peer = ws, app, peer
+        self.cfg: ServeConfig = app[CONFIG]
+        self.stream: Stream | None = None
+
+    async def send_json(self, obj: dict) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(json.dumps(obj))
+
+    async def error(self, problem: str, hint: str = "") -> None:
+        try:
+            await self.send_json({"type": "error", "message": problem, "hint": hint})
+        except Exception:  # the client is gone: nothing to tell
+            pass
+
+    async def run(self) -> None:
+        while not self.ws.closed:
+            try:
+                msg = await self.ws.receive(timeout=self.cfg.idle_timeout_s)
+            except asyncio.TimeoutError:
+                if self.stream is not None and self.stream.stopping:
+                    continue  # still rendering the end of a stream the client finished: not idle
+                await self.error(f"no message for {self.cfg.idle_timeout_s:g} s: closing this idle connection")
+                await self.ws.close(code=1000, message=b"idle")
+                return
+            if msg.type == WSMsgType.TEXT:
+                await self.guarded(self.on_text, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await self.guarded(self.on_audio, msg.data)
+            elif msg.type == WSMsgType.ERROR:  # e.g. a message over max_message_bytes: aiohttp closes with 1009
+                log.info("%s: connection error: %s", self.peer, self.ws.exception())
+                return
+            else:  # CLOSE / CLOSING / CLOSED
+                return
+
+    async def guarded(self, handler, data) -> None:
+        """Every failure of a handler goes to this client only; a failure inside a stream ends that stream."""
+        try:
+            await handler(data)
+        except UserError as e:
+            await self.error(e.problem, e.hint)
+        except Exception as e:
+            log.exception("%s: handler failed", self.peer)
+            await self.error(f"internal error: {type(e).__name__}: {e}", "the stream was ended; start a new one")
+            await self.end_stream()
+
+    async def on_text(self, data: str) -> None:
+        if len(data) > 4096:
+            raise UserError("a control message over 4096 characters", "control messages are small JSON objects")
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            raise UserError("a text message that is not JSON", 'send e.g. {"type": "start", ...}') from None
+        if not isinstance(msg, dict):
+            raise UserError("a control message must be a JSON object")
+        kind = msg.get("type")
+        if kind == "start":
+            await self.start(msg)
+        elif kind == "stop":
+            if self.stream is None or self.stream.stopping:
+                raise UserError("stop without a running stream")
+            self.stream.stopping = True
+            self.stream.queue.put_nowait(None)
+        else:
+            raise UserError(f"unknown message type {str(kind)[:40]!r}", "known: start, stop")
+
+    async def start(self, msg: dict) -> None:
+        from nerf_talk.motion.stream import LiveStream
+
+        if self.stream is not None:
+            raise UserError("this connection already has a stream", "one stream per connection: send stop first")
+        cfg = self.cfg
+        rate = msg.get("sample_rate")
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 4000 <= rate <= 192000:
+            raise UserError(f"bad sample_rate {str(rate)[:20]!r}", "an integer from 4000 to 192000 (Hz)")
+        pose = msg.get("pose", "generate")
+        if pose not in ("generate", "still"):
+            raise UserError(f"bad pose {str(pose)[:20]!r}", "generate or still")
+        size = msg.get("size", cfg.size)
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE):
+            raise UserError(f"bad size {str(size)[:20]!r}", f"a height in pixels from {MIN_SIZE} to {MAX_SIZE}")
+        if self.app[ACTIVE].n >= cfg.max_streams:
+            raise UserError(f"the server is busy ({cfg.max_streams} streams running)", "try again in a moment")
+        avatar = await self.app[STORE].get(msg.get("avatar"), self.app[POOL])
+        live = LiveStream(avatar, rate, pose=pose, blinks=bool(msg.get("blinks", True)), seed=0, size=size,
+                          cfg=cfg.stream, max_seconds=cfg.max_stream_s)
+        h, w = avatar.size
+        if size is not None:
+            h, w = size, round(size * w / h)
+        self.stream = Stream(live, rate)
+        self.app[ACTIVE].n += 1
+        self.stream.task = asyncio.create_task(self.process(self.stream))
+        await self.send_json({"type": "ready", "avatar": msg["avatar"], "fps": avatar.fps, "width": w, "height": h,
+                              "sample_rate": rate, "algorithmic_delay_ms": round(live.algorithmic_delay_s * 1000),
+                              "max_stream_s": cfg.max_stream_s, "max_message_bytes": cfg.max_message_bytes})
+
+    async def on_audio(self, data: bytes) -> None:
+        s = self.stream
+        if s is None or s.stopping:
+            raise UserError("audio without a running stream", 'send {"type": "start", ...} first')
+        if len(data) % 2:
+            raise UserError(f"an audio chunk of {len(data)} bytes is not 16-bit PCM (odd byte count)",
+                            "send mono 16-bit little-endian samples")
+        n = len(data) // 2
+        if s.received + n > self.cfg.max_stream_s * s.rate:
+            await self.end_stream()
+            raise UserError(f"the stream is over the limit of {self.cfg.max_stream_s:g} s of audio; it was ended",
+                            "start a new stream")
+        if s.queued + n > self.cfg.max_queued_s * s.rate:
+            await self.end_stream()
+            raise UserError(f"over {self.cfg.max_queued_s:g} s of audio waiting: audio is arriving faster than it "
+                            "can be processed; the stream was ended", "send audio at real-time pace")
+        s.received += n
+        s.queued += n
+        s.arrivals.append((s.received, time.monotonic()))
+        s.queue.put_nowait(data)
+
+    async def process(self, s: Stream) -> None:
+        """Two stages in parallel threads: motion (features, network, drive) for all queued audio, and rendering of
+        the frames it produced; each stage runs as soon as it has work, so a frame waits for at most one render."""
+        render = asyncio.create_task(self.render_frames(s))
+        try:
+            await self.motion_frames(s)
+            await render
+            await self.send_json({"type": "end", "frames": s.live.frames, "sent": s.sent, "dropped": s.dropped,
+                                  "seconds": round(s.live.n_in / s.rate, 3)})
+        except asyncio.CancelledError:
+            render.cancel()
+            raise
+        except ConnectionResetError:  # the client went away mid-stream
+            log.info("%s: client gone mid-stream", self.peer)
+        except UserError as e:
+            await self.error(e.problem, e.hint)
+        except Exception as e:
+            log.exception("%s: stream failed", self.peer)
+            await self.error(f"internal error: {type(e).__name__}: {e}", "the stream was ended; start a new one")
+        finally:
+            render.cancel()
+            if self.stream is s:
+                self.stream = None
+                self.app[ACTIVE].n -= 1
+
+    async def motion_frames(self, s: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await s.queue.get()]
+            while not s.queue.empty():  # everything that arrived meanwhile, in one push
+                items.append(s.queue.get_nowait())
+            final = any(i is None for i in items)
+            pcm = b"".join(i for i in items if i is not None)
+            s.queued -= len(pcm) // 2
+            frames = await loop.run_in_executor(self.app[POOL], s.live.push, pcm) if pcm else []
+            if final:
+                frames += await loop.run_in_executor(self.app[POOL], s.live.finish)
+            for f in frames:
+                s.frames.put_nowait(f)
+            if final:
+                s.motion_done = True
+                s.frames.put_nowait(None)
+                return
+
+    async def render_frames(self, s: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        live = s.live
+        while True:
+            f = await s.frames.get()
+            if f is None:
+                return
+            end_sample = min(s.received, int(-(-(f.index + 1) * s.rate // live.fps)))
+            t_audio = s.arrival(end_sample)
+            late = time.monotonic() - t_audio > live.algorithmic_delay_s + self.cfg.max_lag_s
+            newer = s.frames.qsize() - (1 if s.motion_done else 0)  # frames waiting behind this one
+            if late and newer > 0:
+                # Too late to be worth showing and a newer frame is waiting: skip to it. A slow machine thus shows
+                # fewer frames, each as recent as it can be, instead of falling further and further behind.
+                s.dropped += 1
+                continue
+            jpeg = await loop.run_in_executor(self.app[POOL], live.render_jpeg, f, self.cfg.jpeg_quality)
+            header = {"i": f.index, "t": round(f.t, 4), "t_end": round((f.index + 1) / live.fps, 4),
+                      "server_ms": round((time.monotonic() - t_audio) * 1000, 1), "speech": f.speech,
+                      "dropped": s.dropped}
+            await self.ws.send_bytes(pack_frame(header, jpeg))
+            s.sent += 1
+            # Forget arrivals no later frame will look up.
+            while len(s.arrivals) > 1 and s.arrivals[0][0] < end_sample:
+                s.arrivals.popleft()
+
+    async def end_stream(self) -> None:
+        s, self.stream = self.stream, None
+        if s is None:
+            return
+        self.app[ACTIVE].n -= 1
+        if s.task is not None and not s.task.done():
+            s.task.cancel()
+            try:
+                await s.task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+    cfg: ServeConfig = request.app[CONFIG]
+    ws = web.WebSocketResponse(max_msg_size=cfg.max_message_bytes, heartbeat=20.0)
+    await ws.prepare(request)
+    client = Client(ws, request.app, request.remote or "?")
+    try:
+        await client.run()
+    except Exception:  # nothing a client does may take the server down
+        log.exception("%s: connection failed", client.peer)
+    finally:
+        await client.end_stream()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def avatars(request: web.Request) -> web.Response:
+    app = request.app
+    store: AvatarStore = app[STORE]
+    cfg: ServeConfig = app[CONFIG]
+    return web.json_response({
+        "avatars": [{"name": n, "loaded": n in store.loaded} for n in store.names()],
+        "limits": {"max_message_bytes": cfg.max_message_bytes, "max_stream_s": cfg.max_stream_s,
+                   "idle_timeout_s": cfg.idle_timeout_s, "max_streams": cfg.max_streams}})
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    resp = await handler(request)
+    if not isinstance(resp, web.WebSocketResponse):
+        # The page loads only its own script, worklet and frames (blob: URLs); nothing from elsewhere.
+        resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; "
+                                "connect-src 'self' ws: wss:; style-src 'self'")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return resp
+
+
+def make_app(cfg: ServeConfig) -> web.Application:
+    root = Path(cfg.avatar_dir)
+    if not root.is_dir():
+        raise UserError(f"avatar directory not found: {root}", "give --avatar-dir DIR holding NAME.avatar files")
+    # client_max_size bounds every HTTP request body (the routes take none; aiohttp's default is 1 MB).
+    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    app[CONFIG] = cfg
+    app[STORE] = AvatarStore(root, cfg.device)
+    app[POOL] = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="nerf_talk_live")
+    app[ACTIVE] = Running()
+    app.router.add_get("/", index)
+    app.router.add_get("/api/avatars", avatars)
+    app.router.add_get("/favicon.ico", no_content)
+    app.router.add_get("/ws", ws_handler)
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+
+    async def preload(app):
+        for name in cfg.preload:
+            await app[STORE].get(name, app[POOL])
+
+    async def shutdown(app):
+        app[POOL].shutdown(wait=False, cancel_futures=True)
+
+    app.on_startup.append(preload)
+    app.on_cleanup.append(shutdown)
+    return app
+
+
+def run(cfg: ServeConfig) -> None:
+    """Serve until interrupted (`nerf-talk serve`)."""
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the avatars", cfg.host)
+    app = make_app(cfg)
+    print(f"nerf_talk live: http://{'localhost' if cfg.host in ('127.0.0.1', '::1') else cfg.host}:{cfg.port}/  "
+          f"(avatars: {', '.join(app[STORE].names()) or 'none'} in {app[STORE].root}; Ctrl+C stops)", flush=True)
+    web.run_app(app, host=cfg.host, port=cfg.port, print=None, access_log=None)
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread (tests, benchmarks): .url, .stop()."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="nerf_talk_serve")
+        self.thread.start()
+        self.ready.wait(120)
+        if self.failed is not None:
+            raise self.failed
+        if not self.ready.is_set():
+            raise RuntimeError("the server did not start in 120 s")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.runner = web.AppRunner(make_app(self.cfg), access_log=None)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port)
+            self.loop.run_until_complete(site.start())
+            port = site._server.sockets[0].getsockname()[1]
+            self.url = f"http://{self.cfg.host}:{port}"
+        except BaseException as e:
+            self.failed = e
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.runner.cleanup())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+def start_in_thread(cfg: ServeConfig) -> ServerThread:
+    """Start a server in the background (port 0 picks a free port); returns it with its .url."""
+    return ServerThread(cfg)
