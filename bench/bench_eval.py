@@ -6,9 +6,9 @@
 
 Per clip, under WORK/CLIP/: `dataset/` (nerf_talk preprocess; finished steps are reused), `RECIPE.avatar` (api.fit
 on that dataset, exactly what `nerf-talk fit --dataset` does; an avatar already there is reused, with the fit time
-RECIPE.fit.json recorded, only while the dataset's manifest is the one it was fitted on) and `eval_RECIPE/` (nerf_talk.eval.evaluate_avatar: eval.json,
-plots, side_by_side.mp4). The other speech of the cross-driven figures is --audio (default: the shared
-en_female_18s.wav, a speaker none of the clips has).
+RECIPE.fit.json recorded, only while the dataset's manifest is the one it was fitted on) and `eval_RECIPE/`
+(nerf_talk.eval.evaluate_avatar: eval.json, plots, side_by_side.mp4). The other speech of the cross-driven figures
+is --audio (default: the shared en_female_18s.wav, a speaker none of the clips has).
 
 Columns (definitions in docs/EVALUATION.md): held-out PSNR / SSIM on the full frame and PSNR on the face, rendered
 from the clip's own audio (A) and from the tracked motion (T); mouth landmark distance in % of face size (A / T); the

@@ -36,6 +36,7 @@ FACE_LABELS = (Label.FACE, Label.BROWS, Label.EYES, Label.LIPS, Label.MOUTH, Lab
 MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)
 MIN_HELDOUT = 3  # frames: temporal figures need triples
 MIN_CROSS_SECONDS = 2.0  # the sync figure high-passes at 1 s; shorter speech leaves nothing to correlate
+HEAD_ZONE_SCALE = 1.4  # the face mesh's hull, grown about its centre: forehead to crown, ears, chin to jaw shadow
 VIDEO_MIN_HEIGHT = 256  # panels of side_by_side.mp4 are upscaled to at least this (smoke_cpu renders 128 px)
 FEATURES = ("ppg", "mel", "pitch", "energy")
 
@@ -117,22 +118,40 @@ def render_sequence(avatar, renderer, poses, motion, eyes, desc: str, progress: 
     return np.stack(out), time.perf_counter() - t0
 
 
-def outside_head(renderer, poses: np.ndarray) -> np.ndarray:
-    """[N, H, W] bool: pixels outside the screen box of the head field's 3D box at each pose. The rest (background,
-    torso, shoulders) should move only as the body does; defined by pose alone, so it exists for real frames,
-    self-driven and cross-driven renders alike."""
+def outside_head(renderer, poses: np.ndarray, template: np.ndarray | None) -> np.ndarray:
+    """[N, H, W] bool: the pixels outside the head zone at each pose, i.e. background, neck, torso and shoulders,
+    which should move only as the body does. The head zone is the convex hull of the person's head template (the
+    478 face-mesh points in the head frame) projected with that pose, grown by HEAD_ZONE_SCALE about its centre to
+    take in hair and ears. Defined by pose alone, so the same region exists for real frames, self-driven and
+    cross-driven renders. Without a template, the screen box of the head field's 3D box (which reaches down to the
+    neck and covers most of a head-and-shoulders crop)."""
     import torch
 
     from nerf_talk.render.video import head_screen_box
 
     h, w = renderer.size
-    aabb = renderer.model.head.aabb.detach().cpu()
+    intr = renderer.intr
     keep = np.ones((len(poses), h, w), bool)
     for i, p in enumerate(poses):
-        box = head_screen_box(torch.as_tensor(np.asarray(p, np.float32)), aabb, renderer.intr)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            keep[i, y0:y1, x0:x1] = False
+        p = np.asarray(p, np.float64)
+        if template is None:
+            box = head_screen_box(torch.as_tensor(p.astype(np.float32)), renderer.model.head.aabb.detach().cpu(),
+                                  intr)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                keep[i, y0:y1, x0:x1] = False
+            continue
+        h2c = np.linalg.inv(p)
+        cam = template @ h2c[:3, :3].T + h2c[:3, 3]
+        if (cam[:, 2] <= 1e-6).any():  # the head reaches behind the camera: nothing is safely outside it
+            keep[i] = False
+            continue
+        uv = np.stack([intr.fx * cam[:, 0] / cam[:, 2] + intr.cx, intr.fy * cam[:, 1] / cam[:, 2] + intr.cy], 1)
+        hull = cv2.convexHull(uv.astype(np.float32))[:, 0]
+        centre = hull.mean(0)
+        zone = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(zone, np.round(centre + HEAD_ZONE_SCALE * (hull - centre)).astype(np.int32), 1)
+        keep[i] = zone == 0
     return keep
 
 
@@ -265,7 +284,9 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
     for name, motion in drives.items():
         renders[name], s = render_sequence(avatar, renderer, poses, motion, eyes, f"render ({name})", progress)
         render_s, render_n = render_s + s, render_n + n_val
-    keep = outside_head(renderer, poses)
+    template = (ds.load_array("head_template", expect_rows=False).astype(np.float64)
+                if ds.path("head_template.npy").exists() else None)
+    keep = outside_head(renderer, poses, template)
 
     res: dict = {
         "avatar": avatar_name, "dataset": str(ds.root), "fps": fps, "heldout_frames": val,
@@ -316,8 +337,8 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
             c["face_found"] = float(np.mean(sig_c["found"]))
             sigs["cross"] = sig_c
         res["cross_driven"] = c
-        res["temporal"]["rendered_other_speech"] = temporal_scores(cross_frames, outside_head(renderer, drive.poses),
-                                                                   lm_c, face_px)
+        keep_c = outside_head(renderer, drive.poses, template)
+        res["temporal"]["rendered_other_speech"] = temporal_scores(cross_frames, keep_c, lm_c, face_px)
     res["timing"] = {"render_fps": render_n / max(render_s, 1e-9), "frames_rendered": render_n,
                      "render_seconds": render_s, "device": str(avatar.device)}
 
