@@ -200,14 +200,16 @@ def test_vanishing_and_idle_clients_leave_the_server_serving(server, pcm):
     run(go())
 
 
-def test_stream_length_limit(avatar_dir, pcm):
-    srv = start_in_thread(ServeConfig(avatar_dir=avatar_dir, port=0, max_stream_s=0.5))
+def test_stream_length_and_count_limits(avatar_dir, pcm):
+    srv = start_in_thread(ServeConfig(avatar_dir=avatar_dir, port=0, max_stream_s=0.5, max_streams=1))
 
     async def go():
         async with aiohttp.ClientSession() as s:
-            async with await ws_connect(s, srv) as ws:
+            async with await ws_connect(s, srv) as ws, await ws_connect(s, srv) as other:
                 await ws.send_str(json.dumps({"type": "start", "avatar": "syn", "sample_rate": RATE}))
                 assert (await next_text(ws))["type"] == "ready"
+                await other.send_str(json.dumps({"type": "start", "avatar": "syn", "sample_rate": RATE}))
+                assert "busy" in (await next_text(other))["message"]  # max_streams = 1
                 for i in range(0, 6 * 2205, 2205):  # the 6th chunk passes 0.5 s (11025 samples)
                     await ws.send_bytes(pcm[i:i + 2205].tobytes())
                 while True:

@@ -21,9 +21,10 @@ are resolved only inside avatar_dir (a bare name, no path: nothing outside can b
 a connection silent for idle_timeout_s is closed; every error in a handler is reported to that client only and
 the server goes on serving the others.
 
-Latency: each frame is rendered as soon as its motion is known (LiveStream emits a block of hop_frames at once, the
-renderer works through it frame by frame); a frame that is already later than the algorithmic delay + max_lag_s
-when its turn comes is skipped (counted as "dropped"), so a slow machine shows fewer frames, not later ones.
+Latency: motion runs for all audio received as soon as a block is complete; rendering runs in parallel, frame by
+frame. A frame is skipped (counted as "dropped") when a newer one is waiting and either it is already later than
+the algorithmic delay + max_lag_s or the renderer is slower than the frame rate (then only the newest frame is
+worth rendering): a slow machine shows fewer frames, each as recent as it can be, not later and later ones.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ class Stream:
         self.sent = 0
         self.task: asyncio.Task | None = None
         self.stopping = False
+        self.render_s: float | None = None  # running mean of one frame's render + JPEG time
         self.motion_done = False  # the last frames (and the None after them) are queued for rendering
 
     def arrival(self, sample: int) -> float:
@@ -347,12 +349,17 @@ class Client:
             t_audio = s.arrival(end_sample)
             late = time.monotonic() - t_audio > live.algorithmic_delay_s + self.cfg.max_lag_s
             newer = s.frames.qsize() - (1 if s.motion_done else 0)  # frames waiting behind this one
-            if late and newer > 0:
-                # Too late to be worth showing and a newer frame is waiting: skip to it. A slow machine thus shows
-                # fewer frames, each as recent as it can be, instead of falling further and further behind.
+            # A renderer slower than the frame rate cannot show every frame: it then shows the newest one waiting
+            # (the same number of frames, each as recent as it can be). A faster one shows all, unless a frame is
+            # already too late. Either way a slow machine shows fewer frames instead of falling further behind.
+            slow = s.render_s is not None and s.render_s > 1.0 / live.fps
+            if newer > 0 and (late or slow):
                 s.dropped += 1
                 continue
+            t0 = time.monotonic()
             jpeg = await loop.run_in_executor(self.app[POOL], live.render_jpeg, f, self.cfg.jpeg_quality)
+            dt = time.monotonic() - t0
+            s.render_s = dt if s.render_s is None else 0.8 * s.render_s + 0.2 * dt  # running mean render time
             header = {"i": f.index, "t": round(f.t, 4), "t_end": round((f.index + 1) / live.fps, 4),
                       "server_ms": round((time.monotonic() - t_audio) * 1000, 1), "speech": f.speech,
                       "dropped": s.dropped}

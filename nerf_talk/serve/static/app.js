@@ -116,7 +116,8 @@ class Session {
       // with it: the algorithmic delay plus a margin for compute (?delay=MS in the page's address overrides).
       const q = new URLSearchParams(location.search).get("delay");
       this.playout = q !== null ? Number(q) / 1000 : (r.algorithmic_delay_ms + 400) / 1000;
-      const delay = new DelayNode(this.ctx, {maxDelayTime: 10, delayTime: Math.min(this.playout, 10)});
+      const delay = this.delayNode = new DelayNode(this.ctx, {maxDelayTime: 10, delayTime: Math.min(this.playout, 10)});
+      this.fixedPlayout = q !== null;
       source.connect(delay).connect(this.ctx.destination);
       source.start(this.startTime);
       $("playout").textContent = `${Math.round(this.playout * 1000)} ms`;
@@ -198,7 +199,8 @@ class Session {
     if (this.closed && !this.queue.length) return;
     let pick = null;
     // A file's frame is shown when the audio being heard reaches it; the microphone's as soon as it arrives.
-    const heard = this.kind === "file" ? this.ctx.currentTime - this.startTime - this.playout : Infinity;
+    const heard = this.kind === "file" ? this.ctx.currentTime - this.startTime - this.delayNode.delayTime.value
+      : Infinity;
     while (this.queue.length && this.queue[0].t <= heard) {
       if (pick) URL.revokeObjectURL(pick.url);
       pick = this.queue.shift();
@@ -216,8 +218,26 @@ class Session {
       $("server").textContent = live.serverMs === null ? "-" : `${Math.round(live.serverMs)} ms`;
       $("fps").textContent = `${live.fps}`;
       $("frames").textContent = `${live.frames} / ${live.skipped}`;
+      this.adaptPlayout(lat);
     }
     if (!this.closed || this.queue.length) requestAnimationFrame(() => this.draw());
+  }
+
+  adaptPlayout(recent) {
+    // A jitter buffer for the file: when frames come back later than the audio is heard (a slow machine), the
+    // playback delay grows, over a second (a brief slow-down of the sound), to the 90th percentile of the measured
+    // latency + 200 ms, so that frames and sound stay in sync. It never shrinks: that would skip audio.
+    if (this.kind !== "file" || this.fixedPlayout || recent.length < 10) return;
+    const s = [...recent].sort((a, b) => a - b);
+    const want = Math.min(9.5, s[Math.floor(0.9 * (s.length - 1))] / 1000 + 0.2);
+    if (want <= this.playout + 0.05) return;
+    const t = this.ctx.currentTime;
+    const p = this.delayNode.delayTime;
+    p.cancelScheduledValues(t);
+    p.setValueAtTime(p.value, t);
+    p.linearRampToValueAtTime(want, t + 1.0);
+    this.playout = want;
+    $("playout").textContent = `${Math.round(want * 1000)} ms (grown to the measured latency)`;
   }
 
   onClose(e) {
