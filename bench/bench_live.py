@@ -137,7 +137,9 @@ def main() -> None:
     avatar = Avatar.load(args.avatar)
     print(f"avatar {args.avatar.name}: {avatar.size[1]}x{avatar.size[0]} on {avatar.device}; "
           f"speech {args.audio.name} ({len(audio) / RATE:.1f} s); torch threads {args.threads}", flush=True)
-    out = {"device": str(avatar.device), "threads": args.threads, "audio": args.audio.name, "engine": [], "server": []}
+    # The machine's load is part of the figure on a shared CPU: recorded at the start and the end.
+    out = {"device": str(avatar.device), "threads": args.threads, "audio": args.audio.name, "engine": [], "server": [],
+           "load_average_start": os.getloadavg()[0]}
     sizes = [None] + args.size
     for size in sizes:
         e = engine(avatar, audio, size, args.render_frames if size is None else max(3, args.render_frames // 5))
@@ -152,6 +154,8 @@ def main() -> None:
             out["server"].append(s)
     finally:
         srv.stop()
+    out["load_average_end"] = os.getloadavg()[0]
+    print(f"load average (1 min): {out['load_average_start']:.1f} at the start, {out['load_average_end']:.1f} at the end")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

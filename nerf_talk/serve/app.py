@@ -155,7 +155,8 @@ class Stream:
     def __init__(self, live, rate: int):
         self.live, self.rate = live, rate
         self.queue: asyncio.Queue = asyncio.Queue()  # audio chunks (bytes), None at the end
-        self.frames: asyncio.Queue = asyncio.Queue()  # LiveFrames waiting to be rendered, None at the end
+        self.frames: deque = deque()  # LiveFrames waiting to be rendered
+        self.wake = asyncio.Event()  # set when frames are added or motion has ended
         self.queued = 0  # samples received, not yet processed
         self.received = 0  # samples received
         self.arrivals: deque = deque()  # (samples received in all, monotonic time), one per chunk
@@ -164,7 +165,7 @@ class Stream:
         self.task: asyncio.Task | None = None
         self.stopping = False
         self.render_s: float | None = None  # running mean of one frame's render + JPEG time
-        self.motion_done = False  # the last frames (and the None after them) are queued for rendering
+        self.motion_done = False  # the last frames are queued for rendering
 
     def arrival(self, sample: int) -> float:
         """Monotonic time at which input sample `sample` had arrived (the first chunk that covered it)."""
@@ -331,24 +332,37 @@ class Client:
             frames = await loop.run_in_executor(self.app[POOL], s.live.push, pcm) if pcm else []
             if final:
                 frames += await loop.run_in_executor(self.app[POOL], s.live.finish)
-            for f in frames:
-                s.frames.put_nowait(f)
+            s.frames.extend(frames)
+            s.motion_done = final
+            s.wake.set()
             if final:
-                s.motion_done = True
-                s.frames.put_nowait(None)
                 return
 
     async def render_frames(self, s: Stream) -> None:
         loop = asyncio.get_running_loop()
         live = s.live
+        hop_s = live.cfg.hop_frames / 25.0
         while True:
-            f = await s.frames.get()
-            if f is None:
-                return
+            if not s.frames:
+                if s.motion_done:
+                    return
+                s.wake.clear()
+                await s.wake.wait()
+                continue
+            if not s.motion_done and s.queued > (hop_s + self.cfg.max_lag_s) * s.rate:
+                # Motion is falling behind the audio (the machine is too slow for both): let it have the CPU, or
+                # every later frame would be later still. Rendering resumes when it has caught up.
+                s.wake.clear()
+                try:
+                    await asyncio.wait_for(s.wake.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            f = s.frames.popleft()
             end_sample = min(s.received, int(-(-(f.index + 1) * s.rate // live.fps)))
             t_audio = s.arrival(end_sample)
             late = time.monotonic() - t_audio > live.algorithmic_delay_s + self.cfg.max_lag_s
-            newer = s.frames.qsize() - (1 if s.motion_done else 0)  # frames waiting behind this one
+            newer = len(s.frames)  # frames waiting behind this one
             # A renderer slower than the frame rate cannot show every frame: it then shows the newest one waiting
             # (the same number of frames, each as recent as it can be). A faster one shows all, unless a frame is
             # already too late. Either way a slow machine shows fewer frames instead of falling further behind.
