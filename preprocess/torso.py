@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from nerf_talk.errors import UserError
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import Dataset, frame_name
 from preprocess.labels import Label
@@ -49,7 +50,11 @@ def torso_rgba(img: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def write_rgba_png(path: Path, rgba: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), _PNG_PARAMS)
+    write_bgra_png(path, cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+def write_bgra_png(path: Path, bgra: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", bgra, _PNG_PARAMS)
     if not ok:
         raise OSError(f"could not encode {path}")
     path.write_bytes(buf.tobytes())
@@ -57,9 +62,14 @@ def write_rgba_png(path: Path, rgba: np.ndarray) -> None:
 
 def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
     def one(i: int, d: Path) -> float:
-        rgba = torso_rgba(ds.read_frame(i), ds.read_parsing(i))
-        write_rgba_png(d / frame_name(i, "png"), rgba)
-        return float(np.count_nonzero(rgba[..., 3]) / rgba[..., 3].size)
+        # torso_rgba works channel by channel, so it gives the same pixels on OpenCV's BGR order: the frame is read
+        # and the PNG written in that order, without the two colour-order conversions per frame.
+        bgr = cv2.imread(str(ds.frame_path(i)), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise UserError(f"cannot read image {ds.frame_path(i)}", "the dataset is incomplete: run preprocess again.")
+        bgra = torso_rgba(bgr, ds.read_parsing(i))
+        write_bgra_png(d / frame_name(i, "png"), bgra)
+        return float(np.count_nonzero(bgra[..., 3]) / bgra[..., 3].size)
 
     # Decoding and PNG encoding release the GIL: threads use every core.
     with ds.staged_dir("torso") as d, ThreadPoolExecutor(os.cpu_count()) as pool:
