@@ -66,6 +66,14 @@ def test_page_streams_a_file_and_the_microphone(server):
                 await page.wait_for_function("document.querySelector('#avatar').options.length > 0")
                 assert await page.input_value("#avatar") == "syn"
 
+                # A file that is not audio: the page says so, nothing is streamed.
+                await page.set_input_files("#file", files=[{"name": "notes.wav", "mimeType": "audio/wav",
+                                                            "buffer": b"this is not a recording" * 40}])
+                await page.click("#play")
+                await page.wait_for_function("window.liveStats.state === 'failed'")
+                assert "cannot decode notes.wav" in await page.inner_text("#status")
+                await page.evaluate("window.liveStats.errors = []")
+
                 # A picked file, played and streamed at real-time pace (8 s).
                 await page.set_input_files("#file", str(clip))
                 await page.click("#play")
