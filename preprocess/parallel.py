@@ -11,8 +11,13 @@ machine; with one core the segments simply run one after another in this process
 The helper is a fresh interpreter (`python -m preprocess.parallel`) that takes pickled calls on a pipe. Not
 multiprocessing's fork: forking a process that has run mediapipe corrupts the child's heap (measured: "malloc():
 unaligned tcache chunk" in the child); and not its spawn, which re-imports the caller's __main__ (torch, for the CLI
-and the bench) into the helper. The pipeline starts the helper when it begins (`session`), so that its imports
-(~1 s of CPU, mostly mediapipe) overlap the ingest step, and it serves every step of the run.
+and the bench) into the helper. The pipeline opens a `session` for its run and starts the helper before the first step
+that will run (`prestart`), so that its imports (~1 s of CPU, mostly mediapipe) overlap the ingest step; the one
+helper serves every step. Between the steps that use both cores, the helper would idle while this process runs a
+one-core step (the pose fit, the torso): work of a later step whose inputs exist is sent to it ahead of time
+(`submit_ahead`) and taken by that step (`take_ahead`). The helper answers in the order it was asked.
+
+If the helper cannot be started or dies, the work falls back to this process (a warning says so): slower, same result.
 
 CPU accounting: the helper reports the CPU time it used with each answer; `reported_cpu_seconds` is what live helpers
 have reported, so that the pipeline's per-step CPU figure includes them (once a helper has exited and been waited
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import pickle
 import resource
@@ -39,6 +45,13 @@ WORKERS_ENV = "NERF_TALK_PREPROCESS_WORKERS"  # processes to use (default: the c
 _reported = 0.0  # CPU seconds reported by helpers that have not yet been waited for
 _helper_total = 0.0  # CPU seconds reported by every helper, ever (for the figures: how the work was shared)
 _session: "_Helper | None" = None
+_broken = False  # a helper failed to start or died: run everything here for the rest of this process
+
+log = logging.getLogger("nerf_talk.preprocess")
+
+
+class HelperDied(RuntimeError):
+    """The helper process is gone (not an error of the work it was given)."""
 
 
 def available_workers() -> int:
@@ -99,34 +112,44 @@ class _Helper:
         return bool(self.pending)
 
     def submit(self, fn: Callable, args: tuple, key=None) -> None:
-        pickle.dump((fn.__module__, fn.__qualname__, args), self._w, protocol=pickle.HIGHEST_PROTOCOL)
-        self._w.flush()
+        try:
+            pickle.dump((fn.__module__, fn.__qualname__, args), self._w, protocol=pickle.HIGHEST_PROTOCOL)
+            self._w.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed after an earlier failure
+            raise HelperDied(f"the preprocessing helper process is gone (exit status {self.proc.poll()})") from None
         self.pending.append(key)
 
     def result(self):
         """The answer to the oldest call sent (its exception raised here)."""
         global _reported, _helper_total
         try:
-            ok, value, cpu = pickle.load(self._r)
-        except EOFError:
+            ok, value, exc_bytes, tb, cpu = pickle.load(self._r)
+        except (EOFError, OSError, pickle.UnpicklingError):
             self.pending.clear()
-            raise RuntimeError(f"the preprocessing helper process died (exit status {self.proc.wait()})") from None
+            raise HelperDied(f"the preprocessing helper process died (exit status {self.proc.wait()})") from None
         self.pending.popleft()
         self.reported += cpu
         _reported += cpu
         _helper_total += cpu
-        if not ok:
-            exc, tb = value
-            if isinstance(exc, BaseException):
-                raise exc from RuntimeError(f"in the preprocessing helper:\n{tb}")
-            raise RuntimeError(f"the preprocessing helper failed:\n{tb}")
-        return value
+        if ok:
+            return value
+        try:  # the exception itself when it survives pickling (UserError does), else its traceback's text
+            exc = pickle.loads(exc_bytes) if exc_bytes else None
+        except Exception:
+            exc = None
+        if isinstance(exc, BaseException):
+            raise exc from RuntimeError(f"in the preprocessing helper:\n{tb}")
+        raise RuntimeError(f"the preprocessing helper failed:\n{tb}")
 
     def drain(self) -> None:
         """Collect and drop every answer still due (work sent ahead that no step asked for, or the warm-up)."""
         while self.pending:
-            with contextlib.suppress(Exception):
+            try:
                 self.result()
+            except HelperDied:
+                raise
+            except Exception:  # the failure of work nobody asked for is nobody's
+                pass
 
     def close(self) -> None:
         global _reported
@@ -164,13 +187,39 @@ def session() -> Iterator[None]:
             helper.close()
 
 
+def _start_helper() -> "_Helper | None":
+    global _broken
+    if _broken or available_workers() < 2:
+        return None
+    try:
+        return _Helper()
+    except OSError as e:
+        _broken = True
+        log.warning("could not start a preprocessing helper process (%s): using one core", e)
+        return None
+
+
+def _helper_died(e: HelperDied) -> None:
+    global _broken, _session
+    _broken = True
+    log.warning("%s: going on with one core", e)
+    if _session is not None:
+        helper, _session = _session, None
+        with contextlib.suppress(Exception):
+            helper.close()
+
+
 def prestart() -> None:
     """Inside a session, start the helper now and have it import what the per-frame steps need, while this process
     goes on with other work."""
     global _session
-    if _session_open and _session is None and available_workers() >= 2:
-        _session = _Helper()
-        _session.submit(_warm_up, ())
+    if _session_open and _session is None:
+        _session = _start_helper()
+        if _session is not None:
+            try:
+                _session.submit(_warm_up, ())
+            except HelperDied as e:
+                _helper_died(e)
 
 
 def submit_ahead(key, fn: Callable, args: tuple) -> bool:
@@ -182,18 +231,31 @@ def submit_ahead(key, fn: Callable, args: tuple) -> bool:
     prestart()
     if _session is None:
         return False
-    _session.submit(fn, args, key)
+    try:
+        _session.submit(fn, args, key)
+    except HelperDied as e:
+        _helper_died(e)
+        return False
     return True
 
 
 def take_ahead(key):
-    """The answer of the work sent ahead under `key` (waiting for it), or None when none was sent."""
+    """The answer of the work sent ahead under `key` (waiting for it), or None when none was sent (or the helper
+    died: the caller then does the work itself)."""
     if _session is None or key not in _session.pending:
         return None
-    while _session.pending[0] != key:
-        with contextlib.suppress(Exception):
-            _session.result()  # older answers nobody asked for
-    return _session.result()
+    try:
+        while _session.pending[0] != key:
+            try:
+                _session.result()  # older answers nobody asked for
+            except HelperDied:
+                raise
+            except Exception:
+                pass
+        return _session.result()
+    except HelperDied as e:
+        _helper_died(e)
+        return None
 
 
 def _warm_up() -> None:
@@ -211,18 +273,26 @@ def map_segments(fn: Callable, jobs: Sequence[tuple]) -> list:
     `fn` must be a module-level function (it is sent by name); jobs and results are pickled. With one core, or more
     jobs than processes, the remaining jobs run here one after another.
     """
-    if len(jobs) < 2 or available_workers() < 2:
-        return [fn(*job) for job in jobs]
     prestart()
     helper = _session
     own = helper is None
     if own:
-        helper = _Helper()
+        helper = _start_helper()
+    if len(jobs) < 2 or helper is None:
+        return [fn(*job) for job in jobs]
     try:
-        helper.drain()  # the warm-up's answer, or work sent ahead that was not asked for
-        helper.submit(fn, tuple(jobs[1]))
+        try:
+            helper.drain()  # the warm-up's answer, or work sent ahead that was not asked for
+            helper.submit(fn, tuple(jobs[1]))
+        except HelperDied as e:
+            _helper_died(e)
+            return [fn(*job) for job in jobs]
         out = [fn(*jobs[0])]
-        out.append(helper.result())
+        try:
+            out.append(helper.result())
+        except HelperDied as e:
+            _helper_died(e)
+            out.append(fn(*jobs[1]))
         out += [fn(*job) for job in jobs[2:]]
         return out
     finally:
@@ -244,15 +314,18 @@ def _serve(read_fd: int, write_fd: int) -> None:
             fn = importlib.import_module(module)
             for part in name.split("."):
                 fn = getattr(fn, part)
-            answer = (True, fn(*args))
+            answer = (True, fn(*args), None, "")
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
-            answer = (False, (e, traceback.format_exc()))
+            try:  # pickled apart, so that an exception that cannot be rebuilt there still sends its traceback
+                exc_bytes = pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                exc_bytes = None
+            answer = (False, None, exc_bytes, traceback.format_exc())
         now = _self_cpu()
         try:
             payload = pickle.dumps((*answer, now - last), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # an exception that does not pickle: send its text
-            payload = pickle.dumps((False, (None, answer[1][1] if not answer[0] else traceback.format_exc()),
-                                    now - last))
+        except Exception:  # a result that does not pickle
+            payload = pickle.dumps((False, None, None, traceback.format_exc(), now - last))
         last = now
         w.write(payload)
         w.flush()
