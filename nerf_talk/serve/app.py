@@ -298,14 +298,13 @@ class Client:
     async def process(self, s: Stream) -> None:
         """Two stages in parallel threads: motion (features, network, drive) for all queued audio, and rendering of
         the frames it produced; each stage runs as soon as it has work, so a frame waits for at most one render."""
+        motion = asyncio.create_task(self.motion_frames(s))
         render = asyncio.create_task(self.render_frames(s))
         try:
-            await self.motion_frames(s)
-            await render
+            await asyncio.gather(motion, render)  # the first failure of either ends the stream (finally: both)
             await self.send_json({"type": "end", "frames": s.live.frames, "sent": s.sent, "dropped": s.dropped,
                                   "seconds": round(s.live.n_in / s.rate, 3)})
         except asyncio.CancelledError:
-            render.cancel()
             raise
         except ConnectionResetError:  # the client went away mid-stream
             log.info("%s: client gone mid-stream", self.peer)
@@ -315,6 +314,7 @@ class Client:
             log.exception("%s: stream failed", self.peer)
             await self.error(f"internal error: {type(e).__name__}: {e}", "the stream was ended; start a new one")
         finally:
+            motion.cancel()
             render.cancel()
             if self.stream is s:
                 self.stream = None
