@@ -164,14 +164,19 @@ def cmd_serve(args) -> None:
         if f.resolve().parent != root:
             raise UserError(f"{f} is not in the avatar directory {root}",
                             "put the avatars in one directory (or give it with --avatar-dir)")
+    import torch
+
+    # A GPU runs the recogniser once per 40 ms frame with room to spare: the shortest delay the model allows
+    # (181 ms). A CPU cannot afford four times the recogniser's work, so it blocks 4 frames (326 ms).
+    gpu = torch.cuda.is_available()
+    hop = args.hop_frames if args.hop_frames is not None else (1 if gpu else 4)
+    ahead_ms = args.lookahead_ms if args.lookahead_ms is not None else (0.0 if gpu else 40.0)
     try:
-        stream = StreamConfig(hop_frames=args.hop_frames, lookahead_s=args.lookahead_ms / 1000,
+        stream = StreamConfig(hop_frames=hop, lookahead_s=ahead_ms / 1000,
                               context_s=args.context_ms / 1000)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     run(ServeConfig(avatar_dir=root, preload=[f.stem for f in files], host=args.host, port=args.port,
                     size=args.size, max_stream_s=args.max_stream_s, idle_timeout_s=args.idle_timeout,
@@ -357,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     pv.add_argument("--port", type=int, default=8765, help="default 8765")
     pv.add_argument("--size", type=int, help="render height (default: each avatar's trained size)")
-    pv.add_argument("--hop-frames", type=int, default=4, help="40 ms frames per feature block (default 4)")
-    pv.add_argument("--lookahead-ms", type=float, default=40.0, help="audio the recogniser hears past a block")
+    pv.add_argument("--hop-frames", type=int,
+                    help="40 ms frames per feature block (default: 1 on a GPU, 4 on a CPU; see docs/LIVE.md)")
+    pv.add_argument("--lookahead-ms", type=float,
+                    help="audio the recogniser hears past a block (default: 0 ms on a GPU, 40 ms on a CPU)")
     pv.add_argument("--context-ms", type=float, default=600.0, help="audio the recogniser hears before a block")
     pv.add_argument("--max-stream-s", type=float, default=600.0, help="longest stream in seconds (default 600)")
     pv.add_argument("--idle-timeout", type=float, default=30.0, help="close silent connections after this (s)")
