@@ -64,3 +64,30 @@ def test_a_dead_helper_falls_back_to_this_process(caplog):
             assert parallel.map_segments(int, [("5",), ("6",)]) == [5, 6]
         assert "one core" in caplog.text
         assert parallel.submit_ahead("k", int, ("7",)) is False  # no helper any more: the step computes itself
+
+
+def test_the_dataset_is_the_same_on_one_core_and_two(tmp_path, monkeypatch):
+    """Fixed segments: one worker runs them one after another and must write the same files as two workers."""
+    import filecmp
+
+    import numpy as np
+
+    from nerf_talk.sample_clip import make_sample_clip
+    from preprocess import pipeline
+    from preprocess.config import PreprocessConfig
+
+    clip = make_sample_clip(tmp_path / "clip", seconds=6.0)
+    out = {}
+    for workers in ("2", "1"):
+        monkeypatch.setenv(parallel.WORKERS_ENV, workers)
+        out[workers] = pipeline.run(clip.video, tmp_path / f"ds{workers}", PreprocessConfig(size=256))
+    two, one = out["2"], out["1"]
+    assert two.manifest["steps"]["parsing"]["helper_cpu_seconds"] > 0  # the helper did work with two
+    assert "helper_cpu_seconds" not in one.manifest["steps"]["parsing"] or \
+        one.manifest["steps"]["parsing"]["helper_cpu_seconds"] == 0
+    for name in ("landmarks_3d", "poses", "mouth_opening", "audio_ppg"):
+        assert np.array_equal(two.load_array(name), one.load_array(name)), name
+    for d in ("parsing", "torso"):
+        names = sorted(p.name for p in two.path(d).iterdir())
+        assert names and all(filecmp.cmp(two.path(d) / f, one.path(d) / f, shallow=False) for f in names), d
+    assert filecmp.cmp(two.path("background.png"), one.path("background.png"), shallow=False)
