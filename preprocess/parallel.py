@@ -193,7 +193,7 @@ def _start_helper() -> "_Helper | None":
         return None
     try:
         return _Helper()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: no pass_fds (not POSIX)
         _broken = True
         log.warning("could not start a preprocessing helper process (%s): using one core", e)
         return None

@@ -24,8 +24,10 @@ label.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -402,6 +404,19 @@ def overlay_labels(img: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> n
 
 
 # -- the step ----------------------------------------------------------------------------------------------------------
+def read_ahead(pool: ThreadPoolExecutor, read: Callable[[int], np.ndarray], indices: Sequence[int],
+               depth: int = 8) -> Iterator[np.ndarray]:
+    """read(i) for i in indices, in order, at most `depth` reads ahead of the consumer (pool.map would read the whole
+    clip into memory as fast as it can: gigabytes for a long clip)."""
+    pending: deque = deque()
+    for i in indices:
+        pending.append(pool.submit(read, i))
+        if len(pending) > depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int, stop: int, warm_up: int,
                   out_dir: str, progress: bool) -> dict:
     """Label frames start..stop-1 (writing out_dir/NNNNNN.png), starting the smoothed masks at start - warm_up.
@@ -421,7 +436,7 @@ def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int,
     # Reading (JPEG decode) and writing (PNG encode) release the GIL: overlap them with the per-frame work.
     try:
         with ThreadPoolExecutor(2) as pool:
-            reads = pool.map(ds.read_frame, range(first, stop))
+            reads = read_ahead(pool, ds.read_frame, range(first, stop))
             writes = []
             for i, img in zip(tqdm(range(first, stop), desc="parsing", disable=not progress), reads):
                 small = model_input(img)  # shrunk once: the person mask's input, and the skin score's at 512 px
