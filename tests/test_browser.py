@@ -48,6 +48,16 @@ async def wait_for(page, predicate: str, timeout: float) -> dict:
         await asyncio.sleep(0.25)
 
 
+async def wait_js(page, expression: str, timeout: float = 30) -> None:
+    """Poll a JS expression until it is true. Not page.wait_for_function: that evaluates its predicate with eval,
+    which the page's Content-Security-Policy (default-src 'self') forbids whenever it has to poll."""
+    t0 = time.monotonic()
+    while not await page.evaluate(expression):
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"still false after {timeout} s: {expression}")
+        await asyncio.sleep(0.1)
+
+
 def test_page_streams_a_file_and_the_microphone(server):
     exe = chromium()
     clip = shared_file(CLIP)
@@ -63,14 +73,14 @@ def test_page_streams_a_file_and_the_microphone(server):
                 problems = []
                 page.on("pageerror", lambda e: problems.append(str(e)))
                 await page.goto(server.url + "/")
-                await page.wait_for_function("document.querySelector('#avatar').options.length > 0")
+                await wait_js(page, "document.querySelector('#avatar').options.length > 0")
                 assert await page.input_value("#avatar") == "syn"
 
                 # A file that is not audio: the page says so, nothing is streamed.
                 await page.set_input_files("#file", files=[{"name": "notes.wav", "mimeType": "audio/wav",
                                                             "buffer": b"this is not a recording" * 40}])
                 await page.click("#play")
-                await page.wait_for_function("window.liveStats.state === 'failed'")
+                await wait_js(page, "window.liveStats.state === 'failed'")
                 assert "cannot decode notes.wav" in await page.inner_text("#status")
                 await page.evaluate("window.liveStats.errors = []")
 
