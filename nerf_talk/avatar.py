@@ -41,7 +41,9 @@ from nerf_talk.errors import UserError
 log = logging.getLogger("nerf_talk.avatar")
 
 KIND = "nerf_talk.avatar"
-FORMAT_VERSION = 1
+# 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box); a version 1 file lacks it and
+# its training directory does too, so an old avatar is fitted again, not re-exported.
+FORMAT_VERSION = 2
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -106,7 +108,9 @@ def validate(parts: AvatarParts, where: str = "avatar") -> None:
         newer = isinstance(v, int) and v > FORMAT_VERSION
         raise AvatarError(f"{where} has avatar format version {v!r}; this nerf_talk ({__version__}) reads version "
                           f"{FORMAT_VERSION}",
-                          "update nerf_talk to read it." if newer else "export it again from its training directory.")
+                          "update nerf_talk to read it." if newer else
+                          "fit it again (`nerf-talk fit`): older avatars lack the head field's motion-dependent "
+                          "mouth, which re-exporting cannot add.")
     missing = [k for k in REQUIRED if k not in t]
     if missing or not any(k.startswith("motion_model.") for k in t):
         raise AvatarError(f"{where} lacks tensors {missing or ['motion_model.*']}", "the file is incomplete; export it "
@@ -333,6 +337,12 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
         raise UserError(f"{train_dir} holds no finished training (avatar.safetensors + avatar.json)",
                         "train first (`nerf-talk train DATASET -o DIR`), or continue it with --resume.")
     tmeta = json.loads(meta_p.read_text())
+    from nerf_talk.train.trainer import AVATAR_VERSION
+
+    if tmeta.get("format_version") != AVATAR_VERSION:
+        raise UserError(f"{train_dir} was trained by another nerf_talk (fields version {tmeta.get('format_version')!r}, "
+                        f"this one exports version {AVATAR_VERSION})",
+                        "train it again with this nerf_talk (`nerf-talk train` or `nerf-talk fit`).")
     ds = Dataset(dataset_dir or tmeta["dataset"])
     ds.load_manifest()
     model_t = load_file(str(weights))

@@ -147,3 +147,77 @@ def test_config_recipe_overrides_and_errors(tmp_path):
     bad.write_text("[data]\nscale = 'big'\n")
     with pytest.raises(UserError, match="data.scale"):
         load_config(bad)
+
+
+def test_motion_shapes_density_only_in_the_mouth_region():
+    field, t = _field()
+    inside = torch.tensor(t[list(LOWER_FACE)][:6], dtype=torch.float32)
+    outside = torch.tensor([[0.0, -0.08, -0.05]] * 6)
+    x = torch.cat([inside, outside])
+    m_a, m_b = torch.zeros(12, 3), torch.full((12, 3), 2.0)
+    # Untrained: the residual's last layer is 0, so the field starts as the motion-free one.
+    assert torch.equal(field.get_density(x, m_b)[0], field.get_density(x)[0])
+    torch.nn.init.normal_(field.mouth_mlp[-1].weight)
+    torch.nn.init.normal_(field.mouth_mlp[-1].bias)
+    (sa, ga), (sb, gb) = field.get_density(x, m_a), field.get_density(x, m_b)
+    # The box's core (the lip landmarks, well inside its feathered faces) changes with the motion, outside not at all.
+    w = field.mouth_weight(inside)
+    assert (w > 0).all()
+    assert not torch.allclose(sa[:6], sb[:6]) and not torch.allclose(ga[:6], gb[:6])
+    assert torch.equal(sa[6:], sb[6:]) and torch.equal(ga[6:], gb[6:])
+    # The residual reaches the motion through autograd (it is trained by the photometric loss).
+    sb.sum().backward()
+    assert field.mouth_mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_mouth_weight_feathers_to_zero_at_the_box_faces():
+    field, _ = _field()
+    lo, hi = field.mouth_box[:3], field.mouth_box[3:]
+    centre = (lo + hi) / 2
+    assert float(field.mouth_weight(centre[None])) == 1.0
+    on_face = centre.clone()
+    on_face[0] = lo[0]
+    assert float(field.mouth_weight(on_face[None])) == 0.0
+    near = centre.clone()
+    near[1] = hi[1] - 0.5 * 0.2 * (hi[1] - lo[1])  # half-way through the feathered band
+    assert 0.4 < float(field.mouth_weight(near[None])) < 0.6
+
+
+def test_occupancy_density_keeps_what_some_motion_fills_in_the_mouth_region():
+    field, t = _field()
+    inside = torch.tensor(t[list(LOWER_FACE)][:4], dtype=torch.float32)
+    far = torch.tensor([[0.0, -0.08, -0.05]])
+    with torch.no_grad():
+        field.density_mlp[-1].bias[0] = -30.0  # a field that is empty everywhere without motion ...
+        # ... whose mouth residual is 100 relu(m0) on the density: it fills the mouth when the first coefficient is 2
+        for layer in (field.mouth_mlp[0], field.mouth_mlp[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        field.mouth_mlp[0].weight[0, -3] = 1.0
+        field.mouth_mlp[-1].weight[0, 0] = 100.0
+    probes = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    with torch.no_grad():
+        assert (field.density_fn(inside) < 1e-3).all()  # no probes: the motion-free field
+        assert (field.density_fn(inside, probes[:1]) < 1e-3).all()  # a closed mouth fills nothing
+        assert (field.mouth_weight(inside) > 0.3).all()
+        assert (field.density_fn(inside, probes) > 100.0).all()  # the open one does: the grid must keep those cells
+        assert float(field.density_fn(far, probes)) < 1e-3  # outside the box the motion has no say
+        grid = OccupancyGrid(field.aabb.tolist(), 8)
+        grid.update(lambda x: field.density_fn(x, probes), 0, threshold=1.0, warmup_steps=1, backend="torch")
+        assert 0 < grid.occupied_fraction() < 0.5
+        empty = OccupancyGrid(field.aabb.tolist(), 8)
+        empty.update(lambda x: field.density_fn(x, probes[:1]), 0, threshold=1.0, warmup_steps=1, backend="torch")
+        assert empty.occupied_fraction() == 0
+
+
+def test_motion_changes_colour_only_in_the_mouth_region():
+    field, t = _field()
+    torch.nn.init.normal_(field.color_mlp[0].weight)  # make the motion's effect visible
+    inside = torch.tensor(t[list(LOWER_FACE)][:4], dtype=torch.float32)
+    outside = torch.tensor([[0.0, -0.08, -0.05]] * 4)
+    eyes = torch.ones(4, 3)
+    for x, changes in ((inside, True), (outside, False)):
+        _, geo = field.get_density(x)
+        a = field.get_outputs(x, geo, HeadCodes(torch.zeros(4, 3), eyes, None))
+        b = field.get_outputs(x, geo, HeadCodes(torch.full((4, 3), 3.0), eyes, None))
+        assert (not torch.allclose(a, b)) == changes

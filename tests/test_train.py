@@ -109,3 +109,18 @@ def test_existing_run_needs_resume(dataset, tmp_path):
         train(dataset, out, SMOKE, over)
     with pytest.raises(UserError, match="no checkpoint"):
         train(dataset, tmp_path / "empty", SMOKE, over, resume=True)
+
+
+def test_mouth_rays_are_drawn_from_mouth_pixels(dataset):
+    from nerf_talk.config import DataConfig
+    from nerf_talk.train.data import TrainData
+
+    data = TrainData(dataset, DataConfig(scale=1.0), torch.device("cpu"))
+    shares = {}
+    for frac in (0.0, 0.3):
+        gen = torch.Generator().manual_seed(0)
+        b = data.sample_rays(gen, 2000, 4, 0.6, frac)
+        assert len(b.frames) == 2000 and b.head_mask.float().mean() >= 0.6  # the mouth rays come out of the head's
+        shares[frac] = float(b.mouth_mask.float().mean())
+    # The synthetic mouth is a few percent of the head: without a mouth share few rays land there.
+    assert shares[0.0] < 0.15 and shares[0.3] >= 0.3, shares

@@ -1,9 +1,16 @@
 """The head's radiance field in the head's canonical frame (metres, OpenCV-like axes, head at the origin).
 
-Split as nerfstudio splits fields: `get_density(positions)` is geometry only (the occupancy grid and the sampler ask
-for nothing else), `get_outputs(geo_features, codes)` is the colour, where the per-frame codes enter:
+Split as nerfstudio splits fields: `get_density(positions, motion)` is the geometry, `get_outputs(geo_features, codes)`
+the colour, where the per-frame codes enter:
+  * mouth geometry: inside the mouth region (below) the motion coefficients also change the density and the
+    geometry features, through a residual MLP over (hash features, motion) whose last layer starts at 0. Without it
+    the density is the same for every frame, an open mouth can only be painted dark on closed lips by the colour
+    branch, and a short fit does not learn that: the mouth then barely follows the motion. The occupancy grid asks
+    `density_fn`, which in the mouth region takes the largest density over a few probe motions, so no mouth shape
+    of the person's range is culled;
   * motion: the lower face's PCA coefficients, embedded, then gated per point by a "region attention" computed from
-    the point's geometry features, so a coefficient can only act where the field learns that motion shows (lips, jaw);
+    the point's geometry features, so a coefficient can only act where the field learns that motion shows (lips, jaw),
+    and by the mouth region's feathered box (it cannot act on the cheeks, eyes or forehead at all);
   * eyes: (left openness, right openness, blink);
   * latent: a small per-frame code for what motion does not explain (lighting drift, small misfits). It cannot carry
     lip motion: it is switched off inside the mouth region (a box around the template's lip and jaw landmarks, so
@@ -25,6 +32,7 @@ from nerf_talk.config import HeadConfig
 from nerf_talk.fields.mlp import mlp
 
 N_EYE = 3  # left openness, right openness, blink
+MOUTH_FEATHER = 0.2  # share of the mouth box's size (per axis, per side) over which the motion residual fades out
 
 
 @dataclass
@@ -85,6 +93,11 @@ class HeadField(nn.Module):
         self.motion_embed = mlp(n_motion, cfg.hidden, cfg.motion_code)
         self.attention = nn.Linear(cfg.geo_features, cfg.motion_code)
         self.color_mlp = mlp(cfg.geo_features + cfg.motion_code + N_EYE + cfg.latent_dim, cfg.hidden, 3, n_hidden=2)
+        # Motion -> density and geometry features inside the mouth box. The raw coefficients go in unembedded (they
+        # are already scaled to ~unit size by the basis); zero last layer: training starts from the motion-free field.
+        self.mouth_mlp = mlp(enc + n_motion, cfg.hidden, 1 + cfg.geo_features)
+        nn.init.zeros_(self.mouth_mlp[-1].weight)
+        nn.init.zeros_(self.mouth_mlp[-1].bias)
         # Per-frame latents start at 0 = the code every unseen frame gets.
         self.latents = nn.Parameter(torch.zeros(max(n_frames, 1), cfg.latent_dim))
 
@@ -92,11 +105,20 @@ class HeadField(nn.Module):
         lo, hi = self.aabb[:3], self.aabb[3:]
         return (positions - lo) / (hi - lo)
 
-    def get_density(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [N, 3] (head frame) -> density [N] (1/metre), geometry features [N, geo_features]."""
+    def get_density(self, positions: torch.Tensor, motion: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N, 3] (head frame), motion [N, K] coefficients of each sample's frame (None: the motion-free
+        field) -> density [N] (1/metre), geometry features [N, geo_features]."""
         x = self.normalize(positions)
         inside = ((x >= 0) & (x <= 1)).all(-1)
-        h = self.density_mlp(self.grid(x.clamp(0, 1)))
+        enc = self.grid(x.clamp(0, 1))
+        h = self.density_mlp(enc)
+        if motion is not None:
+            # Only the samples in the mouth box pay for the residual (a few percent of a frame's samples).
+            idx = torch.nonzero(self.in_mouth_region(positions)).reshape(-1)
+            if idx.numel():
+                res = self.mouth_mlp(torch.cat([enc[idx], motion[idx].to(enc.dtype)], -1))
+                h = h.index_add(0, idx, res * self.mouth_weight(positions[idx])[:, None])
         raw = h[:, 0] + self.cfg.density_bias
         # exp gives the large densities an opaque surface needs within a few 4 mm steps; clamp keeps it finite.
         sigma = torch.exp(raw.clamp(-15.0, 15.0)) * inside
@@ -105,10 +127,23 @@ class HeadField(nn.Module):
     def in_mouth_region(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] bool
         return ((positions >= self.mouth_box[:3]) & (positions <= self.mouth_box[3:])).all(-1)
 
+    def mouth_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
+        """1 in the mouth box's core, falling linearly to 0 at its faces over MOUTH_FEATHER of its size per axis: a
+        residual cut off at a hard face draws the box's outline across the cheeks and chin when the motion changes
+        the density inside it."""
+        lo, hi = self.mouth_box[:3], self.mouth_box[3:]
+        ramp = MOUTH_FEATHER * (hi - lo).clamp(min=1e-6)
+        w = torch.minimum(positions - lo, hi - positions) / ramp
+        return w.clamp(0, 1).prod(-1)
+
     def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
         """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples -> rgb [N, 3] in [0, 1]."""
         n = geo.shape[0]
-        motion = self.motion_embed(codes.motion) * torch.sigmoid(self.attention(geo))
+        # The region attention alone, learnt from scratch, leaves the motion acting on the whole face in a short fit
+        # (an open-mouth code tinted cheeks and forehead); the lower-face motion shows only in the mouth box, so
+        # the code is also cut to it (feathered like the density residual).
+        gate = torch.sigmoid(self.attention(geo)) * self.mouth_weight(positions)[:, None]
+        motion = self.motion_embed(codes.motion) * gate
         parts = [geo, motion, codes.eyes]
         if self.cfg.latent_dim:
             if codes.latent is None:
@@ -118,5 +153,17 @@ class HeadField(nn.Module):
             parts.append(lat)
         return torch.sigmoid(self.color_mlp(torch.cat(parts, -1)))
 
-    def density_fn(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N], for the occupancy grid
-        return self.get_density(positions)[0]
+    def density_fn(self, positions: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 3] -> [N], for the occupancy grid: the motion-free density, and in the mouth box the largest density
+        over `probes` [M, K] (motion coefficients spanning the person's range): there the density depends on the
+        motion, and a cell empty for the motion-free field may be filled by an open mouth. (Marking the whole box
+        occupied instead would keep its untrained fog in every render, tinted frame by frame by the motion.)"""
+        sigma, _ = self.get_density(positions)
+        idx = torch.nonzero(self.in_mouth_region(positions)).reshape(-1)
+        if probes is None or not idx.numel():
+            return sigma
+        x = positions[idx]
+        best = sigma[idx]
+        for m in probes:
+            best = torch.maximum(best, self.get_density(x, m.expand(len(x), -1))[0])
+        return sigma.index_put((idx,), best)

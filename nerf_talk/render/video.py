@@ -135,7 +135,7 @@ def render_head_two_pass(model, rays_o: torch.Tensor, rays_d: torch.Tensor, code
         return rgb_out, opacity
     mids = (s.t_starts + s.t_ends) * 0.5
     positions = rays_o[s.ray_indices] + rays_d[s.ray_indices] * mids[:, None]
-    sigma, geo = model.head.get_density(positions)
+    sigma, geo = model.head.get_density(positions, codes.motion[s.ray_indices.long()])  # motion shapes the mouth
     alpha = 1.0 - torch.exp(-sigma * (s.t_ends - s.t_starts))
     # Transmittance before each sample: a running sum of log(1 - alpha) over all packed samples (float64: the sum
     # runs across rays), minus its value at each ray's first sample.

@@ -60,7 +60,8 @@ def head_radiance_fn(field, codes) -> RadianceFn:
     """The closure for a head field and the per-ray codes of this batch (nerf_talk.fields.HeadCodes)."""
 
     def fn(positions: torch.Tensor, ray_indices: torch.Tensor):
-        sigma, geo = field.get_density(positions)
-        return sigma, field.get_outputs(positions, geo, codes.index(ray_indices))
+        c = codes.index(ray_indices)
+        sigma, geo = field.get_density(positions, c.motion)  # motion shapes the mouth's density (HeadField)
+        return sigma, field.get_outputs(positions, geo, c)
 
     return fn

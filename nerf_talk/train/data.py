@@ -171,9 +171,12 @@ class TrainData:
             (torch.cat(rgb).float() / 255.0).to(dev), torch.cat(lab).to(dev), (torch.cat(tor).float() / 255.0).to(dev),
         )
 
-    def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float) -> RayBatch:
+    def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float,
+                    mouth_fraction: float = 0.0) -> RayBatch:
         """`n_rays` pixels from `n_frames` random training frames: `head_fraction` of them on head pixels (where the
-        head field has something to learn), the rest uniform over the image."""
+        head field has something to learn), `mouth_fraction` of them (taken out of the head share) on mouth pixels
+        (lips, interior, teeth: where the motion shows), the rest uniform over the image. A frame without mouth
+        pixels gives those rays to the head."""
         h, w = self.size
         picks = torch.randint(0, len(self.train_frames), (n_frames,), generator=gen).tolist()
         frames = [self.train_frames[k] for k in picks]
@@ -181,8 +184,14 @@ class TrainData:
         pixels = []
         for i, n in zip(frames, per):
             n_head = int(round(n * head_fraction))
+            n_mouth = min(int(round(n * mouth_fraction)), n_head)
             flat = torch.randint(0, h * w, (n - n_head,), generator=gen)
-            head_idx = torch.nonzero(HEAD_LUT[self.store.get(i)[1].reshape(-1).long()]).reshape(-1)
+            lab = self.store.get(i)[1].reshape(-1).long()
+            mouth_idx = torch.nonzero(MOUTH_LUT[lab]).reshape(-1) if n_mouth else lab[:0]
+            if mouth_idx.numel():
+                flat = torch.cat([flat, mouth_idx[torch.randint(0, mouth_idx.numel(), (n_mouth,), generator=gen)]])
+                n_head -= n_mouth
+            head_idx = torch.nonzero(HEAD_LUT[lab]).reshape(-1)
             if head_idx.numel() and n_head:
                 flat = torch.cat([flat, head_idx[torch.randint(0, head_idx.numel(), (n_head,), generator=gen)]])
             else:

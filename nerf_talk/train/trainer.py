@@ -36,7 +36,8 @@ from nerf_talk.train.model import AvatarModel, render_batch
 
 log = logging.getLogger("nerf_talk.train")
 AVATAR_KIND = "nerf_talk.avatar.fields"
-AVATAR_VERSION = 1
+N_MOTION_PROBES = 8  # motions the occupancy grid tries in the mouth box (see Trainer.__init__)
+AVATAR_VERSION = 2  # 2: HeadField.mouth_mlp (motion-dependent mouth density)
 
 
 class TrainingDiverged(UserError):
@@ -92,6 +93,11 @@ class Trainer:
         self.motion = self.data.motion.to(self.device)  # [N, C]
         self.eyes = self.data.eyes.to(self.device)  # [N, 3]
         self.train_motion = self.motion[torch.tensor(self.data.train_frames, device=self.device)]  # [F, C]
+        # The mouth's density depends on the motion: the occupancy grid keeps a mouth cell if any of these training
+        # frames' motions fills it. Frames at evenly spaced ranks of the first coefficient (mostly the mouth's
+        # opening), both extremes included, span the person's range with few density evaluations per grid update.
+        order = torch.argsort(self.train_motion[:, 0])
+        self.motion_probes = self.train_motion[order[torch.linspace(0, len(order) - 1, N_MOTION_PROBES).round().long()]]
         self.gen = torch.Generator().manual_seed(cfg.seed)  # ray/frame sampling (CPU, device-independent)
         self.grid_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # occupancy-grid updates
         self.step = 0
@@ -144,7 +150,8 @@ class Trainer:
     def _update_grid(self) -> None:
         r = self.cfg.render
         # grid_threshold is an opacity per step; the grid compares densities, so divide by the step length.
-        self.model.grid.update(self.model.head.density_fn, self.step, threshold=r.grid_threshold / r.step_size,
+        head, probes = self.model.head, self.motion_probes
+        self.model.grid.update(lambda x: head.density_fn(x, probes), self.step, threshold=r.grid_threshold / r.step_size,
                                warmup_steps=r.grid_warmup_steps, generator=self.grid_gen, backend=self.cfg.backend)
 
     def _head_losses(self, out: dict, batch) -> dict[str, torch.Tensor]:
@@ -156,7 +163,8 @@ class Trainer:
             # Fog that no ray sees empty (behind and inside the head) would keep the occupancy grid full.
             box = self.model.head.aabb
             x = box[:3] + torch.rand(4096, 3, generator=self.gen).to(self.device) * (box[3:] - box[:3])
-            alpha = 1 - torch.exp(-self.model.head.density_fn(x) * self.cfg.render.step_size)
+            # The motion-free density: density_fn's maximum over probe motions is for the grid, not a density to carve.
+            alpha = 1 - torch.exp(-self.model.head.get_density(x)[0] * self.cfg.render.step_size)
             terms["sparsity"] = lc.sparsity * alpha.mean()
         if self.cfg.head.latent_dim:
             lat = self.model.head.latents
@@ -175,7 +183,8 @@ class Trainer:
             if self.step % self.cfg.render.grid_update_every == 0:
                 self._update_grid()
             if stage.kind == "head":
-                batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, d.head_ray_fraction)
+                batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, d.head_ray_fraction,
+                                              d.mouth_ray_fraction)
             else:
                 batch = self.data.sample_mouth_patches(self.gen, stage.patches_per_step, stage.patch_size)
             n = len(batch.frames)
