@@ -43,7 +43,9 @@ log = logging.getLogger("nerf_talk.avatar")
 KIND = "nerf_talk.avatar"
 # 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box); a version 1 file lacks it and
 # its training directory does too, so an old avatar is fitted again, not re-exported.
-FORMAT_VERSION = 2
+# 3: the head field gained `eye_box` (the eye code acts only there); older files lack it and were trained with the eye
+# code everywhere, so they too are fitted again.
+FORMAT_VERSION = 3
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -110,7 +112,7 @@ def validate(parts: AvatarParts, where: str = "avatar") -> None:
                           f"{FORMAT_VERSION}",
                           "update nerf_talk to read it." if newer else
                           "fit it again (`nerf-talk fit`): older avatars lack the head field's motion-dependent "
-                          "mouth, which re-exporting cannot add.")
+                          "mouth or its eye region, which re-exporting cannot add.")
     missing = [k for k in REQUIRED if k not in t]
     if missing or not any(k.startswith("motion_model.") for k in t):
         raise AvatarError(f"{where} lacks tensors {missing or ['motion_model.*']}", "the file is incomplete; export it "

@@ -27,7 +27,7 @@ def _header_end(path) -> int:
 def test_load_reads_what_fit_wrote(avatar_file):
     parts = load_avatar(avatar_file)
     m = parts.meta
-    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 2
+    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 3
     assert m["checksum"] == tensor_checksum(parts.tensors)
     assert parts.tensors["background"].dtype == torch.uint8
     assert m["fps"] == 25.0 and m["size"] == [48, 48]
@@ -66,15 +66,20 @@ def test_foreign_and_future_files_are_refused(avatar_file, tmp_path):
     with pytest.raises(AvatarError, match="not a nerf_talk avatar"):
         load_avatar(tmp_path / "other.safetensors")
     parts = load_avatar(avatar_file)
-    with pytest.raises(AvatarError, match="version 3"):
-        save_file(parts.tensors, str(tmp_path / "v3.avatar"),
-                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=3))})
-        load_avatar(tmp_path / "v3.avatar")
+    with pytest.raises(AvatarError, match="version 4"):
+        save_file(parts.tensors, str(tmp_path / "v4.avatar"),
+                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=4))})
+        load_avatar(tmp_path / "v4.avatar")
     # A version 1 file (no motion-dependent mouth) is refused with the advice to fit again, not to re-export.
     old = {k: v for k, v in parts.tensors.items() if not k.startswith("model.head.mouth_mlp.")}
     save_file(old, str(tmp_path / "v1.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=1))})
     with pytest.raises(AvatarError, match="(?s)version 1.*fit it again"):
         load_avatar(tmp_path / "v1.avatar")
+    # Nor is a version 2 file (no eye box: its eye code acted on the whole face).
+    old = {k: v for k, v in parts.tensors.items() if k != "model.head.eye_box"}
+    save_file(old, str(tmp_path / "v2.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=2))})
+    with pytest.raises(AvatarError, match="(?s)version 2.*fit it again"):
+        load_avatar(tmp_path / "v2.avatar")
     with pytest.raises(AvatarError, match="not found"):
         load_avatar(tmp_path / "missing.avatar")
 

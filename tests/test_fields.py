@@ -11,10 +11,10 @@ import torch
 from cuda_ext import OccupancyGrid
 from nerf_talk.config import HeadConfig, TorsoConfig, load_config
 from nerf_talk.errors import UserError
-from nerf_talk.fields import HeadCodes, HeadField, TorsoField, head_box, mouth_region, pose_features
+from nerf_talk.fields import HeadCodes, HeadField, TorsoField, eye_region, head_box, mouth_region, pose_features
 from nerf_talk.render import Intrinsics, composite_layers, pixel_rays, render_rays
 from nerf_talk.train.data import MotionBasis
-from preprocess.mesh_topology import LOWER_FACE
+from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
 SMALL_HEAD = HeadConfig(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, hidden=16,
                         motion_code=8, latent_dim=4, geo_features=7)
@@ -221,3 +221,26 @@ def test_motion_changes_colour_only_in_the_mouth_region():
         a = field.get_outputs(x, geo, HeadCodes(torch.zeros(4, 3), eyes, None))
         b = field.get_outputs(x, geo, HeadCodes(torch.full((4, 3), 3.0), eyes, None))
         assert (not torch.allclose(a, b)) == changes
+
+
+def test_eye_code_changes_colour_only_in_the_eye_region():
+    t = _template()
+    eyes = list(LEFT_EYE_LOOP + RIGHT_EYE_LOOP)  # two eye contours above the mouth, as on a face
+    jitter = np.random.default_rng(1).uniform(-0.03, 0.03, (len(eyes), 3)) * [1, 0.2, 0.2]
+    t[eyes] = np.array([0.0, -0.03, -0.09]) + jitter
+    torch.manual_seed(0)
+    field = HeadField(SMALL_HEAD, head_box(t, 0.3, 0.5), 3, 5, mouth_region(t), backend="torch", eye_box=eye_region(t))
+    torch.nn.init.normal_(field.color_mlp[0].weight)  # make the eye code's effect visible
+    inside = torch.tensor(t[list(LEFT_EYE_LOOP[:2] + RIGHT_EYE_LOOP[:2])], dtype=torch.float32)
+    outside = torch.tensor(t[list(LOWER_FACE)][:4], dtype=torch.float32)  # the mouth: far below the eyes
+    assert (field.eye_weight(inside) > 0.5).all() and (field.eye_weight(outside) == 0).all()
+    for x, changes in ((inside, True), (outside, False)):
+        _, geo = field.get_density(x)
+        motion = torch.zeros(4, 3)
+        a = field.get_outputs(x, geo, HeadCodes(motion, torch.tensor([[1.0, 1.0, 0.0]] * 4), None))
+        b = field.get_outputs(x, geo, HeadCodes(motion, torch.tensor([[0.1, 0.1, 1.0]] * 4), None))
+        assert (not torch.allclose(a, b)) == changes
+    # Built without a box (as _field is) the eye code acts everywhere, and the box is part of the state dict: a stored
+    # avatar's own box is what a loaded field uses.
+    plain, _ = _field()
+    assert (plain.eye_weight(outside) == 1).all() and "eye_box" in plain.state_dict()

@@ -11,7 +11,9 @@ the colour, where the per-frame codes enter:
   * motion: the lower face's PCA coefficients, embedded, then gated per point by a "region attention" computed from
     the point's geometry features, so a coefficient can only act where the field learns that motion shows (lips, jaw),
     and by the mouth region's feathered box (it cannot act on the cheeks, eyes or forehead at all);
-  * eyes: (left openness, right openness, blink);
+  * eyes: (left openness, right openness, blink), cut to the eye region's feathered box (the template's eye contours
+    and lids): fed everywhere, a short fit spread the code over the whole face as a faint tint and never learnt to
+    close the eyes (an open and a closed eye code rendered a held-out pose within 4 grey levels);
   * latent: a small per-frame code for what motion does not explain (lighting drift, small misfits). It cannot carry
     lip motion: it is switched off inside the mouth region (a box around the template's lip and jaw landmarks, so
     also where an open mouth would be in a frame whose mouth is closed); the trainer also drops it on random rays (so
@@ -33,6 +35,8 @@ from nerf_talk.fields.mlp import mlp
 
 N_EYE = 3  # left openness, right openness, blink
 MOUTH_FEATHER = 0.2  # share of the mouth box's size (per axis, per side) over which the motion residual fades out
+EYE_FEATHER = 0.2  # the same for the eye code in the eye box
+NO_BOX = [-1e3, -1e3, -1e3, 1e3, 1e3, 1e3]  # "everywhere" (metres): a field built without an eye box
 
 
 @dataclass
@@ -77,15 +81,39 @@ def mouth_region(template: np.ndarray, margin: float = 0.01, depth: float = 0.05
     return [float(v) for v in np.concatenate([lo, hi])]
 
 
+def eye_region(template: np.ndarray, margin: float = 0.01, depth: float = 0.015) -> list[float]:
+    """Box around the template's two eye contours, grown by `margin` metres (the lids above and below, the corners)
+    and extended `depth` metres into the head (+z) and `margin` out of it: where a blink shows, hence where the eye
+    code acts."""
+    from preprocess.mesh_topology import LEFT_EYE_LOOP, RIGHT_EYE_LOOP
+
+    t = np.asarray(template, dtype=np.float64)[list(LEFT_EYE_LOOP + RIGHT_EYE_LOOP)]
+    lo, hi = t.min(0) - margin, t.max(0) + margin
+    hi[2] += depth - margin
+    return [float(v) for v in np.concatenate([lo, hi])]
+
+
+def box_weight(positions: torch.Tensor, box: torch.Tensor, feather: float) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
+    """1 in the box's core, falling linearly to 0 at its faces over `feather` of its size per axis: a code or residual
+    cut off at a hard face draws the box's outline across the face when it changes the colour or density inside."""
+    lo, hi = box[:3], box[3:]
+    ramp = feather * (hi - lo).clamp(min=1e-6)
+    w = torch.minimum(positions - lo, hi - positions) / ramp
+    return w.clamp(0, 1).prod(-1)
+
+
 class HeadField(nn.Module):
     def __init__(self, cfg: HeadConfig, aabb: list[float], n_motion: int, n_frames: int,
-                 mouth_box: list[float] | None = None, backend: str | None = None) -> None:
+                 mouth_box: list[float] | None = None, backend: str | None = None,
+                 eye_box: list[float] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_motion = n_motion
         self.register_buffer("aabb", torch.tensor(aabb, dtype=torch.float32))
         # No mouth box: an empty one (min > max), the latent acts everywhere.
         self.register_buffer("mouth_box", torch.tensor(mouth_box or [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]))
+        # No eye box: the eye code acts everywhere. (A stored avatar's own box replaces this one when it is loaded.)
+        self.register_buffer("eye_box", torch.tensor(eye_box or NO_BOX, dtype=torch.float32))
         self.grid = HashGrid(HashGridConfig(3, cfg.n_levels, cfg.n_features_per_level, cfg.log2_table_size,
                                             cfg.base_resolution, cfg.finest_resolution), backend=backend)
         enc = self.grid.cfg.out_dim
@@ -128,13 +156,13 @@ class HeadField(nn.Module):
         return ((positions >= self.mouth_box[:3]) & (positions <= self.mouth_box[3:])).all(-1)
 
     def mouth_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
-        """1 in the mouth box's core, falling linearly to 0 at its faces over MOUTH_FEATHER of its size per axis: a
-        residual cut off at a hard face draws the box's outline across the cheeks and chin when the motion changes
-        the density inside it."""
-        lo, hi = self.mouth_box[:3], self.mouth_box[3:]
-        ramp = MOUTH_FEATHER * (hi - lo).clamp(min=1e-6)
-        w = torch.minimum(positions - lo, hi - positions) / ramp
-        return w.clamp(0, 1).prod(-1)
+        """The mouth box's feathered weight (box_weight): a residual cut off at a hard face draws the box's outline
+        across the cheeks and chin when the motion changes the density inside it."""
+        return box_weight(positions, self.mouth_box, MOUTH_FEATHER)
+
+    def eye_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
+        """The eye box's feathered weight: how much of the eye code a sample's colour sees."""
+        return box_weight(positions, self.eye_box, EYE_FEATHER)
 
     def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
         """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples -> rgb [N, 3] in [0, 1]."""
@@ -144,7 +172,10 @@ class HeadField(nn.Module):
         # the code is also cut to it (feathered like the density residual).
         gate = torch.sigmoid(self.attention(geo)) * self.mouth_weight(positions)[:, None]
         motion = self.motion_embed(codes.motion) * gate
-        parts = [geo, motion, codes.eyes]
+        # The eye code only where a blink shows: given to every sample, a short fit learnt a faint whole-face tint
+        # from it and left the eyes open (blinks are a few percent of frames, the eyes a fraction of a percent of
+        # the pixels); cut to the eye box, the closed code darkens and covers the eyes (docs/TRAINING.md).
+        parts = [geo, motion, codes.eyes * self.eye_weight(positions)[:, None]]
         if self.cfg.latent_dim:
             if codes.latent is None:
                 lat = geo.new_zeros(n, self.cfg.latent_dim)

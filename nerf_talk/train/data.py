@@ -18,6 +18,9 @@ from preprocess.dataset import Dataset, frame_name
 from preprocess.labels import HEAD_LABELS, Label
 
 MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)
+# The eye rays are drawn around the eye label, grown by this share of the image height (2 px at 128 px): a closed eye
+# is parsed as skin except for a few pixels along the lash line, and the lids that cover it are what a blink changes.
+EYE_REGION_GROW = 0.015
 
 
 def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label in labels"
@@ -27,6 +30,14 @@ def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label 
 
 
 HEAD_LUT, MOUTH_LUT = label_table(HEAD_LABELS), label_table(MOUTH_LABELS)
+
+
+def eye_region(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H*W] bool
+    """The eye label dilated by `grow` pixels (a square window), flattened row-major."""
+    eye = (labels == int(Label.EYES)).float()[None, None]
+    if grow > 0:
+        eye = torch.nn.functional.max_pool2d(eye, 2 * grow + 1, stride=1, padding=grow)
+    return eye.reshape(-1) > 0
 
 
 @dataclass
@@ -172,30 +183,36 @@ class TrainData:
         )
 
     def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float,
-                    mouth_fraction: float = 0.0) -> RayBatch:
+                    mouth_fraction: float = 0.0, eye_fraction: float = 0.0) -> RayBatch:
         """`n_rays` pixels from `n_frames` random training frames: `head_fraction` of them on head pixels (where the
-        head field has something to learn), `mouth_fraction` of them (taken out of the head share) on mouth pixels
-        (lips, interior, teeth: where the motion shows), the rest uniform over the image. A frame without mouth
+        head field has something to learn), and out of that head share `mouth_fraction` on mouth pixels (lips,
+        interior, teeth: where the motion shows) and `eye_fraction` around the eyes (eye label grown by
+        EYE_REGION_GROW: where the eye code shows); the rest uniform over the image. A frame without mouth or eye
         pixels gives those rays to the head."""
         h, w = self.size
+        grow = max(1, round(EYE_REGION_GROW * h))
         picks = torch.randint(0, len(self.train_frames), (n_frames,), generator=gen).tolist()
         frames = [self.train_frames[k] for k in picks]
         per = [n_rays // n_frames + (1 if k < n_rays % n_frames else 0) for k in range(n_frames)]
         pixels = []
         for i, n in zip(frames, per):
             n_head = int(round(n * head_fraction))
-            n_mouth = min(int(round(n * mouth_fraction)), n_head)
-            flat = torch.randint(0, h * w, (n - n_head,), generator=gen)
-            lab = self.store.get(i)[1].reshape(-1).long()
-            mouth_idx = torch.nonzero(MOUTH_LUT[lab]).reshape(-1) if n_mouth else lab[:0]
-            if mouth_idx.numel():
-                flat = torch.cat([flat, mouth_idx[torch.randint(0, mouth_idx.numel(), (n_mouth,), generator=gen)]])
-                n_head -= n_mouth
+            flat = [torch.randint(0, h * w, (n - n_head,), generator=gen)]
+            labels = self.store.get(i)[1]
+            lab = labels.reshape(-1).long()
+            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_region(labels, grow)))
+            for fraction, region in regions:
+                k = min(int(round(n * fraction)), n_head)
+                idx = torch.nonzero(region()).reshape(-1) if k else lab[:0]  # the mask only when rays go there
+                if idx.numel():
+                    flat.append(idx[torch.randint(0, idx.numel(), (k,), generator=gen)])
+                    n_head -= k
             head_idx = torch.nonzero(HEAD_LUT[lab]).reshape(-1)
             if head_idx.numel() and n_head:
-                flat = torch.cat([flat, head_idx[torch.randint(0, head_idx.numel(), (n_head,), generator=gen)]])
+                flat.append(head_idx[torch.randint(0, head_idx.numel(), (n_head,), generator=gen)])
             else:
-                flat = torch.cat([flat, torch.randint(0, h * w, (n_head,), generator=gen)])
+                flat.append(torch.randint(0, h * w, (n_head,), generator=gen))
+            flat = torch.cat(flat)
             pixels.append(torch.stack([flat % w, flat // w], -1))
         return self._gather(frames, pixels)
 

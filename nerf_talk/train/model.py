@@ -8,7 +8,8 @@ from torch import nn
 
 from cuda_ext import OccupancyGrid
 from nerf_talk.config import TrainConfig
-from nerf_talk.fields import Background, HeadCodes, HeadField, TorsoField, head_box, mouth_region, pose_features
+from nerf_talk.fields import (Background, HeadCodes, HeadField, TorsoField, eye_region, head_box, mouth_region,
+                              pose_features)
 from nerf_talk.render import composite_layers, head_radiance_fn, over_background, pixel_rays, render_rays
 from nerf_talk.render.volume import RenderOutput
 from nerf_talk.train.data import RayBatch, TrainData
@@ -21,7 +22,8 @@ class AvatarModel(nn.Module):
         backend = cfg.backend
         aabb = head_box(data.template, cfg.head.box_padding, cfg.head.neck_extension)
         n_motion = data.basis.components.shape[0]
-        self.head = HeadField(cfg.head, aabb, n_motion, len(data.train_frames), mouth_region(data.template), backend)
+        self.head = HeadField(cfg.head, aabb, n_motion, len(data.train_frames), mouth_region(data.template), backend,
+                              eye_region(data.template))
         self.grid = OccupancyGrid(aabb, cfg.render.grid_resolution)
         self.torso = TorsoField(cfg.torso, backend=backend)
         self.background = Background(data.background)

@@ -37,7 +37,7 @@ from nerf_talk.train.model import AvatarModel, render_batch
 log = logging.getLogger("nerf_talk.train")
 AVATAR_KIND = "nerf_talk.avatar.fields"
 N_MOTION_PROBES = 8  # motions the occupancy grid tries in the mouth box (see Trainer.__init__)
-AVATAR_VERSION = 2  # 2: HeadField.mouth_mlp (motion-dependent mouth density)
+AVATAR_VERSION = 3  # 2: HeadField.mouth_mlp (motion-dependent mouth density); 3: HeadField.eye_box (eye code cut to it)
 
 
 class TrainingDiverged(UserError):
@@ -184,7 +184,7 @@ class Trainer:
                 self._update_grid()
             if stage.kind == "head":
                 batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, d.head_ray_fraction,
-                                              d.mouth_ray_fraction)
+                                              d.mouth_ray_fraction, d.eye_ray_fraction)
             else:
                 batch = self.data.sample_mouth_patches(self.gen, stage.patches_per_step, stage.patch_size)
             n = len(batch.frames)
