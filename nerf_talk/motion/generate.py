@@ -56,6 +56,21 @@ def replay_pose(poses: np.ndarray, n: int) -> np.ndarray:
     return poses[np.asarray(cycle)[np.arange(n) % len(cycle)]]
 
 
+def pick_segment(rng, cost: np.ndarray, src: np.ndarray, starts: np.ndarray, spread: np.ndarray,
+                 current: np.ndarray, prev_start: int | None, seg: int) -> int:
+    """The start frame of the next segment of the track: speech-activity mismatch `cost` [S] (one per start) and
+    the distance from the current pose, each scaled by its spread; never the stretch just used; a random pick among
+    the three best keeps long outputs varied."""
+    join = np.sum(((src[starts] - current) / spread) ** 2, 1) / 6.0
+    total = cost / (cost.std() + 1e-6) + 0.5 * join / (join.std() + 1e-6)
+    if prev_start is not None:
+        total[np.abs(starts - prev_start) < seg] = np.inf
+    if not np.isfinite(total).any():
+        total = np.zeros(len(starts))
+    best = np.argsort(total)[:3]
+    return int(starts[rng.choice(best[np.isfinite(total[best])])])
+
+
 def generate_pose(poses: np.ndarray, speech_src: np.ndarray, speech_new: np.ndarray, fps: float,
                   seed: int = 0) -> np.ndarray:
     """[M, 4, 4] camera-to-head poses for new audio with voice activity speech_new [M], from the person's track
@@ -78,14 +93,7 @@ def generate_pose(poses: np.ndarray, speech_src: np.ndarray, speech_new: np.ndar
     while pos < m:
         want = act_new[pos:pos + seg]
         cost = np.array([np.mean((act_src[s:s + len(want)] - want) ** 2) for s in starts])
-        join = np.sum(((src[starts] - current) / spread) ** 2, 1) / 6.0
-        total = cost / (cost.std() + 1e-6) + 0.5 * join / (join.std() + 1e-6)
-        if prev_start is not None:
-            total[np.abs(starts - prev_start) < seg] = np.inf  # not the same stretch again
-        if not np.isfinite(total).any():
-            total = np.zeros(len(starts))
-        best = np.argsort(total)[:3]  # a random pick among the three best keeps long outputs varied
-        s = int(starts[rng.choice(best[np.isfinite(total[best])])])
+        s = pick_segment(rng, cost, src, starts, spread, current, prev_start, seg)
         piece = src[s:s + seg].copy()  # [seg, 6]
         if pos > 0:
             # Start from where the head is, and let that offset fade over the segment, so that the head neither

@@ -339,12 +339,12 @@ class MotionStream:
             m = self.motion[self.out - self.motion_start: n_out - self.motion_start]
             sp = self.motion_speech[self.out - self.motion_start: n_out - self.motion_start] > 0.5
         else:
+            from nerf_talk.motion.predict import interp_frames
+
             t_out = (np.arange(self.out, n_out) + 0.5) / self.fps
             t_model = (np.arange(self.motion_start, have) + 0.5) / MODEL_FPS
-            flat = self.motion.reshape(len(self.motion), -1)
-            m = np.stack([np.interp(t_out, t_model, flat[:, j]) for j in range(flat.shape[1])], 1).reshape(
-                (len(t_out),) + self.motion.shape[1:]).astype(np.float32)
-            sp = np.interp(t_out, t_model, self.motion_speech) > 0.5
+            m = interp_frames(self.motion, t_model, t_out).astype(np.float32)
+            sp = interp_frames(self.motion_speech, t_model, t_out) > 0.5
         self.out = n_out
         # Keep the model frames the next output frame interpolates from.
         first_needed = max(self.motion_start, int(math.floor((self.out + 0.5) / self.fps * MODEL_FPS - 0.5)))
@@ -418,16 +418,12 @@ class PoseStream:
         self.prev_start = s
 
     def _extend(self) -> None:
+        from nerf_talk.motion.generate import pick_segment
+
         want = float(np.mean(self.recent)) if self.recent else 0.0
         current = self.plan[0]
-        cost = (self.seg_act - want) ** 2
-        join = np.sum(((self.src[self.starts] - current) / self.spread) ** 2, 1) / 6.0
-        total = cost / (cost.std() + 1e-6) + 0.5 * join / (join.std() + 1e-6)
-        total[np.abs(self.starts - self.prev_start) < self.seg] = np.inf  # not the same stretch again
-        if not np.isfinite(total).any():
-            total = np.zeros(len(self.starts))
-        best = np.argsort(total)[:3]
-        s = int(self.starts[self.rng.choice(best[np.isfinite(total[best])])])
+        s = pick_segment(self.rng, (self.seg_act - want) ** 2, self.src, self.starts, self.spread, current,
+                         self.prev_start, self.seg)
         piece = self.src[s:s + self.seg].copy()
         # From where the head is, the offset fading over the segment (no jump, no drift), then a raised-cosine
         # cross-fade over what is left of the current plan.
