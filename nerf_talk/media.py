@@ -191,6 +191,18 @@ def atomic_path(final: Path) -> Path:
     return Path(tmp)
 
 
+def write_atomic(path: Path, write) -> None:
+    """write(tmp) to a temporary path beside `path`, then move it into place: a reader never sees half a file, and a
+    failed write leaves no temporary behind."""
+    tmp = atomic_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = AUDIO_RATE) -> None:
     """Write float mono audio as 16-bit PCM wav, atomically."""
     path = Path(path)

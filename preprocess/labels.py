@@ -17,6 +17,7 @@ class Label(IntEnum):
 
 
 HEAD_LABELS = (Label.HAIR, Label.FACE, Label.BROWS, Label.EYES, Label.LIPS, Label.MOUTH, Label.TEETH)
+MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)  # where lower-face motion shows
 # Colours for visualising label maps (RGB), indexed by label value.
 PALETTE = [
     (0, 0, 0),

@@ -128,7 +128,7 @@ def test_mouth_rays_are_drawn_from_mouth_pixels(dataset):
 
 def test_eye_rays_are_drawn_around_the_eyes(dataset):
     from nerf_talk.config import DataConfig
-    from nerf_talk.train.data import TrainData, eye_region
+    from nerf_talk.train.data import TrainData, eye_pixels
 
     data = TrainData(dataset, DataConfig(scale=1.0), torch.device("cpu"))
     h, w = data.size
@@ -137,19 +137,19 @@ def test_eye_rays_are_drawn_around_the_eyes(dataset):
         gen = torch.Generator().manual_seed(0)
         b = data.sample_rays(gen, 2000, 20, 0.6, 0.1, frac)
         assert len(b.frames) == 2000 and b.head_mask.float().mean() >= 0.6  # the eye rays come out of the head's
-        near = [bool(eye_region(data.store.get(int(f))[1], 1)[int(p[1]) * w + int(p[0])])
+        near = [bool(eye_pixels(data.store.get(int(f))[1], 1)[int(p[1]) * w + int(p[0])])
                 for f, p in zip(b.frames, b.pixels)]
         shares[frac] = sum(near) / len(near)
     # A frame whose eyes are shut (no eye label at all; 4 of the 35) gives its eye rays to the head: >= 0.2, not 0.3.
     assert shares[0.0] < 0.1 and shares[0.3] >= 0.2, shares
 
 
-def test_eye_region_grows_the_eye_label():
-    from nerf_talk.train.data import eye_region
+def test_eye_pixels_grow_the_eye_label():
+    from nerf_talk.train.data import eye_pixels
     from preprocess.labels import Label
 
     lab = torch.zeros(9, 9, dtype=torch.uint8)
     lab[4, 4] = int(Label.EYES)
-    assert int(eye_region(lab, 0).sum()) == 1 and int(eye_region(lab, 2).sum()) == 25  # a closed eye's few pixels
-    assert not eye_region(torch.zeros(9, 9, dtype=torch.uint8), 2).any()  # (and the lids around them)
+    assert int(eye_pixels(lab, 0).sum()) == 1 and int(eye_pixels(lab, 2).sum()) == 25  # a closed eye's few pixels
+    assert not eye_pixels(torch.zeros(9, 9, dtype=torch.uint8), 2).any()  # (and the lids around them)
 

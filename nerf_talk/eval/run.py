@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import numpy as np
 from nerf_talk.errors import UserError
 from nerf_talk.eval import face as fc
 from nerf_talk.eval import metrics as mx
-from preprocess.labels import Label
+from nerf_talk.media import write_atomic
+from preprocess.labels import MOUTH_LABELS, Label
 
 log = logging.getLogger("nerf_talk.eval")
 
 FACE_LABELS = (Label.FACE, Label.BROWS, Label.EYES, Label.LIPS, Label.MOUTH, Label.TEETH)  # the face, no hair
-MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)
 MIN_HELDOUT = 3  # frames: temporal figures need triples
 MIN_CROSS_SECONDS = 2.0  # the sync figure high-passes at 1 s; shorter speech leaves nothing to correlate
 HEAD_ZONE_SCALE = 1.4  # the face mesh's hull, grown about its centre: forehead to crown, ears, chin to jaw shadow
@@ -210,18 +209,6 @@ def jsonable(o):
     return o
 
 
-def _write_atomic(path: Path, write) -> None:
-    from nerf_talk.media import atomic_path
-
-    tmp = atomic_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 # -- the entry ----------------------------------------------------------------------------------------------------
 def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, seed: int = 0,
                     progress: bool = True, video: bool = True, say=print) -> dict:
@@ -357,7 +344,7 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
     res["files"] = [p.name for p in files] + ["eval.json"]
     res["seconds"] = time.perf_counter() - t_start
     doc = json.dumps(jsonable(res), indent=1)
-    _write_atomic(out / "eval.json", lambda p: p.write_text(doc))
+    write_atomic(out / "eval.json", lambda p: p.write_text(doc))
     return jsonable(res)
 
 
@@ -381,7 +368,7 @@ def side_by_side(panels: list[np.ndarray], titles=PANEL_TITLES) -> np.ndarray:
 
 def write_side_by_side_png(path: Path, panels: list[np.ndarray]) -> Path:
     img = cv2.cvtColor(side_by_side(panels), cv2.COLOR_RGB2BGR)
-    _write_atomic(path, lambda p: cv2.imwrite(str(p), img))
+    write_atomic(path, lambda p: cv2.imwrite(str(p), img))
     return path
 
 
@@ -396,7 +383,7 @@ def write_plots(out: Path, res: dict, sigs: dict, val: list[int], ds) -> list[Pa
 
     def save(fig, name):
         path = out / name
-        _write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+        write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
         written.append(path)
 

@@ -15,9 +15,8 @@ from nerf_talk.config import DataConfig
 from nerf_talk.errors import UserError
 from nerf_talk.render.cameras import Intrinsics
 from preprocess.dataset import Dataset, frame_name
-from preprocess.labels import HEAD_LABELS, Label
+from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
 
-MOUTH_LABELS = (Label.LIPS, Label.MOUTH, Label.TEETH)
 # The eye rays are drawn around the eye label, grown by this share of the image height (2 px at 128 px): a closed eye
 # is parsed as skin except for a few pixels along the lash line, and the lids that cover it are what a blink changes.
 EYE_REGION_GROW = 0.015
@@ -32,7 +31,7 @@ def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label 
 HEAD_LUT, MOUTH_LUT = label_table(HEAD_LABELS), label_table(MOUTH_LABELS)
 
 
-def eye_region(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H*W] bool
+def eye_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H*W] bool
     """The eye label dilated by `grow` pixels (a square window), flattened row-major."""
     eye = (labels == int(Label.EYES)).float()[None, None]
     if grow > 0:
@@ -200,7 +199,7 @@ class TrainData:
             flat = [torch.randint(0, h * w, (n - n_head,), generator=gen)]
             labels = self.store.get(i)[1]
             lab = labels.reshape(-1).long()
-            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_region(labels, grow)))
+            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_pixels(labels, grow)))
             for fraction, region in regions:
                 k = min(int(round(n * fraction)), n_head)
                 idx = torch.nonzero(region()).reshape(-1) if k else lab[:0]  # the mask only when rays go there
