@@ -26,9 +26,11 @@ cudaError_t hash_encode_backward(const float* x, const TT* table, const float* g
 cudaError_t march_count(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
                         const float* near, const float* far, int64_t n_rays, int64_t* counts, cudaStream_t stream);
 
+// Writes each ray's samples at offsets[r], at most counts[r] of them (the count pass's result).
 cudaError_t march_write(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
-                        const float* near, const float* far, int64_t n_rays, const int64_t* offsets, float* t_starts,
-                        float* t_ends, int64_t* ray_indices, cudaStream_t stream);
+                        const float* near, const float* far, int64_t n_rays, const int64_t* counts,
+                        const int64_t* offsets, float* t_starts, float* t_ends, int64_t* ray_indices,
+                        cudaStream_t stream);
 
 cudaError_t pack_bitfield(const float* density, int64_t n_cells, float threshold, uint8_t* bits, cudaStream_t stream);
 

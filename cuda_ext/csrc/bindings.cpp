@@ -271,8 +271,9 @@ std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const
   if (total > 0) {
     NT_CHECK_LAUNCH(nt::cuda::march_write(p, bits.data_ptr<uint8_t>(), rays_o.data_ptr<float>(),
                                           rays_d.data_ptr<float>(), near.data_ptr<float>(), far.data_ptr<float>(), R,
-                                          offsets.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
-                                          t_ends.data_ptr<float>(), ray_indices.data_ptr<int64_t>(), stream));
+                                          counts.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+                                          t_starts.data_ptr<float>(), t_ends.data_ptr<float>(),
+                                          ray_indices.data_ptr<int64_t>(), stream));
   }
 #else
   allocate(0);

@@ -6,21 +6,32 @@ namespace nt {
 namespace cuda {
 namespace {
 
-__global__ void march_kernel(const MarchParams p, const uint8_t* __restrict__ bits, const float* __restrict__ rays_o,
-                             const float* __restrict__ rays_d, const float* __restrict__ near,
-                             const float* __restrict__ far, int64_t n_rays, int64_t* __restrict__ counts,
-                             const int64_t* __restrict__ offsets, float* __restrict__ t_starts,
-                             float* __restrict__ t_ends, int64_t* __restrict__ ray_indices) {
+// Count pass: counts[r] = the number of samples of ray r (at most p.max_samples).
+__global__ void march_count_kernel(const MarchParams p, const uint8_t* __restrict__ bits,
+                                   const float* __restrict__ rays_o, const float* __restrict__ rays_d,
+                                   const float* __restrict__ near, const float* __restrict__ far, int64_t n_rays,
+                                   int64_t* __restrict__ counts) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n_rays) return;
   const float o[3] = {rays_o[3 * r], rays_o[3 * r + 1], rays_o[3 * r + 2]};
   const float d[3] = {rays_d[3 * r], rays_d[3 * r + 1], rays_d[3 * r + 2]};
-  if (offsets == nullptr) {
-    counts[r] = march_ray(p, bits, o, d, near[r], far[r], r, nullptr, nullptr, nullptr);
-  } else {
-    const int64_t off = offsets[r];
-    march_ray(p, bits, o, d, near[r], far[r], r, t_starts + off, t_ends + off, ray_indices + off);
-  }
+  counts[r] = march_ray(p, bits, o, d, near[r], far[r], p.max_samples, r, nullptr, nullptr, nullptr);
+}
+
+// Write pass: ray r's samples at offsets[r]. It stops at the count pass's count, so it never writes past the space
+// the prefix sum gave the ray.
+__global__ void march_write_kernel(const MarchParams p, const uint8_t* __restrict__ bits,
+                                   const float* __restrict__ rays_o, const float* __restrict__ rays_d,
+                                   const float* __restrict__ near, const float* __restrict__ far, int64_t n_rays,
+                                   const int64_t* __restrict__ counts, const int64_t* __restrict__ offsets,
+                                   float* __restrict__ t_starts, float* __restrict__ t_ends,
+                                   int64_t* __restrict__ ray_indices) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n_rays || counts[r] == 0) return;
+  const float o[3] = {rays_o[3 * r], rays_o[3 * r + 1], rays_o[3 * r + 2]};
+  const float d[3] = {rays_d[3 * r], rays_d[3 * r + 1], rays_d[3 * r + 2]};
+  const int64_t off = offsets[r];
+  march_ray(p, bits, o, d, near[r], far[r], counts[r], r, t_starts + off, t_ends + off, ray_indices + off);
 }
 
 __global__ void pack_bitfield_kernel(const float* __restrict__ density, int64_t n_cells, float threshold,
@@ -35,17 +46,17 @@ __global__ void pack_bitfield_kernel(const float* __restrict__ density, int64_t 
 cudaError_t march_count(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
                         const float* near, const float* far, int64_t n_rays, int64_t* counts, cudaStream_t stream) {
   if (n_rays == 0) return cudaSuccess;
-  march_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(p, bits, rays_o, rays_d, near, far, n_rays, counts, nullptr,
-                                                          nullptr, nullptr, nullptr);
+  march_count_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(p, bits, rays_o, rays_d, near, far, n_rays, counts);
   return launch_status();
 }
 
 cudaError_t march_write(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d,
-                        const float* near, const float* far, int64_t n_rays, const int64_t* offsets, float* t_starts,
-                        float* t_ends, int64_t* ray_indices, cudaStream_t stream) {
+                        const float* near, const float* far, int64_t n_rays, const int64_t* counts,
+                        const int64_t* offsets, float* t_starts, float* t_ends, int64_t* ray_indices,
+                        cudaStream_t stream) {
   if (n_rays == 0) return cudaSuccess;
-  march_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(p, bits, rays_o, rays_d, near, far, n_rays, nullptr,
-                                                          offsets, t_starts, t_ends, ray_indices);
+  march_write_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(p, bits, rays_o, rays_d, near, far, n_rays, counts,
+                                                                offsets, t_starts, t_ends, ray_indices);
   return launch_status();
 }
 

@@ -50,7 +50,7 @@ void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const
       }
       float* ts = starts[c].reserve_tail(bound);
       float* te = ends[c].reserve_tail(bound);
-      const int64_t n = bound > 0 ? march_ray(p, bits, o, d, near[r], far[r], r, ts, te, nullptr) : 0;
+      const int64_t n = bound > 0 ? march_ray(p, bits, o, d, near[r], far[r], p.max_samples, r, ts, te, nullptr) : 0;
       starts[c].size += n;
       ends[c].size += n;
       counts[r] = n;

@@ -180,3 +180,28 @@ def test_update_carves_empty_space_and_decays():
     torch.testing.assert_close(grid.density, before * 0.5)
     with pytest.raises(ValueError, match="one density per point"):
         grid.update(lambda x: torch.zeros(3), step=0)
+
+
+def test_rays_almost_parallel_to_a_face_keep_every_sample():
+    """Rays whose direction is almost parallel to a y face and that run within 1e-6 of a cell boundary there, across
+    empty cells several steps long (so marching jumps over them). The rounded exit distance of such a cell is off by
+    (position rounding) / d_y, many steps: the kernel must still keep exactly the samples of stepping one at a time."""
+    aabb = [-1.3, -0.4, -0.5, -0.2, 1.1, 0.9]  # extents that are not powers of two: cell faces round
+    res = (11, 7, 13)
+    grid = OccupancyGrid(aabb, res)
+    g = torch.Generator().manual_seed(1)
+    grid.set_density(torch.rand(grid.n_cells, generator=g), 0.5)
+    step = 0.02
+    assert min((aabb[a + 3] - aabb[a]) / res[a] for a in range(3)) >= 3 * step  # empty cells are jumped over
+    n = 2000
+    lo, hi = torch.tensor(aabb[:3]), torch.tensor(aabb[3:])
+    o = lo + torch.rand(n, 3, generator=g) * (hi - lo)
+    boundary = torch.randint(1, res[1], (n,), generator=g).float()
+    o[:, 1] = aabb[1] + boundary * (aabb[4] - aabb[1]) / res[1] + (torch.rand(n, generator=g) - 0.5) * 1e-6
+    d = torch.randn(n, 3, generator=g)
+    d[:, 1] = (torch.rand(n, generator=g) - 0.5) * 1e-5
+    o = o - 5 * d  # start outside the box
+    ours = march_rays(o, d, grid, step_size=step, backend="cpu")
+    ref = march_rays(o, d, grid, step_size=step, backend="torch")
+    assert ref.t_starts.numel() > 10000
+    _assert_same(ours, ref)
