@@ -8,7 +8,7 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 ``torch``.
 """
 
-from ._backend import BACKENDS, BuildError, available, get_backend, set_backend
+from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
 from .composite import composite, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
@@ -21,7 +21,9 @@ __all__ = [
     "OccupancyGrid",
     "RaySamples",
     "available",
+    "build_error",
     "composite",
+    "find_cuda_home",
     "get_backend",
     "hash_encode",
     "march_rays",

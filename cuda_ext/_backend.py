@@ -8,13 +8,18 @@ Nothing is compiled at import: the first op that needs an extension builds it wi
 (``torch.utils.cpp_extension.load``) into ``$NERF_TALK_CACHE/cuda_ext/<kind>-<hash>`` (default
 ``~/.cache/nerf_talk/cuda_ext/...``), the hash covering the sources, the flags and the torch version, so a build is
 reused until one of them changes. Concurrent builders are serialised by torch's lock file in that directory.
+
+The CUDA build uses the toolkit that ``find_cuda_home`` finds, not torch's guess (which takes the parent of whatever
+``nvcc`` is on PATH, wrong when that is a wrapper script or a symlink farm such as /usr/local/bin).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 import sys
 import threading
 import warnings
@@ -83,6 +88,52 @@ def build_dir(kind: str) -> Path:
     return cache_root() / f"{kind}-{source_hash(kind)}"
 
 
+def _is_toolkit(root: Path) -> bool:
+    return (root / "bin" / "nvcc").is_file() and (root / "include" / "cuda_runtime_api.h").is_file()
+
+
+def _toolkit_of_nvcc(nvcc: str) -> Path | None:
+    """The toolkit an `nvcc` command belongs to, through symlinks, and through wrapper scripts by asking nvcc itself
+    (its dry run prints the directory it runs from as ``_HERE_``)."""
+    root = Path(nvcc).resolve().parent.parent
+    if _is_toolkit(root):
+        return root
+    try:
+        run = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (run.stdout + run.stderr).splitlines():
+        m = re.match(r"#\$ _HERE_=(.+)", line.strip())
+        if m and _is_toolkit(Path(m.group(1)).resolve().parent):
+            return Path(m.group(1)).resolve().parent
+    return None
+
+
+def find_cuda_home() -> Path:
+    """The CUDA toolkit to build with (a directory with bin/nvcc and include/cuda_runtime_api.h): $CUDA_HOME or
+    $CUDA_PATH when set, else the toolkit of the `nvcc` on PATH (see _toolkit_of_nvcc), else /usr/local/cuda, else the
+    newest /usr/local/cuda-X.Y. Raises BuildError, one line naming what to set, when there is none."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        value = os.environ.get(var)
+        if value:
+            if _is_toolkit(Path(value)):
+                return Path(value)
+            raise BuildError(f"{var}={value} is not a CUDA toolkit (no bin/nvcc or include/cuda_runtime_api.h there): "
+                             f"set {var} to the toolkit's root, e.g. /usr/local/cuda")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        root = _toolkit_of_nvcc(nvcc)
+        if root is not None:
+            return root
+    version = lambda p: tuple(int(n) for n in re.findall(r"\d+", p.name))  # noqa: E731
+    for root in [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"), key=version, reverse=True)]:
+        if _is_toolkit(root):
+            return root.resolve()
+    raise BuildError(f"no CUDA toolkit found (nvcc on PATH: {nvcc or 'none'}; none in /usr/local/cuda*): set CUDA_HOME "
+                     "to the toolkit's root, the directory holding bin/nvcc and include/cuda_runtime_api.h")
+
+
 def _check_toolchain(kind: str) -> None:
     from torch.utils import cpp_extension
 
@@ -97,10 +148,15 @@ def _check_toolchain(kind: str) -> None:
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise BuildError(f"the CUDA backend needs a CUDA device and a CUDA build of torch (torch {torch.__version__})")
-        home = cpp_extension.CUDA_HOME
-        nvcc = Path(home) / "bin" / "nvcc" if home else None
-        if nvcc is None or not nvcc.exists():
-            raise BuildError(f"nvcc not found (CUDA_HOME={home!r}); set CUDA_HOME to the CUDA toolkit")
+        # torch's build reads its module-level guess; give it the toolkit found here
+        cpp_extension.CUDA_HOME = str(find_cuda_home())
+
+
+def _summary(error: Exception) -> str:
+    """A failed build's message cut to its first line and its first compiler errors (the full log: verbose=True)."""
+    lines = str(error).splitlines()
+    errors = [line.strip() for line in lines[1:] if "error" in line.lower()][:3]
+    return " | ".join([f"{type(error).__name__}: {lines[0] if lines else ''}", *errors])
 
 
 def load(kind: str, verbose: bool = False) -> ModuleType:
@@ -135,19 +191,24 @@ def load(kind: str, verbose: bool = False) -> ModuleType:
             _errors[kind] = str(e)
             raise
         except Exception as e:  # compiler or loader errors come in many types; report them as one
-            _errors[kind] = f"building the {kind} extension in {build_dir(kind)} failed: {type(e).__name__}: {e}"
+            _errors[kind] = f"building the {kind} extension in {build_dir(kind)} failed: {_summary(e)}"
             raise BuildError(_errors[kind]) from e
         _modules[kind] = module
         return module
 
 
-def available(kind: str) -> bool:
-    """Whether the compiled backend `kind` can be loaded (builds it if needed)."""
+def build_error(kind: str) -> str | None:
+    """None when the compiled backend `kind` loads (building it if needed), else why it cannot."""
     try:
         load(kind)
-        return True
-    except BuildError:
-        return False
+        return None
+    except BuildError as e:
+        return str(e)
+
+
+def available(kind: str) -> bool:
+    """Whether the compiled backend `kind` can be loaded (builds it if needed)."""
+    return build_error(kind) is None
 
 
 def resolve(backend: str | None, device: torch.device) -> str:
@@ -165,7 +226,13 @@ def resolve(backend: str | None, device: torch.device) -> str:
         except BuildError as e:
             if kind not in _warned:
                 _warned.add(kind)
-                warnings.warn(f"cuda_ext: falling back to the torch reference ({e})", RuntimeWarning, stacklevel=3)
+                if kind == "cuda":  # a GPU left to the reference runs many times slower: say so in full
+                    message = (f"cuda_ext: falling back to the torch reference ON THE GPU, many times slower, because "
+                               f"the CUDA kernels cannot be built: {e}. Fix the build, or pass backend='torch' to "
+                               "choose the reference knowingly.")
+                else:
+                    message = f"cuda_ext: falling back to the torch reference ({e})"
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
             return "torch"
     if name != kind:
         raise ValueError(f"backend {name!r} cannot run tensors on {device}; move them or use backend='auto'")

@@ -172,6 +172,27 @@ def fit_phases(recipe: str | os.PathLike | None) -> list[tuple[str, Path]]:
     return [("train", RECIPES / "smoke_cpu.toml")]
 
 
+def require_gpu_kernels(phases: list[tuple[str, Path]], overrides: list[str] | None = None) -> None:
+    """Refuses to train on a GPU through the pure-PyTorch reference kernels by accident (many times slower): when a
+    phase would train on CUDA with backend "auto" and our CUDA kernels cannot be built, raises UserError with the
+    build error and the way out. A recipe or --set that names the backend (backend=torch) is obeyed as asked."""
+    if not torch.cuda.is_available():
+        return
+    import cuda_ext
+    from nerf_talk.config import load_config
+
+    for name, path in phases:
+        cfg = load_config(path, overrides)
+        if cfg.device == "cpu" or cfg.backend != "auto":
+            continue
+        error = cuda_ext.build_error("cuda")
+        if error is not None:
+            raise UserError(f"training '{name}' would run on the GPU through the slow torch reference, because the "
+                            f"CUDA kernels cannot be built: {error}",
+                            "fix that (docs/cuda_ext.md, Build), or pass --set backend=torch to train on the "
+                            "reference anyway.")
+
+
 def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | os.PathLike | None = None,
         overrides: list[str] | None = None, audio: str | os.PathLike | None = None, motion_model=None,
         dataset: str | os.PathLike | None = None, preprocess_config=None, say=print) -> Path:
@@ -186,6 +207,8 @@ def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | o
     out = Path(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    phases = fit_phases(recipe)
+    require_gpu_kernels(phases, overrides)
     if dataset is None:
         from preprocess import pipeline
         from preprocess.config import PreprocessConfig
@@ -195,7 +218,6 @@ def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | o
         cfg = preprocess_config or PreprocessConfig(audio=str(audio) if audio else None)
         say(f"[fit] preprocessing {video} into {work / 'dataset'}")
         dataset = pipeline.run(video, work / "dataset", cfg).root
-    phases = fit_phases(recipe)
     prev = None
     for name, path in phases:
         run_dir = work / name

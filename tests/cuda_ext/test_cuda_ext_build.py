@@ -17,14 +17,11 @@ CSRC = _backend.CSRC
 
 
 def _nvcc() -> str | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    if CUDA_HOME and (Path(CUDA_HOME) / "bin" / "nvcc").exists():
-        return str(Path(CUDA_HOME) / "bin" / "nvcc")
-    return None
+    """The toolkit's own nvcc, found as the CUDA build finds it (through wrapper scripts and symlinks)."""
+    try:
+        return str(_backend.find_cuda_home() / "bin" / "nvcc")
+    except cuda_ext.BuildError:
+        return None
 
 
 def test_kernel_sources_are_torch_free():
@@ -46,7 +43,8 @@ def test_cpu_kernels_compile_without_torch(tmp_path):
         assert r.returncode == 0, f"{name}:\n{r.stderr}"
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (PATH or CUDA_HOME): CUDA sources not compile-checked")
+@pytest.mark.skipif(_nvcc() is None, reason="no CUDA toolkit (CUDA_HOME, nvcc, /usr/local/cuda*): CUDA sources not "
+                    "compile-checked")
 def test_cuda_sources_compile_with_nvcc(tmp_path):
     """nvcc -c on every .cu (torch-free), for sm_80 and sm_90, in parallel; plus the CUDA branch of bindings.cpp."""
     nvcc = _nvcc()
@@ -62,9 +60,9 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     # The binding's CUDA branch needs torch's c10/cuda headers and the CUDA runtime headers: syntax-check it.
     from torch.utils.cpp_extension import include_paths
 
-    cuda_include = Path(nvcc).resolve().parent.parent / "include"
+    cuda_include = Path(nvcc).parent.parent / "include"  # find_cuda_home checked cuda_runtime_api.h is there
     cxx = os.environ.get("CXX", "c++")
-    if (cuda_include / "cuda_runtime_api.h").exists() and shutil.which(cxx):
+    if shutil.which(cxx):
         shim = tmp_path / "shim"
         macros = Path(include_paths()[0]) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
         if not macros.exists():  # a CPU build of torch does not ship it; it only carries build options
@@ -146,3 +144,75 @@ def test_backend_switch(monkeypatch):
     assert _backend.resolve("torch", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="cannot run tensors on cpu"):
         _backend.resolve("cuda", torch.device("cpu"))
+
+
+def _fake_toolkit(root: Path) -> Path:
+    """A toolkit whose nvcc answers a dry run the way nvcc does (``#$ _HERE_=<its bin>``), and a wrapper script
+    elsewhere that execs it: torch would take the wrapper's parent as CUDA home."""
+    toolkit = root / "cuda-99.1"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "include").mkdir()
+    (toolkit / "include" / "cuda_runtime_api.h").write_text("")
+    (toolkit / "bin" / "nvcc").write_text(f'#!/bin/sh\necho "#$ _HERE_={toolkit / "bin"}" >&2\n')
+    wrapper = root / "wrap" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {toolkit / "bin" / "nvcc"} "$@"\n')
+    for f in (toolkit / "bin" / "nvcc", wrapper):
+        f.chmod(0o755)
+    return toolkit
+
+
+def test_cuda_home_is_found_through_a_wrapper_script(monkeypatch, tmp_path):
+    toolkit = _fake_toolkit(tmp_path)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'wrap' / 'bin'}:/usr/bin:/bin")
+    assert _backend.find_cuda_home() == toolkit.resolve()
+    # through a symlink too
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "nvcc").symlink_to(toolkit / "bin" / "nvcc")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'link'}:/usr/bin:/bin")
+    assert _backend.find_cuda_home() == toolkit.resolve()
+    # CUDA_HOME wins, and a wrong one is one clear line naming it
+    monkeypatch.setenv("CUDA_HOME", str(toolkit))
+    assert _backend.find_cuda_home() == toolkit
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "wrap"))
+    with pytest.raises(cuda_ext.BuildError, match=r"^CUDA_HOME=.*wrap is not a CUDA toolkit .*set CUDA_HOME to the "
+                       r"toolkit's root[^\n]*$"):
+        _backend.find_cuda_home()
+
+
+def test_no_toolkit_names_what_to_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_backend, "_is_toolkit", lambda root: False)
+    with pytest.raises(cuda_ext.BuildError, match=r"^no CUDA toolkit found .*set CUDA_HOME to the toolkit's root"):
+        _backend.find_cuda_home()
+
+
+def test_falling_back_on_a_cuda_device_is_loud(monkeypatch):
+    monkeypatch.setattr(_backend, "_modules", {})
+    monkeypatch.setattr(_backend, "_errors", {"cuda": "nvcc failed: cuda_runtime_api.h: No such file"})
+    monkeypatch.setattr(_backend, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=r"ON THE GPU, many times slower.*cuda_runtime_api.h: No such file.*"
+                      r"backend='torch'"):
+        assert _backend.resolve("auto", torch.device("cuda")) == "torch"
+    assert cuda_ext.build_error("cuda").startswith("nvcc failed")
+
+
+def test_fit_refuses_a_gpu_recipe_on_the_reference_unless_asked(monkeypatch, tmp_path):
+    from nerf_talk import api
+    from nerf_talk.errors import UserError
+
+    monkeypatch.setattr(_backend, "_errors", {"cuda": "nvcc failed: cuda_runtime_api.h: No such file"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    phases = api.fit_phases(None)
+    assert [name for name, _ in phases] == ["head", "torso"]
+    # before preprocessing: the video is never opened
+    with pytest.raises(UserError, match=r"training 'head' would run on the GPU through the slow torch reference.*"
+                       r"cuda_runtime_api.h") as e:
+        api.fit(tmp_path / "missing.mp4", tmp_path / "me.avatar")
+    assert "--set backend=torch" in e.value.hint
+    api.require_gpu_kernels(phases, ["backend=torch"])  # asked for: allowed
+    api.require_gpu_kernels(phases, ["device=cpu"])  # not on the GPU: nothing to refuse
