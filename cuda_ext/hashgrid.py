@@ -94,22 +94,23 @@ class HashGridConfig:
 
 class _HashEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, params, backend):  # x [N, D], table [L, T, F]
+    def forward(ctx, x, table, params, backend, lookup_dtype):  # x [N, D], table [L, T, F]
         ext = _backend.module_for(backend)
-        out = ext.hash_encode_forward(x, table, *params)
-        ctx.save_for_backward(x, table)
+        lookup = table if lookup_dtype in (None, table.dtype) else table.to(lookup_dtype)
+        out = ext.hash_encode_forward(x, lookup, *params)
+        ctx.save_for_backward(x, lookup)
         ctx.params, ctx.backend = params, backend
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, table = ctx.saved_tensors
+        x, lookup = ctx.saved_tensors
         ext = _backend.module_for(ctx.backend)
         grad_table, grad_x = ext.hash_encode_backward(
-            grad_out.contiguous(), x, table, *ctx.params, ctx.needs_input_grad[1], ctx.needs_input_grad[0]
+            grad_out.contiguous(), x, lookup, *ctx.params, ctx.needs_input_grad[1], ctx.needs_input_grad[0]
         )
-        return grad_x, grad_table, None, None
+        return grad_x, grad_table, None, None, None
 
 
 def hash_encode(
@@ -117,11 +118,15 @@ def hash_encode(
     table: torch.Tensor,  # [L, T, F] or flat [L * T * F]
     cfg: HashGridConfig,
     backend: str | None = None,
+    table_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:  # [..., L * F]
     """Encodes points with the hash grid `table`; differentiable w.r.t. `table` and `x`.
 
-    On CUDA, `table` may be float16 (gradients are accumulated in float32 and returned in float16); the output and
-    `x` are float32 there. On the CPU, `x` is cast to the table's dtype (float32 or float64).
+    On CUDA the output and `x` are float32, and the table is read as float16 when it is float16 or when
+    `table_dtype=torch.float16` (half the table's read traffic). The kernels accumulate its gradient in float32 and
+    return it in float32: keep a float32 table and pass table_dtype=torch.float16 to train with float32 gradients
+    (autograd casts the gradient of a float16 table to float16). Elsewhere `table_dtype` is ignored; on the CPU `x` is
+    cast to the table's dtype (float32 or float64).
     """
     if x.shape[-1] != cfg.dims:
         raise ValueError(f"x must have shape [..., {cfg.dims}], got {list(x.shape)}")
@@ -145,7 +150,8 @@ def hash_encode(
             raise ValueError(f"the cpu backend needs a float32 or float64 table, got {table3.dtype}")
         else:
             x2 = x2.to(table3.dtype)
-        out = _HashEncode.apply(x2.contiguous(), table3.contiguous(), (scales, resolutions, dense), name)
+        out = _HashEncode.apply(x2.contiguous(), table3.contiguous(), (scales, resolutions, dense), name,
+                                table_dtype if name == "cuda" else None)
     return out.reshape(*lead, cfg.out_dim)
 
 
@@ -154,6 +160,8 @@ class HashGrid(torch.nn.Module):
 
     backend: "auto" | "cuda" | "cpu" | "torch" (None: the process default), or "tcnn" to use tiny-cuda-nn's
     encoding on CUDA when it is installed (its own parameter layout; same config).
+    dtype: float16 keeps the table in float32 (the parameter the optimizer steps, with float32 gradients) and reads it
+    as float16 on CUDA; float32 and float64 are the table's own dtype.
     """
 
     def __init__(self, cfg: HashGridConfig, dtype: torch.dtype = torch.float32, backend: str | None = None,
@@ -162,6 +170,7 @@ class HashGrid(torch.nn.Module):
         self.cfg = cfg
         self.backend = backend
         self._tcnn = None
+        self.lookup_dtype = None
         if backend == "tcnn":
             try:
                 import tinycudann as tcnn
@@ -180,13 +189,15 @@ class HashGrid(torch.nn.Module):
                 dtype=dtype,
             )
         else:
-            self.table = torch.nn.Parameter(cfg.init_table(dtype=dtype, device=device))
+            self.lookup_dtype = dtype if dtype == torch.float16 else None
+            self.table = torch.nn.Parameter(cfg.init_table(dtype=torch.float32 if self.lookup_dtype else dtype,
+                                                           device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._tcnn is not None:
             lead = x.shape[:-1]
             return self._tcnn(x.reshape(-1, self.cfg.dims)).float().reshape(*lead, self.cfg.out_dim)
-        return hash_encode(x, self.table, self.cfg, backend=self.backend)
+        return hash_encode(x, self.table, self.cfg, backend=self.backend, table_dtype=self.lookup_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.cfg}, backend={self.backend}"

@@ -134,7 +134,8 @@ Tensor hash_encode_forward(const Tensor& x, const Tensor& table, const std::vect
   return out;
 }
 
-// Returns (grad_table or None, grad_x or None). grad_table has the table's dtype.
+// Returns (grad_table or None, grad_x or None). grad_table has the table's dtype on the CPU; on CUDA it is float32
+// for fp16 tables too (accumulated in float32: casting it to fp16 would round small gradients away).
 std::vector<Tensor> hash_encode_backward(const Tensor& grad_out, const Tensor& x, const Tensor& table,
                                          const std::vector<double>& scales, const std::vector<int64_t>& resolutions,
                                          const std::vector<bool>& dense, bool need_table, bool need_x) {
@@ -168,7 +169,6 @@ std::vector<Tensor> hash_encode_backward(const Tensor& grad_out, const Tensor& x
     }
     NT_CHECK_LAUNCH(err);
   }
-  if (need_table && table.scalar_type() != at::kFloat) grad_table = grad_table.to(table.scalar_type());
 #else
   NT_CHECK_DTYPE(table, "table", x.scalar_type());
   if (need_table) grad_table = at::zeros_like(table);
