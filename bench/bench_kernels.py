@@ -12,15 +12,23 @@ subset (--ref-points, --ref-rays) and its rate is reported per point / per ray.
   python bench/bench_kernels.py               # full size, every available backend
   python bench/bench_kernels.py --quick       # small sizes, a few seconds
   python bench/bench_kernels.py --json out.json --plot out.png
+  python bench/bench_kernels.py --baseline 0fd0cc9   # also the kernels as they were at a git commit, same run
+
+With --baseline REF the kernels of commit REF (cuda_ext/csrc only: the Python side is today's) are built beside ours
+and the compiled backends run twice, "REF" then "ours", back to back, with the speed-up printed; on a CPU-only
+machine the CUDA comparison cannot run and the script says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +38,45 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cuda_ext  # noqa: E402
-from cuda_ext import HashGridConfig, OccupancyGrid, composite, hash_encode, march_rays  # noqa: E402
+from cuda_ext import HashGridConfig, OccupancyGrid, _backend, composite, hash_encode, march_rays  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_baseline(ref: str, kind: str):
+    """The compiled extension `kind` built from cuda_ext/csrc as it was at git commit `ref`, in its own cache dir."""
+    from torch.utils.cpp_extension import load
+
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    names = subprocess.run(["git", "ls-tree", "--name-only", sha, "cuda_ext/csrc/"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    digest = hashlib.sha256(repr((sha, kind, torch.__version__)).encode()).hexdigest()[:12]
+    src = _backend.cache_root() / f"baseline-src-{sha[:12]}"
+    src.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        blob = subprocess.run(["git", "show", f"{sha}:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
+        (src / Path(name).name).write_bytes(blob)
+    build = _backend.cache_root() / f"baseline-{kind}-{digest}"
+    build.mkdir(parents=True, exist_ok=True)
+    if kind == "cpu":
+        flags = dict(extra_cflags=list(_backend.CPU_CFLAGS), extra_ldflags=list(_backend.CPU_LDFLAGS))
+    else:
+        _backend.load("cuda")  # sets the toolkit for the build
+        flags = dict(extra_cflags=list(_backend.CUDA_CFLAGS), extra_cuda_cflags=list(_backend.CUDA_NVCC_FLAGS))
+    return load(name=f"nerf_talk_baseline_{kind}_{digest[:8]}", sources=[str(src / s) for s in _backend.SOURCES[kind]],
+                extra_include_paths=[str(src)], build_directory=str(build), **flags)
+
+
+@contextlib.contextmanager
+def kernels(kind: str, module):
+    """Runs backend `kind` on `module` (a baseline build) inside the block; ours again after it."""
+    ours = _backend.load(kind)
+    _backend._modules[kind] = module
+    try:
+        yield
+    finally:
+        _backend._modules[kind] = ours
 
 
 def sync(device: torch.device) -> None:
@@ -72,11 +118,16 @@ def bench_encoding(backend: str, device: torch.device, cfg: HashGridConfig, n_po
     table = cfg.init_table(dtype=table_dtype, device=device).requires_grad_()
     grad_out = torch.randn(n_points, cfg.out_dim, generator=g).to(device)
 
+    def forward():
+        with torch.no_grad():
+            hash_encode(x, table, cfg, backend=backend)
+
     def step():
         table.grad = None
         out = hash_encode(x, table, cfg, backend=backend)
         out.backward(grad_out)
 
+    t_fwd = timeit(forward, device, repeats)
     t = timeit(step, device, repeats)
     table_bytes = table.numel() * table.element_size()
     # compulsory traffic: forward reads x and the table, writes out; backward reads x and grad_out, zeroes and
@@ -86,8 +137,8 @@ def bench_encoding(backend: str, device: torch.device, cfg: HashGridConfig, n_po
     if table_dtype != torch.float32:
         bwd += table.numel() * 4 + table_bytes
     return {"kernel": "encoding", "backend": backend, "device": str(device), "points": n_points,
-            "table_dtype": str(table_dtype).replace("torch.", ""), "seconds": t, "rate": n_points / t,
-            "unit": "points/s", "bytes": fwd + bwd}
+            "table_dtype": str(table_dtype).replace("torch.", ""), "seconds": t, "forward_s": t_fwd,
+            "rate": n_points / t, "unit": "points/s", "bytes": fwd + bwd}
 
 
 def bench_tcnn_encoding(cfg: HashGridConfig, n_points: int, repeats: int) -> dict | None:
@@ -205,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="torch,cpu,cuda,tcnn")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--plot", type=Path, default=None, help="write a bar chart here (needs matplotlib)")
+    p.add_argument("--baseline", default=None, metavar="REF",
+                   help="also time the compiled kernels of git commit REF, back to back with ours")
     args = p.parse_args(argv)
     if args.quick:
         args.points, args.rays, args.log2_table = 2**15, 2**14, 16
@@ -228,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     def report(r, floor_bw=None):
         line = (f"{r['kernel']:16s} {r['backend']:6s} {r['device']:6s} {r.get('table_dtype', ''):8s} "
                 f"{fmt_rate(r['rate'])} {r['unit']:9s} ({r['seconds'] * 1e3:9.2f} ms per batch")
+        if "forward_s" in r:
+            line += f", forward {r['forward_s'] * 1e3:.2f} ms"
         if "samples" in r:
             line += (f", march {r['march_s'] * 1e3:.2f} + composite {r['composite_s'] * 1e3:.2f} ms, {r['samples']} "
                      f"samples, {r['samples_per_ray']:.1f}/ray")
@@ -235,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if floor_bw and "bytes" in r:
             r["floor_s"] = r["bytes"] / floor_bw
             line += f" | bandwidth floor {r['floor_s'] * 1e3:.3f} ms, at {100 * r['floor_s'] / r['seconds']:.1f}%"
+        if "version" in r:
+            line = f"{r['version']:>10s}  " + line
         print(line, flush=True)
         results.append(r)
 
@@ -283,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             scene_gpu = make_scene(args.rays, args.grid_res, gpu)
             report(bench_render("cuda", *scene_gpu, args.step, gpu_repeats, 1e-4), bw)
 
+    if args.baseline:
+        before_after(args, backends, cfg, scene_cpu, gpu, cpu_repeats, gpu_repeats, report, results, bw)
+
     print("# speed-ups of the C++ CPU backend over the torch reference "
           f"(CPU threads {threads}, per point / per ray):")
     for name, table in (("encoding", enc), ("march+composite", ren)):
@@ -298,6 +358,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(results, args.plot)
     return 0
+
+
+def before_after(args, backends, cfg, scene_cpu, gpu, cpu_repeats, gpu_repeats, report, results, bw) -> None:
+    """The compiled backends with the kernels of commit args.baseline, then with ours, twice in turn; best of each."""
+    kinds = [k for k in ("cpu", "cuda") if k in backends]
+    if "cuda" in kinds and gpu is None:
+        print("# no CUDA device: the GPU before/after cannot be measured here (run scripts/gpu_check.sh on one)")
+        kinds.remove("cuda")
+    for kind in kinds:
+        device = torch.device("cpu") if kind == "cpu" else gpu
+        repeats = cpu_repeats if kind == "cpu" else gpu_repeats
+        scene = scene_cpu if kind == "cpu" else make_scene(args.rays, args.grid_res, gpu)
+        base = load_baseline(args.baseline, kind)
+        print(f"# before/after ({kind}): kernels of {args.baseline} vs ours, alternating, best of 2 rounds each")
+        best: dict[tuple[str, str], dict] = {}
+        for _ in range(2):
+            for version, ctx in ((args.baseline, kernels(kind, base)), ("ours", contextlib.nullcontext())):
+                with ctx:
+                    for r in (bench_encoding(kind, device, cfg, args.points, repeats),
+                              bench_render(kind, *scene, args.step, repeats, 1e-4)):
+                        key = (version, r["kernel"])
+                        if key not in best or r["seconds"] < best[key]["seconds"]:
+                            best[key] = r
+        for (version, _), r in best.items():
+            r["version"] = version
+            report(r, bw if kind == "cuda" else None)
+        for kernel, field in (("encoding", "forward_s"), ("encoding", "seconds"), ("march+composite", "march_s"),
+                              ("march+composite", "seconds")):
+            before, after = best[(args.baseline, kernel)][field], best[("ours", kernel)][field]
+            label = {"forward_s": "forward", "march_s": "march", "seconds": "total"}[field]
+            print(f"#   {kind} {kernel:16s} {label:8s} {before * 1e3:9.2f} -> {after * 1e3:9.2f} ms  "
+                  f"({before / after:.2f}x)")
+            results.append({"kernel": kernel, "part": label, "backend": kind, "baseline": args.baseline,
+                            "before_s": before, "after_s": after, "speedup": before / after})
 
 
 def plot(results: list[dict], path: Path) -> None:
