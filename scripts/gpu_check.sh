@@ -1,30 +1,74 @@
 #!/usr/bin/env bash
-# GPU check: builds the CUDA backend, runs the GPU tests and the GPU benchmarks, in one go, offline.
+# GPU check: in one call of at most 9 minutes, measures what a first GPU session needs to know and writes it to one
+# results file (results.json + results.md, quoted by docs/BENCHMARKS.md):
+#   environment      GPU, torch, the CUDA toolkit cuda_ext finds, the Python packages the fit needs
+#   build            seconds to build the CUDA and the C++ CPU extensions (cold cache)
+#   tests            tests/cuda_ext (GPU tests included): passed / failed / skipped
+#   bench_kernels    bench/bench_kernels.py at full size, tiny-cuda-nn when importable, and the kernels of commit
+#                    $GPU_CHECK_BASELINE (default 0fd0cc9, before the coalesced hash grid) back to back with ours
+#   fit              obama_450_20s: preprocess, the GPU recipes (head, then torso from it) with their step counts cut
+#                    to $GPU_CHECK_STEPS (head,mouth,torso; default 1000,200,400) under a time cap, export; seconds per
+#                    step per phase and the full recipes' time extrapolated from them
+#   render           frames per second at 512x512, head + torso + background, rendering 4 s of speech
+#   eval             `nerf-talk eval` figures of the fitted avatar
 #
-#   scripts/gpu_check.sh              # everything
-#   scripts/gpu_check.sh bench_kernels tests_cuda_ext   # only the named steps (see STEPS below)
+#   scripts/gpu_check.sh                 # everything (on a GPU machine)
+#   scripts/gpu_check.sh --dry-run       # what a CPU can run in a minute or two: no GPU build, no fit; render and eval
+#                                        # on $GPU_CHECK_AVATAR (default: the demo avatar) at 64 px. Run it before a
+#                                        # GPU session, so that the session's one call can be trusted.
+#   scripts/gpu_check.sh fit render      # only the named steps (in the order of STEPS)
 #
-# Needs: python (PYTHON, default python3) with a CUDA build of torch, nvcc (PATH or CUDA_HOME), ninja, a C++
-# compiler. pytest is used when installed; otherwise a minimal built-in runner runs the test files. No network.
-# Logs, JSON results and figures go to $OUT (when set) or out/gpu_check/; the build cache to $NERF_TALK_CACHE
-# (default .cache/nerf_talk in the repository). Exit status: the number of failed steps (0 when all passed).
+# Environment: PYTHON (default: .venv/bin/python when present, else python3), OUT (results folder; default
+# out/gpu_check), GPU_CHECK_VIDEO (default ../shared/data/video/obama_450_20s.mp4, else shared/data/video/... in the
+# repository: copy it there for a device machine, where ../shared does not travel), GPU_CHECK_SPEECH (default
+# ../shared/data/speech/en_female_18s.wav, else the dataset's own audio), GPU_CHECK_SECONDS (total budget, default
+# 530). Each step has a time cap, and a step is skipped when less than its minimum is left of the budget.
+# Logs of every step are appended to $OUT/gpu_check.log; scratch (datasets, training runs, build cache) goes to
+# $GPU_CHECK_WORK (default /tmp/gpu_check_work). Exit status: the number of failed steps.
 #
-# To add a GPU check of your own: write a function step_<name> that runs it (its output is logged to
-# $LOG_DIR/<name>.log, figures go to $OUT_DIR), and add <name> to STEPS.
+# To add a check: write a function step_<name> (its output is logged; it may write key=value lines to
+# "$WORK/facts/<name>" for the results), give it a cap and a minimum in CAPS, and add <name> to STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-PY=${PYTHON:-python3}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=$REPO/.venv/bin/python; else PY=python3; fi
 OUT_DIR=${OUT:-$REPO/out/gpu_check}
-LOG_DIR=$OUT_DIR/logs
-export NERF_TALK_CACHE=${NERF_TALK_CACHE:-$REPO/.cache/nerf_talk}
+WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
+BUDGET=${GPU_CHECK_SECONDS:-530}
+BASELINE=${GPU_CHECK_BASELINE:-0fd0cc9}
+IFS=, read -r HEAD_STEPS MOUTH_STEPS TORSO_STEPS <<< "${GPU_CHECK_STEPS:-1000,200,400}"
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1
-mkdir -p "$OUT_DIR" "$LOG_DIR"
+export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+mkdir -p "$OUT_DIR" "$WORK/facts"
+LOG=$OUT_DIR/gpu_check.log
+: > "$LOG"
+rm -f "$WORK"/facts/* "$OUT_DIR"/{bench_kernels.json,eval.json,results.json,results.md}  # no stale figures
+# a cold build cache in the full run: the build step measures a build (the dry run reuses the user's cache)
+[ $DRY -eq 1 ] || export NERF_TALK_CACHE=$WORK/cache
 
-STEPS=(environment build_cuda_ext tests_cuda_ext bench_kernels)
+STEPS=(environment build tests bench_kernels fit render eval)
+# step: cap and minimum, in seconds (the full run; the sum of what the steps take stays within the budget)
+declare -A CAPS=([environment]="30 5" [build]="150 60" [tests]="100 40" [bench_kernels]="150 30" [fit]="240 90"
+                 [render]="40 15" [eval]="60 20")
+T0=$(date +%s)
 
-log() { printf '[gpu_check] %s\n' "$*"; }
+log() { printf '[gpu_check] %s\n' "$*" | tee -a "$LOG"; }
+fact() { printf '%s=%s\n' "$2" "$3" >> "$WORK/facts/$1"; }  # fact STEP KEY VALUE
+cli() { "$PY" -c 'import sys; from nerf_talk.cli import main; sys.exit(main())' "$@"; }
+first_file() { for f in "$@"; do [ -f "$f" ] && { echo "$f"; return 0; }; done; return 1; }
+VIDEO=${GPU_CHECK_VIDEO:-$(first_file ../shared/data/video/obama_450_20s.mp4 shared/data/video/obama_450_20s.mp4)}
+SPEECH=${GPU_CHECK_SPEECH:-$(first_file ../shared/data/speech/en_female_18s.wav shared/data/speech/en_female_18s.wav)}
+if [ $DRY -eq 1 ]; then
+  AVATAR=${GPU_CHECK_AVATAR:-/work/demo/nerf_talk_demo/sample.avatar}
+  DATASET=${GPU_CHECK_DATASET:-$(dirname "$AVATAR")/dataset}
+  SIZE=64
+else
+  AVATAR=$WORK/obama.avatar
+  DATASET=$WORK/obama.avatar.work/dataset
+  SIZE=512
+fi
 
 # Runs the test files given as arguments: pytest when importable, else the fallback runner below.
 run_tests() {
@@ -200,69 +244,221 @@ PYEOF
 }
 
 step_environment() {
-  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi
-  command -v nvcc >/dev/null 2>&1 && nvcc --version
-  "$PY" - <<'PYEOF'
-import shutil, sys, torch
-from torch.utils.cpp_extension import CUDA_HOME, is_ninja_available
-print("python", sys.version.split()[0], "| torch", torch.__version__, "| torch CUDA", torch.version.cuda)
-print("CUDA available:", torch.cuda.is_available(), "| CUDA_HOME:", CUDA_HOME, "| ninja:", is_ninja_available(),
-      "| c++:", shutil.which("c++"))
-if torch.cuda.is_available():
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        print(f"device {i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
-assert torch.cuda.is_available(), "no CUDA device visible to torch"
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" - "$WORK/facts/environment" "$DRY" <<'PYEOF'
+import importlib.util, platform, sys, torch
+facts, dry = open(sys.argv[1], "a"), sys.argv[2] == "1"
+def fact(k, v):
+    print(f"{k}: {v}")
+    facts.write(f"{k}={v}\n")
+import cuda_ext
+fact("python", platform.python_version())
+fact("torch", f"{torch.__version__} (CUDA {torch.version.cuda})")
+fact("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+try:
+    fact("cuda_home", cuda_ext.find_cuda_home())
+except cuda_ext.BuildError as e:
+    fact("cuda_home", f"none: {e}")
+fact("tinycudann", "importable" if importlib.util.find_spec("tinycudann") else "not installed")
+needed = ["numpy", "scipy", "cv2", "skimage", "PIL", "av", "hama", "kornia", "safetensors", "tqdm", "tensorboard"]
+missing = [m for m in needed if importlib.util.find_spec(m) is None]
+fact("missing_packages", " ".join(missing) or "none")
+if not torch.cuda.is_available() and not dry:
+    sys.exit("no CUDA device visible to torch")
 PYEOF
 }
 
-step_build_cuda_ext() {
-  "$PY" - <<'PYEOF'
-import time
+step_build() {
+  local kinds="cuda cpu"
+  [ $DRY -eq 1 ] && kinds=cpu
+  "$PY" - "$WORK/facts/build" $kinds <<'PYEOF'
+import sys, time
 from cuda_ext import _backend
-for kind in ("cuda", "cpu"):
+facts = open(sys.argv[1], "a")
+for kind in sys.argv[2:]:
     t = time.perf_counter()
     module = _backend.load(kind, verbose=True)
-    print(f"{kind} extension: {module.__file__} ({time.perf_counter() - t:.1f} s)")
+    dt = time.perf_counter() - t
+    print(f"{kind} extension: {module.__file__} ({dt:.1f} s)")
+    facts.write(f"{kind}_build_s={dt:.1f}\n")
 PYEOF
 }
 
-step_tests_cuda_ext() {
-  run_tests tests/cuda_ext/test_cuda_ext_gpu.py tests/cuda_ext/test_cuda_ext_build.py \
-    tests/cuda_ext/test_cuda_ext_hashgrid.py tests/cuda_ext/test_cuda_ext_march.py \
-    tests/cuda_ext/test_cuda_ext_composite.py
+step_tests() {
+  local files=(tests/cuda_ext/test_cuda_ext_gpu.py tests/cuda_ext/test_cuda_ext_build.py
+               tests/cuda_ext/test_cuda_ext_hashgrid.py tests/cuda_ext/test_cuda_ext_march.py
+               tests/cuda_ext/test_cuda_ext_composite.py tests/cuda_ext/test_cuda_ext_emulated.py)
+  [ $DRY -eq 1 ] && files=(tests/cuda_ext/test_cuda_ext_gpu.py tests/cuda_ext/test_cuda_ext_emulated.py)
+  run_tests "${files[@]}" | tee "$WORK/tests.out"
+  local status=${PIPESTATUS[0]}
+  fact tests summary "$(grep -E '[0-9]+ (passed|failed|skipped)' "$WORK/tests.out" | tail -n 1)"
+  return "$status"
 }
 
 step_bench_kernels() {
-  "$PY" bench/bench_kernels.py --json "$OUT_DIR/bench_kernels.json" --plot "$OUT_DIR/bench_kernels.png"
+  local args=(--json "$OUT_DIR/bench_kernels.json" --backends torch,cpu,cuda,tcnn)
+  [ $DRY -eq 1 ] && args+=(--quick)
+  # the baseline needs its commit in this checkout's history (a device copy of the tree has its .git)
+  git rev-parse --verify -q "$BASELINE^{commit}" >/dev/null && args+=(--baseline "$BASELINE")
+  "$PY" bench/bench_kernels.py "${args[@]}"
+}
+
+# Seconds per step of a finished training run (median of its log) and the full recipe's time at that rate.
+train_facts() {  # PHASE RUN_DIR RECIPE
+  "$PY" - "$@" "$WORK/facts/fit" <<'PYEOF'
+import json, statistics, sys
+from nerf_talk.config import load_config
+phase, run, recipe, facts = sys.argv[1:]
+rates = [json.loads(line)["sec_per_step"] for line in open(f"{run}/train_log.jsonl") if "sec_per_step" in line]
+rate = statistics.median(rates[1:] or rates)  # the first interval holds the warm-up
+full = load_config(f"recipes/{recipe}.toml").total_steps
+with open(facts, "a") as f:
+    f.write(f"{phase}_s_per_step={rate:.4f}\n{phase}_full_recipe_steps={full}\n{phase}_full_recipe_min={full * rate / 60:.1f}\n")
+PYEOF
+}
+
+step_fit() {
+  [ -n "$VIDEO" ] || { echo "no video: set GPU_CHECK_VIDEO or copy obama_450_20s.mp4 to shared/data/video/"; return 1; }
+  local runs=$WORK/obama.avatar.work t
+  rm -rf "$runs" "$AVATAR"
+  mkdir -p "$runs"
+  export NERF_TALK_BACKEND=cuda  # a fallback to the reference would be an error here, not a slow run
+  t=$(date +%s)
+  cli preprocess "$VIDEO" -o "$DATASET" || return 1
+  fact fit preprocess_s "$(( $(date +%s) - t ))"
+  t=$(date +%s)
+  cli train "$DATASET" -o "$runs/head" --recipe head --set "stages.0.steps=$HEAD_STEPS" \
+    --set "stages.1.steps=$MOUTH_STEPS" --set val_every=0 || return 1
+  fact fit head_train_s "$(( $(date +%s) - t ))"
+  train_facts head "$runs/head" head
+  t=$(date +%s)
+  cli train "$DATASET" -o "$runs/torso" --recipe torso --set "stages.0.steps=$TORSO_STEPS" --set val_every=0 \
+    --set "init_from=\"$runs/head\"" || return 1
+  fact fit torso_train_s "$(( $(date +%s) - t ))"
+  train_facts torso "$runs/torso" torso
+  t=$(date +%s)
+  cli export "$runs/torso" -o "$AVATAR" --dataset "$DATASET" || return 1
+  fact fit export_s "$(( $(date +%s) - t ))"
+  fact fit steps "$HEAD_STEPS,$MOUTH_STEPS,$TORSO_STEPS"
+}
+
+step_render() {
+  [ -f "$AVATAR" ] || { echo "no avatar at $AVATAR (the fit did not finish)"; return 1; }
+  "$PY" - "$AVATAR" "${SPEECH:-$DATASET/audio.wav}" "$SIZE" "$WORK/render.mp4" "$WORK/facts/render" <<'PYEOF'
+import sys
+from nerf_talk.api import Avatar, load_speech, render_video
+avatar_path, speech, size, out, facts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+avatar = Avatar.load(avatar_path)
+audio, rate = load_speech(speech)
+seconds = 4.0 if size >= 256 else 1.0  # enough frames for a steady rate, little time on a CPU
+audio = audio[: int(seconds * rate)]
+res = render_video(avatar, audio, out, sample_rate=rate, size=size)
+print(f"{res.frames} frames at {size}x{size} on {avatar.device}: {res.fps_rendered:.2f} frames/s")
+with open(facts, "a") as f:
+    f.write(f"size={size}\nframes={res.frames}\nfps={res.fps_rendered:.2f}\ndevice={avatar.device}\n")
+PYEOF
+}
+
+step_eval() {
+  [ -f "$AVATAR" ] || { echo "no avatar at $AVATAR (the fit did not finish)"; return 1; }
+  local args=("$AVATAR" "$DATASET" -o "$WORK/eval" --no-video)
+  # the dry run checks the plumbing: held-out frames at 64 px, without the lip-sync figures of other speech
+  if [ $DRY -eq 1 ]; then args+=(--size "$SIZE"); elif [ -n "$SPEECH" ]; then args+=(--audio "$SPEECH"); fi
+  rm -rf "$WORK/eval"
+  cli eval "${args[@]}" && cp "$WORK/eval/eval.json" "$OUT_DIR/eval.json"
+}
+
+write_results() {
+  "$PY" - "$WORK/facts" "$OUT_DIR" "$DRY" <<'PYEOF'
+"""results.json and results.md from the steps' facts, the kernel benchmark's JSON and eval.json."""
+import json, sys, time
+from pathlib import Path
+facts_dir, out, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+facts = {p.name: dict(line.split("=", 1) for line in p.read_text().splitlines() if "=" in line)
+         for p in sorted(facts_dir.iterdir())}
+res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": dry, "steps": facts.pop("_steps", {}),
+       "facts": facts}
+bench = out / "bench_kernels.json"
+if bench.exists():
+    res["bench_kernels"] = json.loads(bench.read_text())
+if (out / "eval.json").exists():
+    res["eval"] = json.loads((out / "eval.json").read_text())
+tmp = out / "results.json.tmp"
+tmp.write_text(json.dumps(res, indent=2))
+tmp.replace(out / "results.json")
+env = facts.get("environment", {})
+lines = [f"# gpu_check {res['date']}" + (" (dry run: no GPU build, no fit)" if dry else ""), "",
+         f"GPU {env.get('gpu', '?')} | torch {env.get('torch', '?')} | python {env.get('python', '?')} | CUDA home "
+         f"{env.get('cuda_home', '?')} | tiny-cuda-nn {env.get('tinycudann', '?')} | missing packages "
+         f"{env.get('missing_packages', '?')}", "", "| step | status | seconds |", "|---|---|---:|"]
+lines += [f"| {k} | {v.split(';')[0]} | {v.split(';')[1]} |" for k, v in res["steps"].items()]
+lines += ["", "| figure | value |", "|---|---|"]
+for step in ("build", "tests", "fit", "render"):
+    lines += [f"| {step}: {k} | {v} |" for k, v in facts.get(step, {}).items()]
+for r in res.get("bench_kernels", {}).get("results", []):
+    if "rate" in r:
+        who = f"{r['backend']} {r['device']} {r.get('table_dtype', '')}".strip()
+        version = f" ({r['version']})" if "version" in r else ""
+        lines.append(f"| kernels: {r['kernel']} {who}{version} | {r['rate']:.4g} {r['unit']}, {r['seconds'] * 1e3:.2f}"
+                     " ms per batch |")
+    elif "speedup" in r:
+        lines.append(f"| kernels: {r['backend']} {r['kernel']} {r['part']}, {r['baseline']} -> ours | "
+                     f"{r['before_s'] * 1e3:.2f} -> {r['after_s'] * 1e3:.2f} ms ({r['speedup']:.2f}x) |")
+def flat(prefix, v):
+    if isinstance(v, dict):
+        for k, w in v.items():
+            yield from flat(f"{prefix}.{k}" if prefix else k, w)
+    elif isinstance(v, (int, float, str, bool)):
+        yield prefix, v
+for k, v in flat("", res.get("eval", {})):
+    lines.append(f"| eval: {k} | {v:.4g} |" if isinstance(v, float) else f"| eval: {k} | {v} |")
+(out / "results.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYEOF
 }
 
 # -------------------------------------------------------------------------------------------------------------
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${STEPS[@]}")
 failures=0
-summary=()
 for name in "${selected[@]}"; do
   if ! declare -F "step_$name" >/dev/null; then
     log "unknown step '$name' (steps: ${STEPS[*]})"
     failures=$((failures + 1))
-    summary+=("$name: unknown")
     continue
   fi
-  log "step $name -> $LOG_DIR/$name.log"
+  if [ $DRY -eq 1 ] && [ "$name" = fit ]; then
+    log "step fit: skipped (dry run)"
+    fact _steps fit "skipped: dry run;0"
+    continue
+  fi
+  read -r cap minimum <<< "${CAPS[$name]}"
+  left=$(( BUDGET - ($(date +%s) - T0) ))
+  if [ "$left" -lt "$minimum" ]; then
+    log "step $name: skipped, ${left}s of the budget left (needs ${minimum}s)"
+    fact _steps "$name" "skipped: budget;0"
+    failures=$((failures + 1))
+    continue
+  fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  log "step $name (cap ${cap}s)"
   start=$(date +%s)
-  "step_$name" > "$LOG_DIR/$name.log" 2>&1
+  timeout -k 10 "$cap" bash -c "$(declare -f); $(declare -p REPO PY OUT_DIR WORK DRY BASELINE HEAD_STEPS MOUTH_STEPS \
+    TORSO_STEPS VIDEO SPEECH AVATAR DATASET SIZE LOG); step_$name" >> "$LOG" 2>&1
   status=$?
   secs=$(( $(date +%s) - start ))
-  tail -n 25 "$LOG_DIR/$name.log"
   if [ $status -eq 0 ]; then
-    summary+=("$name: ok (${secs}s)")
-  else
+    fact _steps "$name" "ok;$secs"
+  elif [ $status -eq 124 ] || [ $status -eq 137 ]; then
+    fact _steps "$name" "TIMED OUT at ${cap}s;$secs"
     failures=$((failures + 1))
-    summary+=("$name: FAILED with status $status (${secs}s), see $LOG_DIR/$name.log")
+  else
+    fact _steps "$name" "FAILED ($status);$secs"
+    failures=$((failures + 1))
   fi
+  log "step $name: $(tail -n 1 "$WORK/facts/_steps" | cut -d= -f2)"
 done
-log "summary:"
-for line in "${summary[@]}"; do log "  $line"; done
-printf '%s\n' "${summary[@]}" > "$OUT_DIR/summary.txt"
+write_results >> "$LOG" 2>&1
+log "results: $OUT_DIR/results.md, $OUT_DIR/results.json (log: $LOG)"
+cat "$OUT_DIR/results.md"
 exit $failures
