@@ -44,19 +44,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_baseline(ref: str, kind: str):
-    """The compiled extension `kind` built from cuda_ext/csrc as it was at git commit `ref`, in its own cache dir."""
+    """The compiled extension `kind` built from cuda_ext/csrc as it was at git commit `ref` (or from the sources in
+    the directory `ref`, for a copy of the tree without git history), in its own cache dir."""
     from torch.utils.cpp_extension import load
 
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    names = subprocess.run(["git", "ls-tree", "--name-only", sha, "cuda_ext/csrc/"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    digest = hashlib.sha256(repr((sha, kind, torch.__version__)).encode()).hexdigest()[:12]
-    src = _backend.cache_root() / f"baseline-src-{sha[:12]}"
-    src.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        blob = subprocess.run(["git", "show", f"{sha}:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
-        (src / Path(name).name).write_bytes(blob)
+    if Path(ref).is_dir():
+        src = Path(ref).resolve()
+        content = b"".join(f.read_bytes() for f in sorted(src.iterdir()) if f.is_file())
+        digest = hashlib.sha256(content + repr((kind, torch.__version__)).encode()).hexdigest()[:12]
+    else:
+        sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        names = subprocess.run(["git", "ls-tree", "--name-only", sha, "cuda_ext/csrc/"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split()
+        digest = hashlib.sha256(repr((sha, kind, torch.__version__)).encode()).hexdigest()[:12]
+        src = _backend.cache_root() / f"baseline-src-{sha[:12]}"
+        src.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            blob = subprocess.run(["git", "show", f"{sha}:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
+            (src / Path(name).name).write_bytes(blob)
     build = _backend.cache_root() / f"baseline-{kind}-{digest}"
     build.mkdir(parents=True, exist_ok=True)
     if kind == "cpu":
@@ -257,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--plot", type=Path, default=None, help="write a bar chart here (needs matplotlib)")
     p.add_argument("--baseline", default=None, metavar="REF",
-                   help="also time the compiled kernels of git commit REF, back to back with ours")
+                   help="also time the compiled kernels of git commit REF (or of the csrc files in directory REF), "
+                        "back to back with ours")
     args = p.parse_args(argv)
     if args.quick:
         args.points, args.rays, args.log2_table = 2**15, 2**14, 16

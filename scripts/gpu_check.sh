@@ -5,7 +5,8 @@
 #   build            seconds to build the CUDA and the C++ CPU extensions (cold cache)
 #   tests            tests/cuda_ext (GPU tests included): passed / failed / skipped
 #   bench_kernels    bench/bench_kernels.py at full size, tiny-cuda-nn when importable, and the kernels of commit
-#                    $GPU_CHECK_BASELINE (default 0fd0cc9, before the coalesced hash grid) back to back with ours
+#                    $GPU_CHECK_BASELINE (default: .gpu_baseline/ when present, else commit 0fd0cc9, the kernels
+#                    before the coalesced hash grid) back to back with ours
 #   fit              obama_450_20s: preprocess, the GPU recipes (head, then torso from it) with their step counts cut
 #                    to $GPU_CHECK_STEPS (head,mouth,torso; default 1000,200,400) under a time cap, export; seconds per
 #                    step per phase and the full recipes' time extrapolated from them
@@ -35,7 +36,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 OUT_DIR=${OUT:-$REPO/out/gpu_check}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
 BUDGET=${GPU_CHECK_SECONDS:-530}
-BASELINE=${GPU_CHECK_BASELINE:-0fd0cc9}
+BASELINE=${GPU_CHECK_BASELINE:-$([ -f .gpu_baseline/hashgrid.cu ] && echo .gpu_baseline || echo 0fd0cc9)}
 IFS=, read -r HEAD_STEPS MOUTH_STEPS TORSO_STEPS <<< "${GPU_CHECK_STEPS:-1000,200,400}"
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
@@ -298,8 +299,13 @@ step_tests() {
 step_bench_kernels() {
   local args=(--json "$OUT_DIR/bench_kernels.json" --backends torch,cpu,cuda,tcnn)
   [ $DRY -eq 1 ] && args+=(--quick)
-  # the baseline needs its commit in this checkout's history (a device copy of the tree has its .git)
-  git rev-parse --verify -q "$BASELINE^{commit}" >/dev/null && args+=(--baseline "$BASELINE")
+  # the baseline: a commit of this checkout's history, or a directory of its csrc files (a device copy of the tree
+  # has no history: extract them beforehand, see docs/cuda_ext.md)
+  if [ -d "$BASELINE" ] || git rev-parse --verify -q "$BASELINE^{commit}" >/dev/null 2>&1; then
+    args+=(--baseline "$BASELINE")
+  else
+    echo "baseline $BASELINE: neither a commit here nor a directory: no before/after"
+  fi
   "$PY" bench/bench_kernels.py "${args[@]}"
 }
 
