@@ -3,7 +3,7 @@
     python bench/bench_live.py AVATAR.avatar [--audio SPEECH.wav] [--size 512] [--threads 1] [--json out.json]
 
 Two parts:
-  engine  the streaming engine alone (nerf_talk.motion.stream.LiveStream), no server: compute seconds per second of
+  engine  the streaming engine alone (nerf_talk.live.LiveStream), no server: compute seconds per second of
           audio for resampling + features + motion + drive, and rendering + JPEG frames per second;
   server  a real server (aiohttp, in a thread of this process) and a WebSocket client that streams the speech file
           at real-time pace in 20 ms chunks of 48 kHz PCM16, as the page does. Latency of a frame = the time it
@@ -34,7 +34,7 @@ CHUNK_S = 0.02
 
 
 def engine(avatar, audio: np.ndarray, size: int | None, render_frames: int) -> dict:
-    from nerf_talk.motion.stream import LiveStream
+    from nerf_talk.live import LiveStream
 
     live = LiveStream(avatar, RATE, size=size)
     step = int(CHUNK_S * RATE)

@@ -5,7 +5,11 @@
     for frame in avatar.render_frames(audio, sample_rate):     # uint8 [H, W, 3] frames at avatar.fps, one by one
         ...
     render_video(avatar, "speech.m4a", "out.mp4")              # H.264 + AAC, audio in sync
+    render_video(avatar, "speech.m4a", "out.mp4", pose=pose_from("other.mp4", avatar, "other.pose"))  # --pose-from
     fit("me.mp4", "me.avatar")                                 # what `nerf-talk fit` does
+
+Live: nerf_talk.live.LiveStream(avatar, rate) (one stream) or nerf_talk.serve.run(ServeConfig(...)) (the server,
+with StreamConfig.for_hardware()'s defaults as `nerf-talk serve`); the demo's report: nerf_talk.demo.demo_report.
 
 `audio` is any float or integer array, [S] mono or [S, C] / [C, S] multi-channel, at any rate from 4 to 192 kHz.
 """
@@ -25,8 +29,10 @@ import torch
 
 from nerf_talk import avatar as av
 from nerf_talk.errors import UserError
+from nerf_talk.motion.drive import Drive, Person, motion_coefficients
+from nerf_talk.recipes import fit_phases
 from nerf_talk.render.cameras import Intrinsics
-from nerf_talk.render.video import Drive, FrameRenderer, make_drive, motion_coefficients
+from nerf_talk.render.video import FrameRenderer
 
 log = logging.getLogger("nerf_talk")
 OUTPUT_AUDIO_RATE = 44100  # the mp4's audio track: speech read at this rate keeps its high band
@@ -41,6 +47,7 @@ class Avatar:
         self.model = av.build_model(parts, self.device)
         self.adapter = av.adapter_from_parts(parts)
         self._motion_model = None
+        self.person = Person.from_avatar(parts)  # what the drive needs of them: pose track, blinks, eyes
         self.intrinsics = Intrinsics.from_dict(parts.meta["intrinsics"])
 
     @classmethod
@@ -63,16 +70,12 @@ class Avatar:
 
     def drive(self, audio: np.ndarray, sample_rate: int, pose: str | np.ndarray = "generate", blinks: bool = True,
               seed: int = 0) -> Drive:
-        """Per-frame pose, motion and eyes for `audio` (see render.video.make_drive). pose: "generate" (from the
-        person's own track), "still", or camera-to-head poses [M, 4, 4] replayed to length."""
+        """Per-frame pose, motion and eyes for `audio` (motion.drive.Person.drive). pose: "generate" (from the
+        person's own track), "still", or camera-to-head poses [M, 4, 4] replayed to length (see pose_from)."""
         from nerf_talk.motion import predict_motion
 
         pred = predict_motion(self.motion_model, audio, sample_rate, self.fps, self.adapter)
-        t = self.parts.tensors
-        return make_drive(pred["lower_face_motion"], pred["blink"], pred["speech"], self.fps,
-                          t["pose_track"].numpy(), t["pose_speech"].numpy().astype(bool), t["eyes_open"].numpy(),
-                          float(self.parts.meta["blink_rate_per_min"]), t["blink_profile"].numpy(), pose, blinks,
-                          seed)
+        return self.person.drive(pred["lower_face_motion"], pred["speech"], pose, blinks, seed)
 
     def renderer(self, size: tuple[int, int] | int | None = None) -> FrameRenderer:
         if isinstance(size, int):
@@ -155,21 +158,25 @@ def render_video(avatar: Avatar | str | os.PathLike, audio, out: str | os.PathLi
     return RenderResult(Path(out), written, secs, written / max(secs, 1e-9), len(wave) / rate)
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+def pose_from(source: str | os.PathLike, avatar: Avatar, cache_dir: str | os.PathLike, say=print) -> np.ndarray:
+    """Camera-to-head poses [M, 4, 4] of another recording, moved onto the avatar (`--pose-from`; pass them as
+    render_video's `pose`): a dataset directory's poses, or a video preprocessed at the avatar's frame rate into
+    `cache_dir` (reused by a later call)."""
+    from nerf_talk.motion.generate import retarget_poses
+    from preprocess.dataset import Dataset
 
+    path = Path(source)
+    ds = Dataset(path)
+    if not (path.is_dir() and ds.exists()):
+        from preprocess import pipeline
+        from preprocess.config import PreprocessConfig
 
-def fit_phases(recipe: str | os.PathLike | None) -> list[tuple[str, Path]]:
-    """The training runs of a fit, each into its own directory: on a GPU the full head recipe then the torso recipe
-    (which starts from the head's weights), on a CPU the small all-in-one smoke recipe; or one given recipe."""
-    if recipe is not None:
-        from nerf_talk.cli import resolve_recipe
-
-        return [("train", resolve_recipe(str(recipe)))]
-    if torch.cuda.is_available():
-        return [("head", RECIPES / "head.toml"), ("torso", RECIPES / "torso.toml")]
-    log.warning("no GPU: fitting with the small CPU recipe (recipes/smoke_cpu.toml, frames at a quarter size). It "
-                "takes minutes per 10 s of video on 2 cores and gives a rough avatar; a full one needs a GPU.")
-    return [("train", RECIPES / "smoke_cpu.toml")]
+        say(f"preprocessing {path} for its head motion (cached in {cache_dir}/)")
+        ds = pipeline.run(path, Path(cache_dir), PreprocessConfig(fps=avatar.fps))
+    if abs(ds.fps - avatar.fps) > 1e-6:
+        raise UserError(f"{path} is at {ds.fps:g} fps, the avatar at {avatar.fps:g}",
+                        "preprocess it with --fps equal to the avatar's frame rate.")
+    return retarget_poses(ds.load_array("poses"), avatar.person.pose_track)
 
 
 def require_gpu_kernels(phases: list[tuple[str, Path]], overrides: list[str] | None = None) -> None:
@@ -243,4 +250,4 @@ def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | o
     return out
 
 
-__all__ = ["Avatar", "RenderResult", "fit", "fit_phases", "load_speech", "render_video"]
+__all__ = ["Avatar", "Drive", "RenderResult", "fit", "fit_phases", "load_speech", "pose_from", "render_video"]

@@ -204,11 +204,11 @@ def build_model(parts: AvatarParts, device: torch.device | str = "cpu"):
     from torch import nn
 
     from cuda_ext import OccupancyGrid
-    from nerf_talk.config import _from_dict, TrainConfig
+    from nerf_talk.config import TrainConfig, from_dict
     from nerf_talk.fields import Background, HeadField, TorsoField
     from nerf_talk.train.model import AvatarModel
 
-    cfg = _from_dict(TrainConfig, parts.meta["config"], "")
+    cfg = from_dict(TrainConfig, parts.meta["config"])
     w = parts.prefixed("model")
     aabb = [float(v) for v in w["head.aabb"]]
     m = AvatarModel.__new__(AvatarModel)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from nerf_talk.errors import UserError
 
-log = logging.getLogger("nerf_talk")
 
 
 def _preprocess_config(args):
@@ -35,27 +34,8 @@ def cmd_preprocess(args) -> None:
     print(f"report:  {ds.path('report/index.html')}")
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def resolve_recipe(name: str | None) -> Path | None:
-    """A recipe path, or a bare name from recipes/ ("head", "smoke_cpu"); None: the hardware's default."""
-    if name is None:
-        import torch
-
-        name = "head" if torch.cuda.is_available() else "smoke_cpu"
-        if name == "smoke_cpu":
-            log.warning("no GPU: training the small CPU recipe (recipes/smoke_cpu.toml); a full avatar needs a GPU")
-    p = Path(name)
-    if p.suffix != ".toml" and not p.exists():
-        p = RECIPES / f"{name}.toml"
-    if not p.exists():
-        known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.toml")))
-        raise UserError(f"recipe not found: {name}", f"give a .toml path or one of: {known}")
-    return p
-
-
 def cmd_train(args) -> None:
+    from nerf_talk.recipes import resolve_recipe
     from nerf_talk.train import train
 
     recipe = None if args.resume and args.recipe is None else resolve_recipe(args.recipe)
@@ -85,27 +65,8 @@ def cmd_fit(args) -> None:
     print(f"work:   {out.with_name(out.name + '.work')} (dataset, training runs; delete it once you are happy)")
 
 
-def _pose_source(path: Path, avatar, out: Path):
-    """Camera-to-head poses of another recording, moved onto the avatar: a dataset directory's poses.npy, or a video
-    preprocessed (at the avatar's frame rate) into a directory beside the output."""
-    from nerf_talk.render.video import retarget_poses
-    from preprocess.dataset import Dataset
-
-    ds = Dataset(path)
-    if not (path.is_dir() and ds.exists()):
-        from preprocess import pipeline
-        from preprocess.config import PreprocessConfig
-
-        print(f"preprocessing {path} for its head motion (cached in {out}.pose/)")
-        ds = pipeline.run(path, Path(f"{out}.pose"), PreprocessConfig(fps=avatar.fps))
-    if abs(ds.fps - avatar.fps) > 1e-6:
-        raise UserError(f"{path} is at {ds.fps:g} fps, the avatar at {avatar.fps:g}",
-                        "preprocess it with --fps equal to the avatar's frame rate.")
-    return retarget_poses(ds.load_array("poses"), avatar.parts.tensors["pose_track"].numpy())
-
-
 def cmd_render(args) -> None:
-    from nerf_talk.api import Avatar, load_speech, render_video
+    from nerf_talk.api import Avatar, load_speech, pose_from, render_video
 
     if (args.audio is None) == (args.text is None):
         raise UserError("give the speech with --audio FILE or --text \"...\" (one of them)")
@@ -114,7 +75,7 @@ def cmd_render(args) -> None:
     audio, rate = load_speech(args.audio, args.text, args.voice)
     pose = "still" if args.still else "generate"
     if args.pose_from:
-        pose = _pose_source(Path(args.pose_from), avatar, Path(args.output))
+        pose = pose_from(args.pose_from, avatar, f"{args.output}.pose")
     h, w = avatar.size
     print(f"avatar {args.avatar}: {w}x{h} at {avatar.fps:g} fps on {avatar.device}; speech {len(audio) / rate:.1f} s")
     res = render_video(avatar, audio, args.output, sample_rate=rate, pose=pose, blinks=not args.no_blinks,
@@ -143,6 +104,7 @@ def cmd_eval(args) -> None:
 
 def cmd_train_motion(args) -> None:
     from nerf_talk.motion import train_motion
+    from nerf_talk.recipes import resolve_recipe
 
     out = train_motion(args.corpus, args.output, resolve_recipe(args.recipe or "audio2motion"), args.set)
     print(f"motion model: {out}")
@@ -166,14 +128,10 @@ def cmd_serve(args) -> None:
                             "put the avatars in one directory (or give it with --avatar-dir)")
     import torch
 
-    # A GPU runs the recogniser once per 40 ms frame with room to spare: the shortest delay the model allows
-    # (181 ms). A CPU cannot afford four times the recogniser's work, so it blocks 4 frames (326 ms).
-    gpu = torch.cuda.is_available()
-    hop = args.hop_frames if args.hop_frames is not None else (1 if gpu else 4)
-    ahead_ms = args.lookahead_ms if args.lookahead_ms is not None else (0.0 if gpu else 40.0)
-    try:
-        stream = StreamConfig(hop_frames=hop, lookahead_s=ahead_ms / 1000,
-                              context_s=args.context_ms / 1000)
+    try:  # this machine's live defaults, where no option is given
+        stream = StreamConfig.for_hardware(
+            hop_frames=args.hop_frames, context_s=args.context_ms / 1000,
+            lookahead_s=None if args.lookahead_ms is None else args.lookahead_ms / 1000)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.threads:
@@ -183,13 +141,10 @@ def cmd_serve(args) -> None:
                     stream=stream))
 
 
-DEMO_SENTENCE = ("Hello! I am a talking portrait made from a short video. "
-                 "Give me any speech, and I will say it with my own face.")
-
-
 def cmd_demo(args) -> None:
     """The main job end to end on the embedded sample clip: clip, preprocess, fit (CPU recipe), render, report."""
     from nerf_talk.api import Avatar, fit, render_video
+    from nerf_talk.demo import DEMO_SENTENCE, demo_report
     from nerf_talk.sample_clip import make_sample_clip
     from preprocess import pipeline
     from preprocess.config import PreprocessConfig
@@ -224,53 +179,6 @@ def cmd_demo(args) -> None:
     print(f"  avatar:      {avatar_path}")
     print(f"  video:       {res.path} ({res.frames} frames, rendered at {res.fps_rendered:.1f} frames per second)")
     print(f"  report:      {report}")
-
-
-def demo_report(out: Path, ds, avatar, res, timings: dict[str, float]) -> Path:
-    """One HTML page: rendered frames beside training frames, the timings, the figures, a link to the video."""
-    import html
-
-    import cv2
-    import numpy as np
-
-    rep = out / "report"
-    rep.mkdir(parents=True, exist_ok=True)
-    h, w = avatar.size
-    import av as pyav
-
-    with pyav.open(str(res.path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    rows = []
-    picks = np.linspace(0, len(frames) - 1, 5)[1:4].round().astype(int)  # three frames inside the sentence
-    reals = np.linspace(0, ds.n_frames - 1, 5)[1:4].round().astype(int)
-    for k, (i, j) in enumerate(zip(picks, reals)):
-        real = cv2.resize(ds.read_frame(int(j)), (w, h), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(rep / f"rendered_{k}.png"), cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(rep / f"training_{k}.png"), cv2.cvtColor(real, cv2.COLOR_RGB2BGR))
-        rows.append(f"<tr><td><img src='training_{k}.png' width=256><br>training frame {j} (at the avatar's size)</td>"
-                    f"<td><img src='rendered_{k}.png' width=256><br>rendered frame {i} (new speech)</td></tr>")
-    fig = avatar.parts.meta.get("figures", {})
-    t_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.0f} s</td></tr>" for k, v in timings.items())
-    page = f"""<!doctype html><meta charset=utf-8><title>nerf_talk demo</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td{{padding:4px 12px;vertical-align:top}}
-img{{image-rendering:pixelated}}</style>
-<h1>nerf_talk demo</h1>
-<p>The embedded sample clip was preprocessed, fitted with the small CPU recipe (<code>smoke_cpu</code>, frames at
-{w}x{h}) and rendered saying a sentence it never said: <a href="../{html.escape(res.path.name)}">{html.escape(res.path.name)}</a>
-({res.frames} frames at {avatar.fps:g} fps, rendered at {res.fps_rendered:.1f} frames per second).
-The CPU recipe is a quick check of the whole path, not a photoreal avatar: that needs the full recipe on a GPU.</p>
-<h2>Training frames and rendered frames</h2><table>{"".join(rows)}</table>
-<h2>Timings</h2><table>{t_rows}<tr><td><b>total</b></td><td><b>{sum(timings.values()):.0f} s</b></td></tr></table>
-<h2>Figures</h2><table>
-<tr><td>validation PSNR (held-out frames)</td><td>{fig.get("psnr", float("nan")):.2f} dB</td></tr>
-<tr><td>mean training image PSNR (the baseline)</td><td>{fig.get("mean_image_psnr", float("nan")):.2f} dB</td></tr>
-<tr><td>training steps</td><td>{avatar.parts.meta.get("steps")}</td></tr>
-<tr><td>personal adapter gain</td><td>{avatar.parts.meta["adapter"].get("info", {}).get("gain")}</td></tr>
-</table>
-<p>Preprocessing report: <a href="../dataset/report/index.html">dataset/report/index.html</a></p>
-"""
-    (rep / "index.html").write_text(page)
-    return rep / "index.html"
 
 
 def add_preprocess_args(p: argparse.ArgumentParser) -> None:

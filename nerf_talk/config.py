@@ -1,6 +1,10 @@
-"""Training configuration: documented dataclasses, loaded from a TOML recipe with `section.key=value` overrides.
+"""Settings: the one loader (`load`, `from_dict`, `read_toml`, `apply_override`) and the training configuration.
 
-One config system for the whole trainer. A recipe (recipes/*.toml) sets any subset of the fields below; everything
+Every settings dataclass (TrainConfig here, motion.config.MotionRecipe, preprocess.config.PreprocessConfig,
+motion.stream.StreamConfig, serve.ServeConfig) is built by `load(cls, toml, data, overrides)` or `from_dict(cls, d)`:
+type-checked, unknown keys refused with the known ones named.
+
+The training configuration: A recipe (recipes/*.toml) sets any subset of the fields below; everything
 it leaves out keeps the default written here. Overrides come last, e.g. ``["stages.0.steps=200", "data.scale=0.25"]``
 (values are parsed as TOML: numbers, booleans, quoted or bare strings, arrays). The resolved config is saved as JSON
 beside every checkpoint and in the avatar, so a run can always be reproduced from what it wrote.
@@ -8,9 +12,12 @@ beside every checkpoint and in the avatar, so a run can always be reproduced fro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -172,10 +179,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# -- building configs from dicts ------------------------------------------------------------------------------------
-def _from_dict(cls, data: dict, where: str):
+# -- the one loader: dataclasses from dicts, TOML files and KEY=VALUE overrides ----------------------------------
+def from_dict(cls, data: dict, where: str = ""):
+    """An instance of dataclass `cls` from a (nested) dict, every value type-checked; an unknown key is an error
+    naming the known ones. Used for every settings class: TrainConfig, MotionRecipe, PreprocessConfig,
+    StreamConfig, ServeConfig."""
     if not isinstance(data, dict):
-        raise UserError(f"{where or 'the config'} must be a table, got {data!r}")
+        raise UserError(f"{where.rstrip('.') or 'the config'} must be a table, got {data!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -185,23 +195,89 @@ def _from_dict(cls, data: dict, where: str):
     kwargs = {}
     for k, v in data.items():
         kwargs[k] = _convert(hints[k], v, where + k)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a missing required setting, or the class's own check
+        raise UserError(f"{where.rstrip('.') or cls.__name__}: {e}") from None
 
 
 def _convert(tp, v, where: str):
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, v, where + ".")
-    origin = getattr(tp, "__origin__", None)
+        return v if isinstance(v, tp) else from_dict(tp, v, where + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, v, where)
     if origin is list:
-        (item,) = tp.__args__
-        if not isinstance(v, list):
+        (item,) = typing.get_args(tp)
+        if not isinstance(v, (list, tuple)):
             raise UserError(f"{where} must be a list, got {v!r}")
         return [_convert(item, x, f"{where}.{i}") for i, x in enumerate(v)]
+    if tp is Path:
+        if not isinstance(v, (str, Path)):
+            raise UserError(f"{where} must be a path, got {v!r}")
+        return Path(v)
     if tp is float and isinstance(v, int) and not isinstance(v, bool):
         return float(v)
     if tp in (int, float, str, bool) and not (isinstance(v, tp) and (tp is bool or not isinstance(v, bool))):
         raise UserError(f"{where} must be {tp.__name__}, got {v!r}")
     return v
+
+
+def read_toml(path: str | Path, hint: str = "pass a file from recipes/, e.g. recipes/head.toml") -> dict:
+    """The table of a TOML file; a missing or malformed file is a UserError (with `hint` for the missing one)."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"recipe {p} does not exist", hint) from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"recipe {p} is not valid TOML: {e}") from e
+
+
+def defaults(cls) -> dict:
+    """The defaults of dataclass `cls` as a nested dict (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def load(cls, toml: str | Path | None = None, data: dict | None = None, overrides: list[str] | None = None,
+         hint: str = "pass a file from recipes/, e.g. recipes/head.toml"):
+    """An instance of dataclass `cls`: its defaults, updated by the TOML file `toml`, then by the dict `data`, then
+    by `overrides` (["section.key=value", ...]); validated (cls.validate() where it has one).
+
+        load(PreprocessConfig, data={"fps": 30})      load(ServeConfig, "serve.toml", overrides=["port=9000"])
+    """
+    d = defaults(cls)
+    if toml is not None:
+        merge(d, read_toml(toml, hint))
+    if data is not None:
+        merge(d, data)
+    for item in overrides or []:
+        apply_override(d, item)
+    cfg = from_dict(cls, d)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def _parse_value(text: str):
@@ -237,34 +313,20 @@ def apply_override(d: dict, item: str) -> None:
 
 def load_config(recipe_path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """The defaults, updated by the recipe's TOML, updated by `overrides`; validated."""
-    d = TrainConfig().to_dict()
-    if recipe_path is not None:
-        p = Path(recipe_path)
-        try:
-            recipe = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise UserError(f"recipe {p} does not exist", "pass a file from recipes/, e.g. recipes/head.toml") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"recipe {p} is not valid TOML: {e}") from e
-        _merge(d, recipe)
-    for item in overrides or []:
-        apply_override(d, item)
-    cfg = _from_dict(TrainConfig, d, "")
-    cfg.validate()
-    return cfg
+    return load(TrainConfig, recipe_path, overrides=overrides)
 
 
-def _merge(base: dict, upd: dict) -> None:
+def merge(base: dict, upd: dict) -> None:
     """Recursive update; lists (stages) are replaced as a whole, their items filled from StageConfig's defaults."""
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            merge(base[k], v)
         else:
             base[k] = v
 
 
 def config_from_json(text: str) -> TrainConfig:
-    return _from_dict(TrainConfig, json.loads(text), "")
+    return from_dict(TrainConfig, json.loads(text))
 
 
 def config_to_json(cfg: TrainConfig) -> str:

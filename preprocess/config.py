@@ -1,8 +1,9 @@
-"""Preprocessing settings: one dataclass, overridable from the command line."""
+"""Preprocessing settings: one dataclass, set from the command line or from Python (as a dict or a TOML file:
+nerf_talk.config.load(PreprocessConfig, "pre.toml") or load(PreprocessConfig, data={"fps": 30}))."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -17,11 +18,3 @@ class PreprocessConfig:
     audio: str | None = None  # separate audio file, for clips without (usable) sound
     audio_offset: float | None = None  # seconds the audio lags the video; None: measure it
     force: list[str] = field(default_factory=list)  # steps to redo even when cached
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown preprocessing settings: {unknown}; known: {sorted(known)}")
-        return cls(**d)

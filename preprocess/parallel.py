@@ -209,15 +209,15 @@ def _helper_died(e: HelperDied) -> None:
             helper.close()
 
 
-def prestart() -> None:
-    """Inside a session, start the helper now and have it import what the per-frame steps need, while this process
-    goes on with other work."""
+def prestart(modules: Sequence[str] = ()) -> None:
+    """Inside a session, start the helper now and have it import `modules` (those of the per-frame steps that will
+    run, named by the caller: this module imports no step), while this process goes on with other work."""
     global _session
     if _session_open and _session is None:
         _session = _start_helper()
         if _session is not None:
             try:
-                _session.submit(_warm_up, ())
+                _session.submit(_warm_up, (tuple(modules),))
             except HelperDied as e:
                 _helper_died(e)
 
@@ -258,13 +258,13 @@ def take_ahead(key):
         return None
 
 
-def _warm_up() -> None:
+def _warm_up(modules: tuple[str, ...]) -> None:
     # What the per-frame steps use, so that the first segment does not wait for the imports.
     import cv2  # noqa: F401
     import mediapipe  # noqa: F401
 
-    import preprocess.landmarks  # noqa: F401
-    import preprocess.parsing  # noqa: F401
+    for m in modules:
+        importlib.import_module(m)
 
 
 def map_segments(fn: Callable, jobs: Sequence[tuple]) -> list:

@@ -160,8 +160,9 @@ def _run_steps(ds: Dataset, steps: list[Step], cfg: PreprocessConfig, redo: set[
         missing = [r for r in step.requires if r not in m["steps"]]
         if missing:
             raise RuntimeError(f"step {step.name} needs {missing}, which have not run")
-        if any(s.parallel for s in steps[k:] if s.name in to_run):
-            parallel.prestart()  # before the clock starts: its imports overlap this step, and are charged where used
+        ahead = [s.run.__module__ for s in steps[k:] if s.parallel and s.name in to_run]
+        if ahead:
+            parallel.prestart(ahead)  # before the clock starts: its imports overlap this step, charged where used
         log.info("[%s] %s", step.name, step.describe)
         t0, c0, h0 = time.perf_counter(), cpu_seconds(), parallel.helper_cpu_seconds()
         result = step.run(ds, cfg)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nerf_talk.cli import main, resolve_recipe
+from nerf_talk.cli import main
+from nerf_talk.recipes import resolve_recipe
 
 
 def test_train_from_the_command_line(tmp_path, capsys):

@@ -13,7 +13,7 @@ from nerf_talk.config import HeadConfig, TorsoConfig, load_config
 from nerf_talk.errors import UserError
 from nerf_talk.fields import HeadCodes, HeadField, TorsoField, eye_region, head_box, mouth_region, pose_features
 from nerf_talk.render import Intrinsics, composite_layers, pixel_rays, render_rays
-from nerf_talk.train.data import MotionBasis
+from nerf_talk.motion.basis import PersonalMotionBasis
 from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
 SMALL_HEAD = HeadConfig(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, hidden=16,
@@ -123,7 +123,7 @@ def test_motion_basis_recovers_a_one_dimensional_motion():
     a = rng.normal(size=(10, 3))
     m = np.sin(np.arange(60) / 3.0)
     motion = m[:, None, None] * a[None] + rng.normal(size=(60, 10, 3)) * 1e-4
-    basis = MotionBasis.fit(motion, 8)
+    basis = PersonalMotionBasis.fit(motion, 8)
     c = basis.coefficients(motion)
     assert c.shape == (60, 8)
     assert basis.explained(motion) > 0.999

@@ -31,7 +31,8 @@ def tiny_motion_model():
     """A randomly initialised generic model (real feature vocabulary, lower-face points and architecture)."""
     from nerf_talk.motion import features as mf
     from nerf_talk.motion import visemes as vz
-    from nerf_talk.motion.model import Audio2Motion, ModelConfig, MotionBasis, MotionModel
+    from nerf_talk.motion.basis import GenericMotionBasis
+    from nerf_talk.motion.model import Audio2Motion, ModelConfig, MotionModel
     from preprocess.mesh_topology import LOWER_FACE
 
     torch.manual_seed(0)
@@ -41,7 +42,7 @@ def tiny_motion_model():
     net = Audio2Motion(cfg, mf.input_dim(len(vocab))).eval()
     rng = np.random.default_rng(0)
     pts = list(LOWER_FACE)
-    basis = MotionBasis.fit([rng.standard_normal((50, len(pts), 3)).astype(np.float32) * 0.01], pts, 6)
+    basis = GenericMotionBasis.fit([rng.standard_normal((50, len(pts), 3)).astype(np.float32) * 0.01], pts, 6)
     return MotionModel(net, basis, vocab, np.zeros((vz.N_VISEMES, 6), np.float32), {"test": True})
 
 

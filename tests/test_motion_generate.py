@@ -66,26 +66,25 @@ def test_replay_pingpongs():
     assert list(out[:, 0, 3]) == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]
 
 
-def test_for_new_audio_from_a_dataset(tmp_path):
-    """The dataset-level helper: the person's track and blink rate in, pose and blinks for new audio out."""
-    import json
-
-    from preprocess.dataset import FORMAT_VERSION, KIND
+def test_person_drive_from_their_track():
+    """The drive of new speech from a person's own track and blink rate (motion.drive.Person): poses and eyes for
+    every frame; a given pose track replayed as it is."""
+    from nerf_talk.motion.drive import Person
 
     rng = np.random.default_rng(0)
     n = 500
     poses, speech = _track(n, rng)
-    energy = np.where(speech, -20.0, -70.0).astype(np.float32)
-    np.save(tmp_path / "poses.npy", poses)
-    np.save(tmp_path / "audio_energy.npy", energy)
-    np.save(tmp_path / "audio_pitch.npy", np.zeros((n, 2), np.float32))
-    np.save(tmp_path / "blink.npy", gen.generate_blinks(n, FPS, 12.0, seed=9))
-    steps = {"ingest": {"result": {"n_frames": n}}, "face_motion": {"result": {"blink_rate_per_min": 12.0}}}
-    (tmp_path / "manifest.json").write_text(json.dumps({"kind": KIND, "format_version": FORMAT_VERSION, "fps": FPS,
-                                                        "size": 64, "steps": steps}))
+    person = Person(FPS, poses.astype(np.float32), speech, 12.0, gen.blink_profile(gen.generate_blinks(
+        n, FPS, 12.0, seed=9), FPS), np.array([0.8, 0.7], np.float32))
     new_speech = np.random.default_rng(1).random(750) < 0.7
-    out = gen.for_new_audio(tmp_path, new_speech, 30.0, seed=1)  # another frame rate than the dataset's
-    assert out["poses"].shape == (750, 4, 4) and out["blink"].shape == (750,)
-    assert out["blink_rate_per_min"] == 12.0
-    replay = gen.for_new_audio(tmp_path, new_speech, FPS, pose_from=poses)
-    np.testing.assert_array_equal(replay["poses"][:n], poses)
+    motion = np.zeros((750, 4, 3), np.float32)
+    drive = person.drive(motion, new_speech, seed=1)
+    assert drive.poses.shape == (750, 4, 4) and drive.eyes.shape == (750, 3) and len(drive) == 750
+    assert person.blink_rate_per_min == 12.0
+    blink = drive.eyes[:, 2]
+    assert blink.max() > 0.5 and np.allclose(drive.eyes[:, 0], 0.8 * (1 - blink))  # eyes close as they blink
+    replay = person.drive(motion, new_speech, pose=poses)
+    np.testing.assert_array_equal(replay.poses[:n], poses.astype(np.float32))
+    still = person.drive(motion[:10], new_speech[:10], pose="still", blinks=False)
+    np.testing.assert_allclose(still.poses, np.repeat(gen.still_pose(poses)[None], 10, 0))
+    assert (still.eyes[:, 2] == 0).all()

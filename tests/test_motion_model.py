@@ -8,7 +8,8 @@ import torch
 
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import visemes as vz
-from nerf_talk.motion.model import Audio2Motion, ModelConfig, MotionBasis, MotionModel
+from nerf_talk.motion.basis import GenericMotionBasis
+from nerf_talk.motion.model import Audio2Motion, ModelConfig, MotionModel
 from nerf_talk.motion.predict import StreamingPredictor, run_network
 
 D = mf.input_dim(12)
@@ -21,7 +22,7 @@ def small_model(lookahead=3) -> MotionModel:
     net = Audio2Motion(cfg, D).eval()
     rng = np.random.default_rng(0)
     motions = [rng.standard_normal((50, 6, 3)).astype(np.float32) * 0.01]
-    basis = MotionBasis.fit(motions, [13, 14, 0, 17, 61, 291], 4)
+    basis = GenericMotionBasis.fit(motions, [13, 14, 0, 17, 61, 291], 4)
     vocab = [f"p{i}" for i in range(12)]
     return MotionModel(net, basis, vocab, np.zeros((vz.N_VISEMES, 4), np.float32), {"test": True})
 

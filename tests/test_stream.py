@@ -1,4 +1,4 @@
-"""The live streaming engine (nerf_talk.motion.stream) against the offline path it stands in for.
+"""The live streaming engine (nerf_talk.motion.stream, generate.PoseStream / BlinkStream) against the offline path it stands in for.
 
 Exact where the computation is local (resampling; log-mel, pitch and energy; the network, silence gate, bilabial
 closure, adapter and frame-rate resampling given the same features); close, with the tolerance stated, where a
@@ -14,6 +14,7 @@ from scipy.signal import resample_poly
 
 from nerf_talk import audio_features as af
 from nerf_talk.errors import UserError
+from nerf_talk.motion import generate as gen
 from nerf_talk.motion import stream as st
 from support import shared_file
 
@@ -137,8 +138,8 @@ def test_pose_stream_is_causal_smooth_and_chunk_independent():
     track = params_to_poses(params)
     track_speech = (np.sin(t * 0.9) > 0)
     speech = np.tile(np.r_[np.ones(60, bool), np.zeros(40, bool)], 8)
-    whole = st.PoseStream(track, track_speech, fps, seed=3).step(speech)
-    ps = st.PoseStream(track, track_speech, fps, seed=3)
+    whole = gen.PoseStream(track, track_speech, fps, seed=3).step(speech)
+    ps = gen.PoseStream(track, track_speech, fps, seed=3)
     pieces = np.concatenate([ps.step(c) for c in chunked(speech, 5, 1, 9)])
     np.testing.assert_allclose(pieces, whole, atol=1e-6)  # chunking does not change the generated motion
     p = poses_to_params(whole)
@@ -150,7 +151,7 @@ def test_pose_stream_is_causal_smooth_and_chunk_independent():
     lo, hi = params.min(0), params.max(0)
     margin = 0.5 * (hi - lo) + 1e-4
     assert ((p >= lo - margin) & (p <= hi + margin)).all()  # stays in the person's range
-    still = st.PoseStream(track[:1], np.zeros(1, bool), fps).step(speech[:10])
+    still = gen.PoseStream(track[:1], np.zeros(1, bool), fps).step(speech[:10])
     np.testing.assert_allclose(still, np.repeat(track[:1], 10, 0), atol=1e-6)
 
 
@@ -160,7 +161,7 @@ def test_blink_stream_rate_gap_and_profile():
     fps, rate = 25.0, 20.0
     speech = np.tile(np.r_[np.ones(50, bool), np.zeros(25, bool)], 40)  # 120 s
     profile = np.array([0.5, 1.0, 0.5], np.float32)
-    bs = st.BlinkStream(fps, rate, profile, seed=1)
+    bs = gen.BlinkStream(fps, rate, profile, seed=1)
     b = np.concatenate([bs.step(c) for c in chunked(speech, 3, 1, 30)])
     peaks = np.nonzero(b == 1.0)[0]
     assert 25 <= len(peaks) <= 60, len(peaks)  # 40 expected at 20 per minute

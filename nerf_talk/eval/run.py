@@ -107,7 +107,7 @@ def render_sequence(avatar, renderer, poses, motion, eyes, desc: str, progress: 
     """(frames uint8 [N, H, W, 3], seconds spent rendering) of a drive given as arrays."""
     from tqdm.auto import tqdm
 
-    from nerf_talk.render.video import motion_coefficients
+    from nerf_talk.motion.drive import motion_coefficients
 
     coeffs = motion_coefficients(avatar.model, motion)
     out = []

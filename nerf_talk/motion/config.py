@@ -2,18 +2,17 @@
 
 `recipes/audio2motion.toml` sets any subset of these fields; overrides like ``["train.steps=500",
 "data.holdout=['lieu']"]`` come last. The TOML parsing, override syntax and type checking are nerf_talk.config's
-(the NeRF trainer's), so both trainers read recipes the same way. The resolved config is written as JSON beside the
+`load` (as for every settings class), so both trainers read recipes the same way. The resolved config is written as JSON beside the
 trained model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nerf_talk.config import _from_dict, _merge, apply_override
+from nerf_talk.config import load
 from nerf_talk.errors import UserError
 from nerf_talk.motion.model import ModelConfig
 
@@ -74,17 +73,4 @@ class MotionRecipe:
 
 def load_recipe(recipe: str | Path | None = None, overrides: list[str] | None = None) -> MotionRecipe:
     """The defaults, updated by the recipe's TOML, updated by `overrides`; validated."""
-    d = MotionRecipe().to_dict()
-    if recipe is not None:
-        p = Path(recipe)
-        try:
-            _merge(d, tomllib.loads(p.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"recipe {p} does not exist", "pass recipes/audio2motion.toml or your own copy") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"recipe {p} is not valid TOML: {e}") from e
-    for item in overrides or []:
-        apply_override(d, item)
-    cfg = _from_dict(MotionRecipe, d, "")
-    cfg.validate()
-    return cfg
+    return load(MotionRecipe, recipe, overrides=overrides, hint="pass recipes/audio2motion.toml or your own copy")

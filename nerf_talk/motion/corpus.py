@@ -25,7 +25,8 @@ from nerf_talk import audio_features as af
 from nerf_talk.errors import UserError
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import visemes as vz
-from nerf_talk.motion.model import MODEL_FPS, MotionBasis
+from nerf_talk.motion.basis import GenericMotionBasis
+from nerf_talk.motion.model import MODEL_FPS
 
 log = logging.getLogger("nerf_talk.motion")
 FEATURES = ("ppg", "mel", "pitch", "energy")
@@ -81,22 +82,15 @@ def load_real(path: Path, vocab: list[str], use_val_frames: bool = True) -> Sour
         feats = af.compute_features(audio, MODEL_FPS, n)
         t_new = (np.arange(n) + 0.5) / MODEL_FPS
         t_old = (np.arange(ds.n_frames) + 0.5) / ds.fps
-        motion = resample_frames(motion, t_old, t_new)
-        blink = resample_frames(blink, t_old, t_new)
-        opening = resample_frames(opening, t_old, t_new)
+        motion = mf.interp_frames(motion, t_old, t_new).astype(np.float32)
+        blink = mf.interp_frames(blink, t_old, t_new).astype(np.float32)
+        opening = mf.interp_frames(opening, t_old, t_new).astype(np.float32)
         if frames is not None:
             keep = np.zeros(ds.n_frames, bool)
             keep[frames] = True
-            frames = np.nonzero(resample_frames(keep.astype(np.float32), t_old, t_new) > 0.5)[0]
+            frames = np.nonzero(mf.interp_frames(keep, t_old, t_new) > 0.5)[0]
     return Source(path.name, "real", feats, mf.utterance_stats(feats), motion=motion, blink=blink,
                   mouth_opening=opening, frames=frames)
-
-
-def resample_frames(x: np.ndarray, t_old: np.ndarray, t_new: np.ndarray) -> np.ndarray:
-    """Linear interpolation of per-frame rows x [N, ...] from times t_old [N] to t_new [M] -> [M, ...]."""
-    flat = np.asarray(x, np.float32).reshape(len(x), -1)
-    out = np.stack([np.interp(t_new, t_old, flat[:, j]) for j in range(flat.shape[1])], 1)
-    return out.reshape((len(t_new),) + np.asarray(x).shape[1:]).astype(np.float32)
 
 
 def save_synthetic(path: Path, features: dict, visemes: np.ndarray, info: dict) -> None:
@@ -134,7 +128,7 @@ class WindowDataset(torch.utils.data.Dataset):
     scarce real motion is not drowned by synthetic speech. Sources shorter than a window are padded with silence
     features and neutral motion, weighted 0 where padded (`weight` [T])."""
 
-    def __init__(self, sources: list[Source], basis: MotionBasis, viseme_motion: np.ndarray, window: int,
+    def __init__(self, sources: list[Source], basis: GenericMotionBasis, viseme_motion: np.ndarray, window: int,
                  real_weight: float = 1.0, blur_frames: float = 1.2, blank_column: int = -1):
         self.blank_column = blank_column  # the posteriorgram's "<blank>" column: what silence looks like there
         self.sources, self.basis, self.viseme_motion = sources, basis, viseme_motion

@@ -71,3 +71,11 @@ def speech_mask(features: dict[str, np.ndarray], stats: Stats | None = None) -> 
     like the whole), and never below SILENCE_DB."""
     active = af.voice_activity(features, stats.floor_db if stats is not None else None)
     return active & (np.asarray(features["energy"], np.float64) > SILENCE_DB)
+
+
+def interp_frames(values: np.ndarray, t_src: np.ndarray, t_out: np.ndarray) -> np.ndarray:
+    """Per-frame values [M, ...] at times t_src [M] -> [len(t_out), ...] at times t_out, linearly interpolated
+    (held at the ends): how motion moves from the model's frame centres to the video's."""
+    flat = np.asarray(values, np.float64).reshape(len(values), -1)
+    out = np.stack([np.interp(t_out, t_src, flat[:, j]) for j in range(flat.shape[1])], 1)
+    return out.reshape((len(t_out),) + np.shape(values)[1:])

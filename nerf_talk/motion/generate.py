@@ -6,16 +6,25 @@ clip's own audio) best matches the new audio's, among those that also start clos
 with randomness among the near-best so that a long answer does not loop one segment; consecutive segments are joined
 by a raised-cosine cross-fade in (rotation vector, translation) space. A nodding speaker keeps nodding when talking
 and calms down in pauses, because the segments come from the matching state. `replay_pose` is the plain replay
-(`--pose-from VIDEO`: that video's track, ping-ponged to length).
+(`--pose-from VIDEO`: that video's track, retargeted onto the person by `retarget_poses`, ping-ponged to length);
+`still_pose` holds the person's usual pose.
 
 Blinks (`generate_blinks`): blink times are drawn as a renewal process at the person's own rate (face_motion's
 blink_rate_per_min), with gamma-distributed intervals (shape 3: blinks are more regular than a Poisson process,
 never closer than MIN_BLINK_GAP_S), and each is moved to a speech pause starting within PAUSE_SNAP_S with
 probability PAUSE_SNAP_P (people blink at phrase boundaries). Each blink has the person's own mean blink profile
 (closing-opening curve averaged over their detected blinks) or a 250 ms default.
+
+Live (`PoseStream`, `BlinkStream`): the same segments, cross-fades, renewal process and profile, but causal: each
+segment is chosen when the previous one is about to end from the speech of the past second (the offline generator
+matches the next 2.4 s), and a blink due soon is moved to a pause as the pause begins. The whole drive (which
+generator, the person's track and rates) is put together in drive.py.
 """
 
 from __future__ import annotations
+
+import math
+from collections import deque
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -153,30 +162,119 @@ def generate_blinks(n: int, fps: float, rate_per_min: float, speech: np.ndarray 
     return out
 
 
-def for_new_audio(dataset_dir, speech_new: np.ndarray, fps: float, seed: int = 0,
-                  pose_from: np.ndarray | None = None) -> dict:
-    """Head pose [M, 4, 4] and blink [M] for new audio with voice activity speech_new [M] at `fps`, in the style of
-    the person of a preprocessed dataset: {"poses", "blink", "blink_rate_per_min"}. `pose_from` [N, 4, 4] (another
-    video's track at `fps`, e.g. `--pose-from VIDEO` preprocessed) is replayed instead of generating a pose."""
-    from nerf_talk.motion.features import speech_mask
-    from preprocess.dataset import Dataset
+def still_pose(track: np.ndarray) -> np.ndarray:
+    """[4, 4] the median pose of a track (rotation vector and translation medians): the person's usual position."""
+    return params_to_poses(np.median(poses_to_params(track), 0, keepdims=True))[0]
 
-    ds = Dataset(dataset_dir)
-    src_fps = ds.fps
-    poses = ds.load_array("poses")
-    feats = {k: ds.load_array(f"audio_{k}") for k in ("energy", "pitch")}
-    speech_src = speech_mask(feats)
-    blink_src = ds.load_array("blink")
-    if abs(src_fps - fps) > 1e-6:  # bring the person's tracks to the output rate
-        t_src = (np.arange(len(poses)) + 0.5) / src_fps
-        t_out = np.arange(int(len(poses) / src_fps * fps)) / fps + 0.5 / fps
-        params = poses_to_params(poses)
-        poses = params_to_poses(np.stack([np.interp(t_out, t_src, params[:, j]) for j in range(6)], 1))
-        speech_src = np.interp(t_out, t_src, speech_src.astype(np.float32)) > 0.5
-        blink_src = np.interp(t_out, t_src, blink_src)
-    m = len(speech_new)
-    rate = float(ds.step_result("face_motion").get("blink_rate_per_min", 15.0))
-    out_poses = replay_pose(pose_from, m) if pose_from is not None else \
-        generate_pose(poses, speech_src, speech_new, fps, seed)
-    blink = generate_blinks(m, fps, rate, speech_new, blink_profile(blink_src, fps), seed)
-    return {"poses": out_poses, "blink": blink, "blink_rate_per_min": rate}
+
+def retarget_poses(source: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Another recording's head motion [M, 4, 4] moved onto this person: each source pose's rotation and translation
+    relative to the source's median pose, applied to this person's median pose (so their framing is kept)."""
+    src = poses_to_params(source)
+    med_src = np.median(src, 0)
+    home = still_pose(track).astype(np.float64)
+    r_med_inv = Rotation.from_rotvec(med_src[:3]).inv()
+    out = np.tile(np.eye(4), (len(src), 1, 1))
+    for i, p in enumerate(src):
+        delta = Rotation.from_rotvec(p[:3]) * r_med_inv  # the source's turn away from its usual pose
+        out[i, :3, :3] = (delta * Rotation.from_matrix(home[:3, :3])).as_matrix()
+        out[i, :3, 3] = home[:3, 3] + (p[3:] - med_src[3:])
+    return out.astype(np.float32)
+
+
+# -- causal generators (the live stream): each choice made from what has been heard, frame by frame --------------
+class PoseStream:
+    """Head poses generated frame by frame from the person's track (generate_pose's segments and
+    cross-fades), each segment chosen when the previous one is about to end, from the speech activity of the
+    last second: the causal version of the offline generator, which matches segments to the next 2.4 s."""
+
+    def __init__(self, track: np.ndarray, track_speech: np.ndarray, fps: float, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.src = poses_to_params(track)
+        n_src = len(self.src)
+        self.seg = min(int(SEGMENT_S * fps), n_src)
+        self.fade = min(int(CROSSFADE_S * fps), self.seg // 2)
+        self.still = n_src < 2 or self.seg <= self.fade
+        self.window = max(1, int(fps))
+        self.recent: deque = deque(maxlen=self.window)  # speech of the last second
+        if self.still:
+            self.pose0 = params_to_poses(self.src[:1])[0] if n_src else np.eye(4, dtype=np.float32)
+            return
+        act = activity(np.asarray(track_speech, bool), fps)
+        self.starts = np.arange(0, n_src - self.seg + 1, max(1, self.fade // 2))
+        self.seg_act = np.array([act[s:s + self.seg].mean() for s in self.starts])
+        self.spread = np.std(self.src, 0) + 1e-6
+        s = int(self.starts[self.rng.integers(len(self.starts))])
+        self.plan = self.src[s:s + self.seg].copy()  # upcoming params, plan[0] = the next frame
+        self.prev_start = s
+
+    def _extend(self) -> None:
+        want = float(np.mean(self.recent)) if self.recent else 0.0
+        current = self.plan[0]
+        s = pick_segment(self.rng, (self.seg_act - want) ** 2, self.src, self.starts, self.spread, current,
+                         self.prev_start, self.seg)
+        piece = self.src[s:s + self.seg].copy()
+        # From where the head is, the offset fading over the segment (no jump, no drift), then a raised-cosine
+        # cross-fade over what is left of the current plan.
+        piece += (current - self.src[s]) * np.linspace(1.0, 0.0, self.seg)[:, None]
+        k = len(self.plan)
+        w = 0.5 - 0.5 * np.cos(np.pi * np.arange(k) / max(k, 1))
+        piece[:k] = self.plan * (1 - w[:, None]) + piece[:k] * w[:, None]
+        self.plan, self.prev_start = piece, s
+
+    def step(self, speech: np.ndarray) -> np.ndarray:
+        """[M] speech of the next M frames -> [M, 4, 4] their camera-to-head poses."""
+        if self.still:
+            return np.repeat(self.pose0[None], len(speech), 0)
+        out = np.zeros((len(speech), 6))
+        for i, s in enumerate(np.asarray(speech, bool)):
+            if len(self.plan) <= self.fade:
+                self._extend()
+            out[i] = self.plan[0]
+            self.plan = self.plan[1:]
+            self.recent.append(float(s))
+        return params_to_poses(out)
+
+
+class BlinkStream:
+    """Blinks at the person's rate (generate_blinks' renewal process and profile), frame by frame; a blink
+    due within PAUSE_SNAP_S is moved to a pause as the pause begins (the offline one also snaps to later pauses)."""
+
+    def __init__(self, fps: float, rate_per_min: float, profile: np.ndarray | None = None, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.fps = fps
+        self.profile = DEFAULT_BLINK if profile is None or len(profile) == 0 else np.asarray(profile, np.float32)
+        self.mean_gap = 60.0 / float(np.clip(rate_per_min, 2.0, 60.0))
+        self.shape, self.min_gap = GAMMA_SHAPE, MIN_BLINK_GAP_S
+        self.snap, self.snap_p = PAUSE_SNAP_S, PAUSE_SNAP_P
+        self.t = 0
+        self.next = int(self.rng.uniform(0.2, 1.0) * self.mean_gap * fps)
+        self.active = np.zeros(0, np.float32)  # the rest of the blink under way
+        self.last = -10 ** 9
+        self.prev_speech = False
+
+    def _start(self) -> None:
+        self.active = np.maximum(np.pad(self.active, (0, max(0, len(self.profile) - len(self.active)))),
+                                 self.profile) if len(self.active) else self.profile.copy()
+        self.last = self.t
+        gap = max(self.min_gap, self.rng.gamma(self.shape, self.mean_gap / self.shape))
+        self.next = self.t + max(1, int(round(gap * self.fps)))
+
+    def step(self, speech: np.ndarray) -> np.ndarray:
+        """[M] speech of the next M frames -> [M] blink in [0, 1] (1 = closed)."""
+        out = np.zeros(len(speech), np.float32)
+        for i, s in enumerate(np.asarray(speech, bool)):
+            pause = self.prev_speech and not s
+            self.prev_speech = bool(s)
+            far_enough = (self.t - self.last) / self.fps >= self.min_gap
+            if self.t >= self.next or (pause and far_enough and self.next - self.t <= self.snap * self.fps
+                                       and self.rng.random() < self.snap_p):
+                if far_enough:
+                    self._start()
+                else:
+                    self.next = self.last + int(math.ceil(self.min_gap * self.fps))
+            if len(self.active):
+                out[i] = self.active[0]
+                self.active = self.active[1:]
+            self.t += 1
+        return out

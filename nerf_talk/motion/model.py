@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from nerf_talk.errors import UserError
+from nerf_talk.motion.basis import GenericMotionBasis
 
 MODEL_FPS = 25.0
 FORMAT = "nerf_talk.audio2motion"
@@ -77,7 +78,7 @@ class Audio2Motion(nn.Module):
         self.blocks = nn.ModuleList(CausalBlock(cfg.hidden, d, cfg.dropout) for d in cfg.dilations)
         self.head = nn.Linear(cfg.hidden, cfg.n_coeffs + 1)
         self.input_drop = nn.Dropout1d(cfg.input_dropout)
-        # Each coefficient's spread over the corpus (MotionBasis.scale): the head predicts coefficients in these
+        # Each coefficient's spread over the corpus (GenericMotionBasis.scale): the head predicts coefficients in these
         # units, so that all start at the right size whatever the corpus's amplitude.
         self.register_buffer("out_scale", torch.ones(cfg.n_coeffs))
 
@@ -100,50 +101,11 @@ class Audio2Motion(nn.Module):
 
 
 @dataclass
-class MotionBasis:
-    """The generic motion basis: motion [T, K*3] = mean + coeffs [T, C] @ components [C, K*3]."""
-
-    points: list[int]  # mesh landmark indices of the K points (preprocess.mesh_topology.LOWER_FACE)
-    mean: np.ndarray  # [K*3]
-    components: np.ndarray  # [C, K*3] orthonormal rows
-    scale: np.ndarray  # [C] std of each coefficient over the corpus (training normalises by it)
-
-    def encode(self, motion: np.ndarray) -> np.ndarray:
-        """[T, K, 3] -> [T, C]"""
-        flat = np.asarray(motion, np.float32).reshape(len(motion), -1)
-        return (flat - self.mean) @ self.components.T
-
-    def decode(self, coeffs: np.ndarray) -> np.ndarray:
-        """[T, C] -> [T, K, 3]"""
-        return (self.mean + np.asarray(coeffs, np.float32) @ self.components).reshape(len(coeffs), -1, 3)
-
-    @staticmethod
-    def fit(motions: list[np.ndarray], points: list[int], n: int) -> "MotionBasis":
-        """PCA of the pooled motion [sum T, K*3]; each clip weighted equally so a long clip does not own the basis.
-
-        The mean is fixed at zero: zero motion is every person's neutral face, which must stay reachable as
-        coeffs = 0 (silence maps to 0 exactly).
-        """
-        covs = []
-        for m in motions:
-            flat = np.asarray(m, np.float64).reshape(len(m), -1)
-            covs.append(flat.T @ flat / len(flat))
-        cov = np.mean(covs, 0)
-        vals, vecs = np.linalg.eigh(cov)
-        order = np.argsort(vals)[::-1][:n]
-        comps = vecs[:, order].T
-        # Sign convention: each component's largest entry positive, so retraining gives comparable bases.
-        comps *= np.sign(comps[np.arange(n), np.abs(comps).argmax(1)])[:, None]
-        return MotionBasis(list(points), np.zeros(cov.shape[0], np.float32), comps.astype(np.float32),
-                           np.sqrt(np.maximum(vals[order], 1e-12)).astype(np.float32))
-
-
-@dataclass
 class MotionModel:
     """Everything needed to run the generic model: network, basis, feature vocabulary, metadata."""
 
     net: Audio2Motion
-    basis: MotionBasis
+    basis: GenericMotionBasis
     vocab: list[str]
     viseme_motion: np.ndarray  # [N_VISEMES, C] per-viseme mean coefficients (synthetic targets; predict.close_bilabials)
     meta: dict
@@ -184,7 +146,7 @@ class MotionModel:
         state = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("net.")}
         net.load_state_dict(state)
         net.eval().to(device)
-        basis = MotionBasis(list(header["points"]), tensors["basis.mean"].numpy(), tensors["basis.components"].numpy(),
+        basis = GenericMotionBasis(list(header["points"]), tensors["basis.mean"].numpy(), tensors["basis.components"].numpy(),
                             tensors["basis.scale"].numpy())
         if basis.components.shape != (cfg.n_coeffs, 3 * len(basis.points)):
             raise UserError(f"{st}: basis shape {tuple(basis.components.shape)} does not match the header")

@@ -103,14 +103,6 @@ def close_bilabials(model: MotionModel, coeffs: np.ndarray, features: dict[str, 
     return (coeffs * (1.0 - w) + w * closed).astype(np.float32)
 
 
-def interp_frames(values: np.ndarray, t_src: np.ndarray, t_out: np.ndarray) -> np.ndarray:
-    """Per-frame values [M, ...] at times t_src [M] -> [len(t_out), ...] at times t_out, linearly interpolated
-    (held at the ends): how motion moves from the model's frame centres to the video's."""
-    flat = np.asarray(values, np.float64).reshape(len(values), -1)
-    out = np.stack([np.interp(t_out, t_src, flat[:, j]) for j in range(flat.shape[1])], 1)
-    return out.reshape((len(t_out),) + np.shape(values)[1:])
-
-
 def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps: float, adapter=None) -> dict:
     """Motion for every video frame of `audio` at `fps` (see the module docstring). Raises UserError for empty,
     too short (< audio_features.MIN_SECONDS) or non-finite audio, and for sample rates outside 4-192 kHz."""
@@ -129,8 +121,8 @@ def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps:
     if abs(fps - MODEL_FPS) > 1e-6 or n != len(coeffs):
         t_model = (np.arange(len(coeffs)) + 0.5) / MODEL_FPS
         t_out = (np.arange(n) + 0.5) / fps
-        coeffs, motion, blink = (interp_frames(v, t_model, t_out) for v in (coeffs, motion, blink))
-        speech = interp_frames(speech.astype(np.float32), t_model, t_out) > 0.5
+        coeffs, motion, blink = (mf.interp_frames(v, t_model, t_out) for v in (coeffs, motion, blink))
+        speech = mf.interp_frames(speech.astype(np.float32), t_model, t_out) > 0.5
     return {"lower_face_motion": motion.astype(np.float32), "coeffs": coeffs.astype(np.float32),
             "blink": blink.astype(np.float32), "mouth_opening": mouth_opening(motion, model.basis.points),
             "speech": speech, "fps": float(fps), "points": list(model.basis.points)}

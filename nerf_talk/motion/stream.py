@@ -1,12 +1,9 @@
-"""Live driving: audio arriving in chunks -> motion, pose, blinks and rendered frames, with a bounded delay.
+"""Live motion: audio arriving in chunks -> the person's lower-face motion per output frame, with a bounded delay.
 
-The offline path (`predict_motion`, `make_drive`) sees the whole utterance. A live stream cannot: every stage here
-works on what has arrived plus a fixed, stated look-ahead, and keeps only bounded state.
-
-    stream = LiveStream(avatar, sample_rate=48000)            # api.Avatar; any input rate
-    for frame in stream.push(pcm_chunk):                      # int16 / float samples, any chunk size
-        jpeg = stream.render_jpeg(frame)                      # or stream.render(frame) -> uint8 [H, W, 3]
-    for frame in stream.finish(): ...                         # the end of the audio: the last frames
+The offline path (`predict_motion`) sees the whole utterance. A live stream cannot: every stage here works on what
+has arrived plus a fixed, stated look-ahead, and keeps only bounded state. The live engine (nerf_talk/live.py's
+LiveStream) chains these stages with the causal head-pose and blink generators (generate.py, through drive.py) and
+the renderer.
 
 Stages (each its own class, each testable against its offline counterpart):
   1. `StreamResampler`: input rate -> 16 kHz mono with scipy's polyphase filter, on overlapping windows, so the
@@ -20,10 +17,6 @@ Stages (each its own class, each testable against its offline counterpart):
      STATS_WINDOW_S), with priors for the first seconds, never from the future.
   4. `MotionStream`: StreamingPredictor (the network's own `lookahead` frames), the silence gate on the speech seen
      so far plus that look-ahead, the personal adapter (past frames only) and resampling to the avatar's rate.
-  5. `PoseStream` / `BlinkStream`: head motion and blinks generated from the person's track and blink rate as the
-     stream goes: generate.py's segment-and-crossfade and renewal process, but each choice made from the speech
-     activity of the past second (the offline generator looks 2.4 s ahead).
-  6. `LiveStream`: all of it for one avatar, plus rendering (api.Avatar.renderer) and JPEG encoding.
 
 Algorithmic delay of frame k (the audio of [k/fps, (k+1)/fps) must have arrived, then): the feature look-ahead
 (max(lookahead_s, 21 ms)) + the network's look-ahead (160 ms for the shipped model) + up to hop_frames - 1 frames
@@ -72,6 +65,20 @@ class StreamConfig:
         if not 0 <= self.lookahead_s <= 2.0 or not 0 <= self.context_s <= 10.0:
             raise ValueError(f"lookahead_s must be in [0, 2] and context_s in [0, 10], got {self.lookahead_s}, "
                              f"{self.context_s}")
+
+    @classmethod
+    def for_hardware(cls, gpu: bool | None = None, **settings) -> "StreamConfig":
+        """The live defaults for this machine (gpu None: whether torch sees CUDA), then `settings` (a None value
+        keeps the default). A GPU runs the recogniser once per 40 ms frame with room to spare: hop 1 and no
+        look-ahead, the shortest delay the model allows (181 ms). A CPU cannot afford four times the recogniser's
+        work, so it blocks 4 frames with 40 ms of look-ahead (326 ms): the class defaults."""
+        if gpu is None:
+            import torch
+
+            gpu = torch.cuda.is_available()
+        values = {"hop_frames": 1, "lookahead_s": 0.0} if gpu else {}
+        values.update({k: v for k, v in settings.items() if v is not None})
+        return cls(**values)
 
 
 # ------------------------------------------------------------------------------------------------ 1. resampling
@@ -339,12 +346,10 @@ class MotionStream:
             m = self.motion[self.out - self.motion_start: n_out - self.motion_start]
             sp = self.motion_speech[self.out - self.motion_start: n_out - self.motion_start] > 0.5
         else:
-            from nerf_talk.motion.predict import interp_frames
-
             t_out = (np.arange(self.out, n_out) + 0.5) / self.fps
             t_model = (np.arange(self.motion_start, have) + 0.5) / MODEL_FPS
-            m = interp_frames(self.motion, t_model, t_out).astype(np.float32)
-            sp = interp_frames(self.motion_speech, t_model, t_out) > 0.5
+            m = mf.interp_frames(self.motion, t_model, t_out).astype(np.float32)
+            sp = mf.interp_frames(self.motion_speech, t_model, t_out) > 0.5
         self.out = n_out
         # Keep the model frames the next output frame interpolates from.
         first_needed = max(self.motion_start, int(math.floor((self.out + 0.5) / self.fps * MODEL_FPS - 0.5)))
@@ -385,228 +390,6 @@ def stream_motion(model, audio: np.ndarray, sample_rate: int, fps: float, adapte
     m, s = ms.push(fs.push(a, final=True), final=True, seconds=n16 / af.SAMPLE_RATE)
     motion.append(m), speech.append(s)
     return {"lower_face_motion": np.concatenate(motion), "speech": np.concatenate(speech)}
-
-
-# ------------------------------------------------------------------------------------------------ 5. pose, blinks
-class PoseStream:
-    """Head poses generated frame by frame from the person's track (generate.generate_pose's segments and
-    cross-fades), each segment chosen when the previous one is about to end, from the speech activity of the
-    last second: the causal version of the offline generator, which matches segments to the next 2.4 s."""
-
-    def __init__(self, track: np.ndarray, track_speech: np.ndarray, fps: float, seed: int = 0):
-        from nerf_talk.motion.generate import CROSSFADE_S, SEGMENT_S, activity, poses_to_params
-
-        self.rng = np.random.default_rng(seed)
-        self.src = poses_to_params(track)
-        n_src = len(self.src)
-        self.seg = min(int(SEGMENT_S * fps), n_src)
-        self.fade = min(int(CROSSFADE_S * fps), self.seg // 2)
-        self.still = n_src < 2 or self.seg <= self.fade
-        self.window = max(1, int(fps))
-        self.recent: deque = deque(maxlen=self.window)  # speech of the last second
-        if self.still:
-            from nerf_talk.motion.generate import params_to_poses
-
-            self.pose0 = params_to_poses(self.src[:1])[0] if n_src else np.eye(4, dtype=np.float32)
-            return
-        act = activity(np.asarray(track_speech, bool), fps)
-        self.starts = np.arange(0, n_src - self.seg + 1, max(1, self.fade // 2))
-        self.seg_act = np.array([act[s:s + self.seg].mean() for s in self.starts])
-        self.spread = np.std(self.src, 0) + 1e-6
-        s = int(self.starts[self.rng.integers(len(self.starts))])
-        self.plan = self.src[s:s + self.seg].copy()  # upcoming params, plan[0] = the next frame
-        self.prev_start = s
-
-    def _extend(self) -> None:
-        from nerf_talk.motion.generate import pick_segment
-
-        want = float(np.mean(self.recent)) if self.recent else 0.0
-        current = self.plan[0]
-        s = pick_segment(self.rng, (self.seg_act - want) ** 2, self.src, self.starts, self.spread, current,
-                         self.prev_start, self.seg)
-        piece = self.src[s:s + self.seg].copy()
-        # From where the head is, the offset fading over the segment (no jump, no drift), then a raised-cosine
-        # cross-fade over what is left of the current plan.
-        piece += (current - self.src[s]) * np.linspace(1.0, 0.0, self.seg)[:, None]
-        k = len(self.plan)
-        w = 0.5 - 0.5 * np.cos(np.pi * np.arange(k) / max(k, 1))
-        piece[:k] = self.plan * (1 - w[:, None]) + piece[:k] * w[:, None]
-        self.plan, self.prev_start = piece, s
-
-    def step(self, speech: np.ndarray) -> np.ndarray:
-        """[M] speech of the next M frames -> [M, 4, 4] their camera-to-head poses."""
-        from nerf_talk.motion.generate import params_to_poses
-
-        if self.still:
-            return np.repeat(self.pose0[None], len(speech), 0)
-        out = np.zeros((len(speech), 6))
-        for i, s in enumerate(np.asarray(speech, bool)):
-            if len(self.plan) <= self.fade:
-                self._extend()
-            out[i] = self.plan[0]
-            self.plan = self.plan[1:]
-            self.recent.append(float(s))
-        return params_to_poses(out)
-
-
-class BlinkStream:
-    """Blinks at the person's rate (generate.generate_blinks' renewal process and profile), frame by frame; a blink
-    due within PAUSE_SNAP_S is moved to a pause as the pause begins (the offline one also snaps to later pauses)."""
-
-    def __init__(self, fps: float, rate_per_min: float, profile: np.ndarray | None = None, seed: int = 0):
-        from nerf_talk.motion.generate import DEFAULT_BLINK, GAMMA_SHAPE, MIN_BLINK_GAP_S, PAUSE_SNAP_P, PAUSE_SNAP_S
-
-        self.rng = np.random.default_rng(seed)
-        self.fps = fps
-        self.profile = DEFAULT_BLINK if profile is None or len(profile) == 0 else np.asarray(profile, np.float32)
-        self.mean_gap = 60.0 / float(np.clip(rate_per_min, 2.0, 60.0))
-        self.shape, self.min_gap = GAMMA_SHAPE, MIN_BLINK_GAP_S
-        self.snap, self.snap_p = PAUSE_SNAP_S, PAUSE_SNAP_P
-        self.t = 0
-        self.next = int(self.rng.uniform(0.2, 1.0) * self.mean_gap * fps)
-        self.active = np.zeros(0, np.float32)  # the rest of the blink under way
-        self.last = -10 ** 9
-        self.prev_speech = False
-
-    def _start(self) -> None:
-        self.active = np.maximum(np.pad(self.active, (0, max(0, len(self.profile) - len(self.active)))),
-                                 self.profile) if len(self.active) else self.profile.copy()
-        self.last = self.t
-        gap = max(self.min_gap, self.rng.gamma(self.shape, self.mean_gap / self.shape))
-        self.next = self.t + max(1, int(round(gap * self.fps)))
-
-    def step(self, speech: np.ndarray) -> np.ndarray:
-        """[M] speech of the next M frames -> [M] blink in [0, 1] (1 = closed)."""
-        out = np.zeros(len(speech), np.float32)
-        for i, s in enumerate(np.asarray(speech, bool)):
-            pause = self.prev_speech and not s
-            self.prev_speech = bool(s)
-            far_enough = (self.t - self.last) / self.fps >= self.min_gap
-            if self.t >= self.next or (pause and far_enough and self.next - self.t <= self.snap * self.fps
-                                       and self.rng.random() < self.snap_p):
-                if far_enough:
-                    self._start()
-                else:
-                    self.next = self.last + int(math.ceil(self.min_gap * self.fps))
-            if len(self.active):
-                out[i] = self.active[0]
-                self.active = self.active[1:]
-            self.t += 1
-        return out
-
-
-# ------------------------------------------------------------------------------------------------ 6. the whole
-@dataclass
-class LiveFrame:
-    """One output frame, ready to render."""
-
-    index: int
-    t: float  # its start in the audio, seconds
-    pose: np.ndarray  # [4, 4]
-    coeffs: np.ndarray  # [C] the avatar's motion coefficients
-    eyes: np.ndarray  # [3]
-    speech: bool
-    samples_in: int  # input samples received when it became ready (the audio it waited for)
-
-
-class LiveStream:
-    """One avatar driven by one audio stream: push chunks, get frames (see the module docstring)."""
-
-    def __init__(self, avatar, sample_rate: int, pose: str = "generate", blinks: bool = True, seed: int = 0,
-                 size: int | tuple[int, int] | None = None, cfg: StreamConfig = StreamConfig(),
-                 max_seconds: float | None = None):
-        from nerf_talk.render.video import still_pose
-
-        if pose not in ("generate", "still"):
-            raise UserError(f"pose must be 'generate' or 'still', is {pose!r}")
-        self.avatar, self.rate, self.cfg = avatar, int(sample_rate), cfg
-        self.resampler = StreamResampler(self.rate)
-        self.features = FeatureStream(cfg)
-        self.motion = MotionStream(avatar.motion_model, avatar.fps, avatar.adapter, None, cfg)
-        t = avatar.parts.tensors
-        track = t["pose_track"].numpy()
-        if pose == "generate":
-            self.pose = PoseStream(track, t["pose_speech"].numpy().astype(bool), avatar.fps, seed)
-        else:
-            self.pose = PoseStream(still_pose(track)[None], np.zeros(1, bool), avatar.fps, seed)
-        self.blinks = BlinkStream(avatar.fps, float(avatar.parts.meta["blink_rate_per_min"]),
-                                  t["blink_profile"].numpy(), seed) if blinks else None
-        self.eyes_open = t["eyes_open"].numpy()
-        self.max_samples = None if max_seconds is None else int(max_seconds * self.rate)
-        self.n_in = 0
-        self.n16 = 0
-        self.frames = 0
-        self.ended = False
-        self._size = size
-        self._renderer = None
-
-    @property
-    def fps(self) -> float:
-        return self.avatar.fps
-
-    @property
-    def algorithmic_delay_s(self) -> float:
-        """The longest wait, after the end of a frame's audio, before the frame can be computed (the module
-        docstring): resampler + feature look-ahead + network / gate look-ahead + the hop's blocking (the first frame
-        of a block waits for hop_frames - 1 more). Compute and transport come on top."""
-        return (self.resampler.delay_s + self.features.lookahead_s + self.motion.lookahead_s
-                + (self.cfg.hop_frames - 1) / MODEL_FPS)
-
-    def push(self, pcm: np.ndarray | bytes) -> list[LiveFrame]:
-        """A chunk of mono audio at sample_rate: int16 PCM (array or little-endian bytes) or float in [-1, 1]."""
-        if self.ended:
-            raise UserError("the stream has ended", "start a new one")
-        x = pcm_to_float(pcm)
-        if self.max_samples is not None and self.n_in + len(x) > self.max_samples:
-            raise UserError(f"the stream is over its limit of {self.max_samples / self.rate:.0f} s",
-                            "start a new stream")
-        self.n_in += len(x)
-        a = self.resampler.push(x)
-        self.n16 += len(a)
-        return self._frames(*self.motion.push(self.features.push(a)))
-
-    def finish(self) -> list[LiveFrame]:
-        """The end of the audio: the remaining frames (ceil(duration * fps) in all, as offline)."""
-        if self.ended:
-            return []
-        self.ended = True
-        a = self.resampler.push(np.zeros(0, np.float32), final=True)
-        self.n16 += len(a)
-        if self.n16 < af.MIN_SECONDS * af.SAMPLE_RATE:
-            raise UserError(f"the stream held {self.n16 / af.SAMPLE_RATE:.2f} s of audio, under the minimum of "
-                            f"{af.MIN_SECONDS} s", "speak (or send) at least a second of speech")
-        return self._frames(*self.motion.push(self.features.push(a, final=True), final=True,
-                                              seconds=self.n16 / af.SAMPLE_RATE))
-
-    def _frames(self, motion: np.ndarray, speech: np.ndarray) -> list[LiveFrame]:
-        from nerf_talk.render.video import motion_coefficients
-
-        if len(motion) == 0:
-            return []
-        poses = self.pose.step(speech)
-        b = self.blinks.step(speech) if self.blinks is not None else np.zeros(len(speech), np.float32)
-        eyes = np.stack([self.eyes_open[0] * (1 - b), self.eyes_open[1] * (1 - b), b], 1).astype(np.float32)
-        coeffs = motion_coefficients(self.avatar.model, motion)
-        out = []
-        for i in range(len(motion)):
-            k = self.frames + i
-            out.append(LiveFrame(k, k / self.fps, poses[i], coeffs[i], eyes[i], bool(speech[i]), self.n_in))
-        self.frames += len(motion)
-        return out
-
-    def render(self, frame: LiveFrame) -> np.ndarray:
-        """uint8 [H, W, 3]."""
-        if self._renderer is None:
-            self._renderer = self.avatar.renderer(self._size)
-        return self._renderer.render(frame.pose, frame.coeffs, frame.eyes)
-
-    def render_jpeg(self, frame: LiveFrame, quality: int = 85) -> bytes:
-        import cv2
-
-        ok, buf = cv2.imencode(".jpg", self.render(frame)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return buf.tobytes()
 
 
 def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:

@@ -35,7 +35,8 @@ from nerf_talk.motion import corpus as cp
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import visemes as vz
 from nerf_talk.motion.config import MotionRecipe, load_recipe
-from nerf_talk.motion.model import MODEL_FPS, Audio2Motion, MotionBasis, MotionModel
+from nerf_talk.motion.basis import GenericMotionBasis
+from nerf_talk.motion.model import MODEL_FPS, Audio2Motion, MotionModel
 
 log = logging.getLogger("nerf_talk.motion")
 MODEL_NAME = "audio2motion"
@@ -57,7 +58,7 @@ def load_sources(corpus_dir: str | Path, cfg: MotionRecipe, vocab: list[str]) ->
     return real, synthetic
 
 
-def fit_viseme_motion(real: list[cp.Source], basis: MotionBasis, vocab: list[str]) -> np.ndarray:
+def fit_viseme_motion(real: list[cp.Source], basis: GenericMotionBasis, vocab: list[str]) -> np.ndarray:
     """[V, C] per-viseme mean coefficients from the real clips (visemes.fit_viseme_motion), with the bilabial row
     replaced by the mean of the clips' own closed-lip speech frames: the recogniser's timing of /p b m/ is a frame
     or two off, which would blur a regressed closure, while the frames where a speaker's lips are shut are known."""
@@ -104,7 +105,7 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
 
     vocab = af.phoneme_vocabulary()
     real, synthetic = load_sources(corpus_dir, cfg, vocab)
-    basis = MotionBasis.fit([s.motion for s in real], list(_points(real, corpus_dir)), cfg.model.n_coeffs)
+    basis = GenericMotionBasis.fit([s.motion for s in real], list(_points(real, corpus_dir)), cfg.model.n_coeffs)
     viseme_motion = fit_viseme_motion(real, basis, vocab)
     data = cp.WindowDataset(real + synthetic, basis, viseme_motion, cfg.data.window, cfg.data.real_weight,
                             cfg.data.coarticulation_frames, blank_column=vocab.index(af.BLANK))

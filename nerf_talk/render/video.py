@@ -1,4 +1,4 @@
-"""Whole frames of a trained avatar, and the per-frame conditioning ("drive") that new speech turns into.
+"""Whole frames of a trained avatar from its per-frame drive (pose, motion coefficients, eyes: motion/drive.py).
 
 A frame is head + torso + background:
   * the head field is rendered only inside the screen box of the head's 3D box for that frame's pose (every other
@@ -7,15 +7,9 @@ A frame is head + torso + background:
   * the torso field is evaluated over the whole image (it is a 2D field: one small MLP per pixel, no marching);
   * both over the background plate, resampled when rendering at another size than the trained one.
 Rays go through the head field in chunks of `render.chunk` so memory stays bounded at any resolution.
-
-The drive: audio -> generic motion -> the personal adapter -> the person's lower-face motion -> the avatar's own
-motion coefficients; head pose generated from the person's track (or held still, or taken from another track);
-blinks generated at the person's rate with their blink profile.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -24,72 +18,6 @@ import torch
 from nerf_talk.fields import HeadCodes
 from nerf_talk.render.cameras import Intrinsics, image_pixels, pixel_rays
 from nerf_talk.render.composite import over_background
-
-POSE_MODES = ("generate", "still")
-
-
-@dataclass
-class Drive:
-    """What N frames show: head pose, lower-face motion, eyes; and where there is speech."""
-
-    poses: np.ndarray  # [N, 4, 4] camera-to-head
-    motion: np.ndarray  # [N, K, 3] lower-face motion in the person's space (0 = their neutral face)
-    eyes: np.ndarray  # [N, 3] left openness, right openness, blink
-    speech: np.ndarray  # [N] bool voice activity
-
-    def __len__(self) -> int:
-        return len(self.poses)
-
-
-def still_pose(track: np.ndarray) -> np.ndarray:
-    """[4, 4] the median pose of a track (rotation vector and translation medians): the person's usual position."""
-    from nerf_talk.motion.generate import params_to_poses, poses_to_params
-
-    return params_to_poses(np.median(poses_to_params(track), 0, keepdims=True))[0]
-
-
-def retarget_poses(source: np.ndarray, track: np.ndarray) -> np.ndarray:
-    """Another recording's head motion [M, 4, 4] moved onto this person: each source pose's rotation and translation
-    relative to the source's median pose, applied to this person's median pose (so their framing is kept)."""
-    from scipy.spatial.transform import Rotation
-
-    from nerf_talk.motion.generate import poses_to_params
-
-    src = poses_to_params(source)
-    med_src = np.median(src, 0)
-    home = still_pose(track).astype(np.float64)
-    r_med_inv = Rotation.from_rotvec(med_src[:3]).inv()
-    out = np.tile(np.eye(4), (len(src), 1, 1))
-    for i, p in enumerate(src):
-        delta = Rotation.from_rotvec(p[:3]) * r_med_inv  # the source's turn away from its usual pose
-        out[i, :3, :3] = (delta * Rotation.from_matrix(home[:3, :3])).as_matrix()
-        out[i, :3, 3] = home[:3, 3] + (p[3:] - med_src[3:])
-    return out.astype(np.float32)
-
-
-def make_drive(motion: np.ndarray, blink_prob: np.ndarray, speech: np.ndarray, fps: float, track: np.ndarray,
-               track_speech: np.ndarray, eyes_open: np.ndarray, blink_rate: float, blink_profile: np.ndarray,
-               pose: str | np.ndarray = "generate", blinks: bool = True, seed: int = 0) -> Drive:
-    """The drive of N frames from the person's motion [N, K, 3] and voice activity [N] (from predict_motion)."""
-    from nerf_talk.motion.generate import generate_blinks, generate_pose
-
-    n = len(motion)
-    if isinstance(pose, np.ndarray):
-        if pose.ndim != 3 or pose.shape[1:] != (4, 4) or len(pose) == 0:
-            raise ValueError(f"pose must be [M, 4, 4], got {pose.shape}")
-        from nerf_talk.motion.generate import replay_pose
-
-        poses = replay_pose(pose, n)
-    elif pose == "generate":
-        poses = generate_pose(track, track_speech, speech, fps, seed=seed)
-    elif pose == "still":
-        poses = np.repeat(still_pose(track)[None], n, 0)
-    else:
-        raise ValueError(f"pose must be one of {POSE_MODES} or an [M, 4, 4] array, is {pose!r}")
-    b = generate_blinks(n, fps, blink_rate, speech, blink_profile, seed) if blinks else np.zeros(n, np.float32)
-    eyes = np.stack([eyes_open[0] * (1 - b), eyes_open[1] * (1 - b), b], 1).astype(np.float32)
-    del blink_prob  # the generic model's blink probability is superseded by the person's own rate and profile
-    return Drive(np.asarray(poses, np.float32), np.asarray(motion, np.float32), eyes, np.asarray(speech, bool))
 
 
 def head_screen_box(pose: torch.Tensor, aabb: torch.Tensor, intr: Intrinsics, margin: int = 2
@@ -216,12 +144,3 @@ class FrameRenderer:
                 rgb, opacity = render_head_two_pass(self.model, rays_o, rays_d, codes)
                 img[sel] = over_background(rgb, opacity, img[sel])
         return (img.clamp(0, 1).reshape(h, w, 3) * 255.0).round().to(torch.uint8).cpu().numpy()
-
-
-def motion_coefficients(model, motion: np.ndarray) -> np.ndarray:
-    """[N, K, 3] lower-face motion -> [N, C] the avatar's own basis coefficients (as training computed them)."""
-    x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1)
-    mean, comps, scale = (t.detach().cpu() for t in (model.motion_mean, model.motion_components, model.motion_scale))
-    if x.shape[1] != comps.shape[1]:
-        raise ValueError(f"motion has {x.shape[1] // 3} points, the avatar's basis {comps.shape[1] // 3}")
-    return ((x - mean) @ comps.T / scale).numpy()

@@ -72,7 +72,7 @@ class ServeConfig:
     workers: int = 2  # threads for features, motion and rendering
     size: int | None = None  # default render height (None: the avatar's trained size)
     device: str | None = None
-    stream: StreamConfig = field(default_factory=StreamConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig.for_hardware)  # `nerf-talk serve`'s defaults
 
 
 class Running:
@@ -131,7 +131,7 @@ def warm_up(avatar) -> None:
     the renderer pay their first-call costs (over a second on a CPU) at load time, not in a client's first frames."""
     import numpy as np
 
-    from nerf_talk.motion.stream import LiveStream
+    from nerf_talk.live import LiveStream
 
     live = LiveStream(avatar, 16000, pose="still")
     frames = live.push(np.zeros(8000, np.int16)) + live.finish()
@@ -245,7 +245,7 @@ class Client:
             raise UserError(f"unknown message type {str(kind)[:40]!r}", "known: start, stop")
 
     async def start(self, msg: dict) -> None:
-        from nerf_talk.motion.stream import LiveStream
+        from nerf_talk.live import LiveStream
 
         if self.stream is not None:
             raise UserError("this connection already has a stream", "one stream per connection: send stop first")

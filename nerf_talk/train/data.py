@@ -13,6 +13,7 @@ import torch
 
 from nerf_talk.config import DataConfig
 from nerf_talk.errors import UserError
+from nerf_talk.motion.basis import PersonalMotionBasis
 from nerf_talk.render.cameras import Intrinsics
 from preprocess.dataset import Dataset, frame_name
 from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
@@ -37,37 +38,6 @@ def eye_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8
     if grow > 0:
         eye = torch.nn.functional.max_pool2d(eye, 2 * grow + 1, stride=1, padding=grow)
     return eye.reshape(-1) > 0
-
-
-@dataclass
-class MotionBasis:
-    """A per-person linear (PCA) basis of the lower-face motion: coefficients = (x - mean) @ components.T / scale.
-
-    One scale for all coefficients (the first component's standard deviation): normalising each coefficient to unit
-    variance would blow the near-noise trailing components up to the size of the real motion."""
-
-    mean: torch.Tensor  # [D] (D = K * 3)
-    components: torch.Tensor  # [C, D] orthonormal rows
-    scale: torch.Tensor  # [C] the first coefficient's standard deviation over the training frames, repeated
-
-    @classmethod
-    def fit(cls, motion: np.ndarray, n_components: int) -> "MotionBasis":  # motion [N, K, 3] training frames
-        x = torch.from_numpy(np.asarray(motion, np.float64).reshape(len(motion), -1))
-        mean = x.mean(0)
-        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-        c = max(1, min(n_components, int((s > 1e-9 * max(float(s[0]), 1e-30)).sum())))
-        scale = (s[:1] / max(len(x) - 1, 1) ** 0.5).expand(c)
-        return cls(mean.float(), vh[:c].float(), scale.clamp(min=1e-8).float().contiguous())
-
-    def coefficients(self, motion: np.ndarray | torch.Tensor) -> torch.Tensor:  # [N, K, 3] -> [N, C]
-        x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1)
-        return (x - self.mean) @ self.components.T / self.scale
-
-    def explained(self, motion: np.ndarray) -> float:
-        """Fraction of the motion's variance the basis reconstructs."""
-        x = torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(motion), -1) - self.mean
-        rec = (x @ self.components.T) @ self.components
-        return float(1 - ((x - rec) ** 2).sum() / (x**2).sum().clamp(min=1e-20))
 
 
 class FrameStore:
@@ -146,7 +116,7 @@ class TrainData:
             raise UserError(f"{ds.root}/poses.npy holds non-finite values", "run the pose step again.")
         self.template = ds.load_array("head_template", expect_rows=False)
         motion = ds.load_array("lower_face_motion")
-        self.basis = MotionBasis.fit(motion[self.train_frames], cfg.motion_components)
+        self.basis = PersonalMotionBasis.fit(motion[self.train_frames], cfg.motion_components)
         self.motion = self.basis.coefficients(motion)  # [N, C]
         eyes = ds.load_array("eye_openness").astype(np.float32)
         blink = ds.load_array("blink").astype(np.float32)

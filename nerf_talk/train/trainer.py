@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from nerf_talk.config import StageConfig, TrainConfig, _from_dict, apply_override, config_to_json, load_config
+from nerf_talk.config import StageConfig, TrainConfig, config_to_json, load, load_config
 from nerf_talk.errors import UserError
+from nerf_talk.media import write_atomic
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses as L
 from nerf_talk.train.data import TrainData
@@ -348,12 +349,7 @@ def render_batch_torso(model: AvatarModel, data: TrainData, batch, head: dict) -
 
 
 def _resume_config(ckpt: Path, overrides: list[str] | None) -> TrainConfig:
-    d = ck.load_state(ckpt)["config"]
-    for item in overrides or []:
-        apply_override(d, item)
-    cfg = _from_dict(TrainConfig, d, "")
-    cfg.validate()
-    return cfg
+    return load(TrainConfig, data=ck.load_state(ckpt)["config"], overrides=overrides)
 
 
 def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool = False) -> Path:
@@ -385,7 +381,8 @@ def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool =
         if not (src / "avatar.safetensors").exists():
             raise UserError(f"init_from: {src} holds no avatar.safetensors", "train the head first (recipes/head.toml).")
         ck.load_model_weights(trainer.model, src / "avatar.safetensors")
-    (out / "config.json").write_text(config_to_json(cfg))
+    text = config_to_json(cfg)
+    write_atomic(out / "config.json", lambda p: p.write_text(text))
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -398,7 +395,8 @@ def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool =
         figures = trainer.validate(writer)
         figures["seconds_per_step"] = _mean_sec_per_step(out / "train_log.jsonl")
         trainer.write_avatar(figures)
-        (out / "metrics.json").write_text(json.dumps(figures, indent=2))
+        doc = json.dumps(figures, indent=2)
+        write_atomic(out / "metrics.json", lambda p: p.write_text(doc))
         log.info("val PSNR %.2f dB (mean image %.2f dB)", figures["psnr"], figures["mean_image_psnr"])
     finally:
         writer.close()
