@@ -9,7 +9,7 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 """
 
 from ._backend import BACKENDS, BuildError, available, get_backend, set_backend
-from .composite import composite, packed_info_from_ray_indices
+from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
 
@@ -22,6 +22,7 @@ __all__ = [
     "RaySamples",
     "available",
     "composite",
+    "composite_weights",
     "get_backend",
     "hash_encode",
     "march_rays",
