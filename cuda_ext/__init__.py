@@ -9,7 +9,7 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 """
 
 from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
-from .composite import composite, packed_info_from_ray_indices
+from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
 
@@ -23,6 +23,7 @@ __all__ = [
     "available",
     "build_error",
     "composite",
+    "composite_weights",
     "find_cuda_home",
     "get_backend",
     "hash_encode",

@@ -51,7 +51,7 @@ def hash_encode(
     n_corners = 1 << dims
     w = torch.stack(weights, dim=1).view(n_points, n_levels, n_corners, 1)
     values = table.reshape(n_levels * table_size, n_features)[torch.stack(rows, dim=1)].to(x.dtype)
-    return (w * values.view(n_points, n_levels, n_corners, n_features)).sum(dim=2).reshape(n_points, -1)
+    return (w * values.view(n_points, n_levels, n_corners, n_features)).sum(dim=2).reshape(n_points, n_levels * n_features)
 
 
 def ray_interval(
@@ -172,3 +172,34 @@ def composite(
     depth = (w * mids).sum(1)
     opacity = w.sum(1)
     return rgb, depth, opacity
+
+
+def composite_weights(
+    sigmas: torch.Tensor,  # [S]
+    t_starts: torch.Tensor,  # [S]
+    t_ends: torch.Tensor,  # [S]
+    packed_info: torch.Tensor,  # [R, 2] (first sample, count)
+    early_stop_eps: float = 0.0,
+    skip_budget: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # weights [S], opacity [R]
+    """Inference compositing weights (see composite_ray_weights in csrc/composite.h), on the padded layout."""
+    n_rays, n_samples = packed_info.shape[0], sigmas.shape[0]
+    dtype, device = sigmas.dtype, sigmas.device
+    counts = packed_info[:, 1]
+    width = int(counts.max().item()) if n_rays > 0 else 0
+    if width == 0 or n_samples == 0:
+        return torch.zeros_like(sigmas), torch.zeros(n_rays, dtype=dtype, device=device)
+    j = torch.arange(width, device=device)
+    mask = j[None, :] < counts[:, None]
+    idx = torch.where(mask, (packed_info[:, :1] + j[None, :]).clamp(max=n_samples - 1), 0)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    alpha = 1.0 - torch.exp(-torch.where(mask, sigmas[idx], zero) * torch.where(mask, (t_ends - t_starts)[idx], zero))
+    trans = torch.cat([torch.ones_like(alpha[:, :1]), torch.cumprod(1.0 - alpha, dim=1)[:, :-1]], dim=1)
+    alive = mask & ((j[None, :] == 0) | (trans >= early_stop_eps)) if early_stop_eps > 0 else mask
+    w = torch.where(alive, trans * alpha, zero)
+    opacity_so_far = torch.cumsum(w, dim=1)
+    half = skip_budget * 0.5
+    keep = alive & (opacity_so_far > half) & (trans > half)
+    weights = torch.zeros_like(sigmas)
+    weights[idx[keep]] = w[keep]
+    return weights, opacity_so_far[:, -1]

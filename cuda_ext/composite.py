@@ -80,3 +80,40 @@ def composite(
         sigmas.to(dtype).contiguous(), rgbs.to(dtype).contiguous(), t_starts.to(dtype).contiguous(),
         t_ends.to(dtype).contiguous(), packed_info.contiguous(), float(early_stop_eps), name,
     )
+
+
+def composite_weights(
+    sigmas: torch.Tensor,  # [S]
+    t_starts: torch.Tensor,  # [S]
+    t_ends: torch.Tensor,  # [S]
+    packed_info: torch.Tensor,  # [R, 2] (first sample, count)
+    early_stop_eps: float = 1e-4,
+    skip_budget: float = 0.0,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # weights [S], opacity [R]
+    """Inference compositing (no gradients): the weights w_i = T_i alpha_i of `composite`, with its early termination,
+    from the densities alone, so that colour is evaluated only at the samples with weight > 0 and the frame is
+    rgb = sum w c (e.g. index_add over those samples) + (1 - opacity) * background.
+
+    opacity is exact. Samples after the termination get weight 0, and so do samples whose colour cannot move the ray
+    by more than `skip_budget` in all (colours in [0, 1]): in front of the surface while the ray's opacity so far is
+    <= skip_budget / 2, behind it once the transmittance is <= skip_budget / 2. skip_budget = 0 keeps every sample
+    that `composite` counts.
+    """
+    if early_stop_eps < 0 or skip_budget < 0:
+        raise ValueError(f"early_stop_eps and skip_budget must be >= 0, are {early_stop_eps} and {skip_budget}")
+    n_samples = sigmas.shape[0]
+    for name, t in (("t_starts", t_starts), ("t_ends", t_ends)):
+        if list(t.shape) != [n_samples]:
+            raise ValueError(f"{name} must have shape [{n_samples}], got {list(t.shape)}")
+    packed_info = packed_info.long()
+    name = _backend.resolve(backend, sigmas.device)
+    with torch.no_grad():
+        if name == "torch":
+            return _torch_impl.composite_weights(sigmas, t_starts.to(sigmas.dtype), t_ends.to(sigmas.dtype),
+                                                 packed_info, early_stop_eps, skip_budget)
+        dtype = torch.float32 if name == "cuda" else sigmas.dtype
+        weights, opacity = _backend.module_for(name).composite_weights(
+            sigmas.to(dtype).contiguous(), t_starts.to(dtype).contiguous(), t_ends.to(dtype).contiguous(),
+            packed_info.contiguous(), float(early_stop_eps), float(skip_budget))
+    return weights, opacity

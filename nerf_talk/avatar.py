@@ -45,6 +45,8 @@ KIND = "nerf_talk.avatar"
 # its training directory does too, so an old avatar is fitted again, not re-exported.
 # 3: the head field gained `eye_box` (the eye code acts only there); older files lack it and were trained with the eye
 # code everywhere, so they too are fitted again.
+# The one stamp of the model's format: the trainer writes it into a training directory's avatar.json too (export
+# refuses a directory with another), since the avatar file's model.* tensors are that directory's weights.
 FORMAT_VERSION = 3
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
@@ -196,34 +198,29 @@ def load_avatar(path: str | os.PathLike) -> AvatarParts:
 
 # -- the modules ---------------------------------------------------------------------------------------------------
 def build_model(parts: AvatarParts, device: torch.device | str = "cpu"):
-    """The AvatarModel of `parts` (eval mode, on `device`), without the dataset it was trained from.
-
-    AvatarModel's constructor derives sizes from a TrainData; here they come from the stored tensors instead, so the
-    submodules are built the same way and every weight and buffer is then loaded strictly (a missing or extra tensor
-    is an error, not a silent default)."""
-    from torch import nn
-
-    from cuda_ext import OccupancyGrid
+    """The AvatarModel of `parts` (eval mode, on `device`), without the dataset it was trained from: built by the
+    constructor training uses, from the shapes the file stores, then every weight and buffer is loaded strictly (a
+    missing or extra tensor is an error, not a silent default)."""
     from nerf_talk.config import TrainConfig, from_dict
-    from nerf_talk.fields import Background, HeadField, TorsoField
-    from nerf_talk.train.model import AvatarModel
+    from nerf_talk.motion.basis import PersonalMotionBasis
+    from nerf_talk.train.model import AvatarModel, ModelShapes
 
     cfg = from_dict(TrainConfig, parts.meta["config"])
     w = parts.prefixed("model")
-    aabb = [float(v) for v in w["head.aabb"]]
-    m = AvatarModel.__new__(AvatarModel)
-    nn.Module.__init__(m)
-    m.cfg = cfg
-    m.head = HeadField(cfg.head, aabb, int(w["motion_components"].shape[0]), int(w["head.latents"].shape[0]),
-                       [float(v) for v in w["head.mouth_box"]], cfg.backend)
-    m.grid = OccupancyGrid(aabb, cfg.render.grid_resolution)
-    m.torso = TorsoField(cfg.torso, backend=cfg.backend)
-    m.background = Background(parts.tensors["background"].float() / 255.0)
-    for name in ("motion_mean", "motion_components", "motion_scale", "pose_mean", "pose_scale"):
-        m.register_buffer(name, torch.zeros_like(w[name]))
-    state = dict(w, **{"background.plate": m.background.plate})
+    need = ("head.aabb", "head.mouth_box", "head.eye_box", "head.latents", "motion_mean", "motion_components",
+            "motion_scale", "pose_mean", "pose_scale")
+    missing = [k for k in need if k not in w]
+    if missing:
+        raise AvatarError(f"the avatar lacks model tensors {missing}", "the file is incomplete; export it again.")
+    box = lambda k: [float(v) for v in w[k]]  # noqa: E731
+    shapes = ModelShapes(box("head.aabb"), box("head.mouth_box"), box("head.eye_box"),
+                         int(w["motion_components"].shape[0]), int(w["head.latents"].shape[0]),
+                         parts.tensors["background"].float() / 255.0,
+                         PersonalMotionBasis(w["motion_mean"], w["motion_components"], w["motion_scale"]), w["pose_mean"],
+                         w["pose_scale"])
     try:
-        m.load_state_dict(state, strict=True)
+        m = AvatarModel(cfg, shapes)
+        m.load_state_dict(dict(w, **{"background.plate": m.background.plate}), strict=True)
     except RuntimeError as e:
         raise AvatarError(f"the avatar's weights do not fit its config: {str(e).splitlines()[0]}",
                           "the file is inconsistent; export it again.") from e
@@ -339,11 +336,9 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
         raise UserError(f"{train_dir} holds no finished training (avatar.safetensors + avatar.json)",
                         "train first (`nerf-talk train DATASET -o DIR`), or continue it with --resume.")
     tmeta = json.loads(meta_p.read_text())
-    from nerf_talk.train.trainer import AVATAR_VERSION
-
-    if tmeta.get("format_version") != AVATAR_VERSION:
+    if tmeta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{train_dir} was trained by another nerf_talk (fields version {tmeta.get('format_version')!r}, "
-                        f"this one exports version {AVATAR_VERSION})",
+                        f"this one exports version {FORMAT_VERSION})",
                         "train it again with this nerf_talk (`nerf-talk train` or `nerf-talk fit`).")
     ds = Dataset(dataset_dir or tmeta["dataset"])
     ds.load_manifest()

@@ -12,7 +12,7 @@ from cuda_ext import OccupancyGrid
 from nerf_talk.config import HeadConfig, TorsoConfig, load_config
 from nerf_talk.errors import UserError
 from nerf_talk.fields import HeadCodes, HeadField, TorsoField, eye_region, head_box, mouth_region, pose_features
-from nerf_talk.render import Intrinsics, composite_layers, pixel_rays, render_rays
+from nerf_talk.render import Intrinsics, over_background, pixel_rays, render_rays
 from nerf_talk.motion.basis import PersonalMotionBasis
 from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
@@ -113,7 +113,7 @@ def test_render_rays_sphere_and_layers():
     assert out.opacity[0] > 0.99 and out.opacity[1] < 1e-6
     assert math.isclose(float(out.depth[0] / out.opacity[0]), 0.5, abs_tol=0.01)
     bg = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    rgb = composite_layers(out.rgb, out.opacity, torch.zeros(2, 3), torch.zeros(2), bg)
+    rgb = over_background(out.rgb, out.opacity, bg)
     assert torch.allclose(rgb[0], torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
     assert torch.allclose(rgb[1], bg[1])
 

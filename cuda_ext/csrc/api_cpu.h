@@ -46,5 +46,10 @@ void composite_backward(const T* sigmas, const T* rgbs, const T* t_starts, const
                         const T* grad_rgb, const T* grad_depth, const T* grad_opacity, T* grad_sigmas, T* grad_rgbs,
                         int n_threads);
 
+// Inference: weights [S] (0 where the colour is not needed, see composite_ray_weights) and opacity [n_rays].
+template <typename T>
+void composite_weights(const T* sigmas, const T* t_starts, const T* t_ends, const int64_t* packed_info,
+                       int64_t n_rays, T early_stop_eps, T skip_budget, T* weights, T* opacity, int n_threads);
+
 }  // namespace cpu
 }  // namespace nt

@@ -44,5 +44,10 @@ cudaError_t composite_backward(const float* sigmas, const float* rgbs, const flo
                                const float* grad_depth, const float* grad_opacity, float* grad_sigmas,
                                float* grad_rgbs, cudaStream_t stream);
 
+// Inference: weights [S] (0 where the colour is not needed, see composite_ray_weights) and opacity [n_rays].
+cudaError_t composite_weights(const float* sigmas, const float* t_starts, const float* t_ends,
+                              const int64_t* packed_info, int64_t n_rays, float early_stop_eps, float skip_budget,
+                              float* weights, float* opacity, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace nt

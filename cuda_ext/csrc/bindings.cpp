@@ -390,6 +390,45 @@ std::vector<Tensor> composite_backward(const Tensor& grad_rgb, const Tensor& gra
   return {grad_sigmas, grad_rgbs};
 }
 
+// Inference compositing: per-sample weights (0 where the colour is not needed) and per-ray opacity.
+std::vector<Tensor> composite_weights(const Tensor& sigmas, const Tensor& t_starts, const Tensor& t_ends,
+                                      const Tensor& packed_info, double early_stop_eps, double skip_budget) {
+  NT_CHECK_INPUT(sigmas, "sigmas");
+  NT_CHECK_INPUT(t_starts, "t_starts");
+  NT_CHECK_INPUT(t_ends, "t_ends");
+  NT_CHECK_INPUT(packed_info, "packed_info");
+  check_float_dtype(sigmas, "sigmas");
+  NT_CHECK_DTYPE(t_starts, "t_starts", sigmas.scalar_type());
+  NT_CHECK_DTYPE(t_ends, "t_ends", sigmas.scalar_type());
+  NT_CHECK_DTYPE(packed_info, "packed_info", at::kLong);
+  const int64_t S = sigmas.size(0);
+  NT_CHECK_SHAPE(sigmas.dim() == 1, "sigmas", sigmas, "[S]");
+  NT_CHECK_SHAPE(t_starts.dim() == 1 && t_starts.size(0) == S, "t_starts", t_starts, "[S]");
+  NT_CHECK_SHAPE(t_ends.dim() == 1 && t_ends.size(0) == S, "t_ends", t_ends, "[S]");
+  NT_CHECK_SHAPE(packed_info.dim() == 2 && packed_info.size(1) == 2, "packed_info", packed_info, "[R, 2]");
+  const int64_t R = packed_info.size(0);
+  // Zeros: samples outside every ray's range are not written by the kernel.
+  Tensor weights = at::zeros_like(sigmas);
+  Tensor opacity = at::empty({R}, sigmas.options());
+  if (R == 0) return {weights, opacity};
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  NT_CHECK_LAUNCH(nt::cuda::composite_weights(sigmas.data_ptr<float>(), t_starts.data_ptr<float>(),
+                                              t_ends.data_ptr<float>(), packed_info.data_ptr<int64_t>(), R,
+                                              static_cast<float>(early_stop_eps), static_cast<float>(skip_budget),
+                                              weights.data_ptr<float>(), opacity.data_ptr<float>(),
+                                              c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "composite_weights", [&] {
+    nt::cpu::composite_weights<scalar_t>(sigmas.data_ptr<scalar_t>(), t_starts.data_ptr<scalar_t>(),
+                                         t_ends.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(), R,
+                                         static_cast<scalar_t>(early_stop_eps), static_cast<scalar_t>(skip_budget),
+                                         weights.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return {weights, opacity};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -405,4 +444,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("march_rays", &march_rays);
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
+  m.def("composite_weights", &composite_weights);
 }

@@ -31,6 +31,16 @@ __global__ void backward_kernel(const float* __restrict__ sigmas, const float* _
                          grad_sigmas, grad_rgbs);
 }
 
+__global__ void weights_kernel(const float* __restrict__ sigmas, const float* __restrict__ t_starts,
+                               const float* __restrict__ t_ends, const int64_t* __restrict__ packed_info,
+                               int64_t n_rays, float early_stop_eps, float skip_budget, float* __restrict__ weights,
+                               float* __restrict__ opacity) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n_rays) return;
+  composite_ray_weights(packed_info[2 * r], packed_info[2 * r + 1], sigmas, t_starts, t_ends, early_stop_eps,
+                        skip_budget, weights, opacity + r);
+}
+
 }  // namespace
 
 cudaError_t composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
@@ -51,6 +61,15 @@ cudaError_t composite_backward(const float* sigmas, const float* rgbs, const flo
   backward_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(sigmas, rgbs, t_starts, t_ends, packed_info, n_rays,
                                                              early_stop_eps, rgb, depth, opacity, grad_rgb,
                                                              grad_depth, grad_opacity, grad_sigmas, grad_rgbs);
+  return launch_status();
+}
+
+cudaError_t composite_weights(const float* sigmas, const float* t_starts, const float* t_ends,
+                              const int64_t* packed_info, int64_t n_rays, float early_stop_eps, float skip_budget,
+                              float* weights, float* opacity, cudaStream_t stream) {
+  if (n_rays == 0) return cudaSuccess;
+  weights_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(sigmas, t_starts, t_ends, packed_info, n_rays,
+                                                            early_stop_eps, skip_budget, weights, opacity);
   return launch_status();
 }
 

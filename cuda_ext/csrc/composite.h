@@ -9,6 +9,13 @@
 //   dL/dc_i     = w_i dL/drgb
 //   dL/dsigma_i = delta_i (T_{i+1} g_i - sum_{j>i} w_j g_j),
 // the suffix sum being the total (from the forward outputs) minus the running prefix.
+//
+// Inference (composite_ray_weights): the weights alone, from the densities, so that colour is evaluated only where
+// it shows. The same T_i, alpha_i, w_i and early termination as the forward; opacity = sum w_i is exact. A sample
+// gets weight 0 (its colour is not needed) in front of the surface, while the ray's opacity so far (this sample's
+// weight included) is <= skip_budget / 2, and behind it, once T_i <= skip_budget / 2 (all later weights sum to at
+// most T_i); colours lie in [0, 1], so the ray's colour moves by at most skip_budget. Samples after the termination
+// get 0 too: `weight > 0` marks exactly the samples whose colour matters.
 #pragma once
 
 #include "common.h"
@@ -73,6 +80,28 @@ NT_HD void composite_ray_backward(int64_t start, int64_t count, const T* __restr
     grad_rgbs[3 * i + 1] = T(0);
     grad_rgbs[3 * i + 2] = T(0);
   }
+}
+
+template <typename T>
+NT_HD void composite_ray_weights(int64_t start, int64_t count, const T* __restrict__ sigmas,
+                                 const T* __restrict__ t_starts, const T* __restrict__ t_ends, T early_stop_eps,
+                                 T skip_budget, T* __restrict__ weights, T* opacity) {
+  const T half = skip_budget * T(0.5);
+  T trans = T(1), op = T(0);
+  int64_t i = start;
+  for (; i < start + count; ++i) {
+    const T alpha = T(1) - exp_(-sigmas[i] * (t_ends[i] - t_starts[i]));
+    const T w = trans * alpha;
+    op += w;
+    weights[i] = (op <= half || trans <= half) ? T(0) : w;
+    trans *= T(1) - alpha;
+    if (trans < early_stop_eps) {
+      ++i;
+      break;
+    }
+  }
+  for (; i < start + count; ++i) weights[i] = T(0);
+  *opacity = op;
 }
 
 }  // namespace nt

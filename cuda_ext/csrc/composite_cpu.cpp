@@ -28,11 +28,22 @@ void composite_backward(const T* sigmas, const T* rgbs, const T* t_starts, const
   }
 }
 
+template <typename T>
+void composite_weights(const T* sigmas, const T* t_starts, const T* t_ends, const int64_t* packed_info,
+                       int64_t n_rays, T early_stop_eps, T skip_budget, T* weights, T* opacity, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256) if (n_rays >= kParallelMin / 16)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    composite_ray_weights(packed_info[2 * r], packed_info[2 * r + 1], sigmas, t_starts, t_ends, early_stop_eps,
+                          skip_budget, weights, opacity + r);
+  }
+}
+
 #define NT_INSTANTIATE(T)                                                                                           \
   template void composite_forward<T>(const T*, const T*, const T*, const T*, const int64_t*, int64_t, T, T*, T*, T*, \
                                      int);                                                                          \
   template void composite_backward<T>(const T*, const T*, const T*, const T*, const int64_t*, int64_t, T, const T*,  \
-                                      const T*, const T*, const T*, const T*, const T*, T*, T*, int);
+                                      const T*, const T*, const T*, const T*, const T*, T*, T*, int);          \
+  template void composite_weights<T>(const T*, const T*, const T*, const int64_t*, int64_t, T, T, T*, T*, int);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

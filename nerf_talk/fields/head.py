@@ -41,14 +41,17 @@ NO_BOX = [-1e3, -1e3, -1e3, 1e3, 1e3, 1e3]  # "everywhere" (metres): a field bui
 
 @dataclass
 class HeadCodes:
-    """Per-ray conditioning of the head field (gathered per sample by the renderer)."""
+    """Per-ray conditioning of the head field (gathered per sample by the renderer), or one row shared by every ray
+    (a whole frame: the field then embeds the motion once, not once per sample)."""
 
-    motion: torch.Tensor  # [R, K] motion coefficients
-    eyes: torch.Tensor  # [R, 3]
-    latent: torch.Tensor | None = None  # [R, latent_dim], or None for 0 (unseen frames)
+    motion: torch.Tensor  # [R, K] motion coefficients, or [1, K]
+    eyes: torch.Tensor  # [R, 3], or [1, 3]
+    latent: torch.Tensor | None = None  # [R, latent_dim] (or [1, latent_dim]), or None for 0 (unseen frames)
 
     def index(self, idx: torch.Tensor) -> "HeadCodes":
-        """The codes of rays `idx` [S] (one row per sample)."""
+        """The codes of rays `idx` [S] (one row per sample); shared codes stay shared."""
+        if self.motion.shape[0] == 1:
+            return self
         return HeadCodes(self.motion[idx], self.eyes[idx], None if self.latent is None else self.latent[idx])
 
 
@@ -135,8 +138,8 @@ class HeadField(nn.Module):
 
     def get_density(self, positions: torch.Tensor, motion: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [N, 3] (head frame), motion [N, K] coefficients of each sample's frame (None: the motion-free
-        field) -> density [N] (1/metre), geometry features [N, geo_features]."""
+        """positions [N, 3] (head frame), motion [N, K] (or [1, K] shared) coefficients of each sample's frame (None:
+        the motion-free field) -> density [N] (1/metre), geometry features [N, geo_features]."""
         x = self.normalize(positions)
         inside = ((x >= 0) & (x <= 1)).all(-1)
         enc = self.grid(x.clamp(0, 1))
@@ -145,6 +148,7 @@ class HeadField(nn.Module):
             # Only the samples in the mouth box pay for the residual (a few percent of a frame's samples).
             idx = torch.nonzero(self.in_mouth_region(positions)).reshape(-1)
             if idx.numel():
+                motion = motion.expand(len(positions), -1)
                 res = self.mouth_mlp(torch.cat([enc[idx], motion[idx].to(enc.dtype)], -1))
                 h = h.index_add(0, idx, res * self.mouth_weight(positions[idx])[:, None])
         raw = h[:, 0] + self.cfg.density_bias
@@ -165,7 +169,8 @@ class HeadField(nn.Module):
         return box_weight(positions, self.eye_box, EYE_FEATHER)
 
     def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
-        """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples -> rgb [N, 3] in [0, 1]."""
+        """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples (or one shared row) -> rgb
+        [N, 3] in [0, 1]."""
         n = geo.shape[0]
         # The region attention alone, learnt from scratch, leaves the motion acting on the whole face in a short fit
         # (an open-mouth code tinted cheeks and forehead); the lower-face motion shows only in the mouth box, so
@@ -180,7 +185,7 @@ class HeadField(nn.Module):
             if codes.latent is None:
                 lat = geo.new_zeros(n, self.cfg.latent_dim)
             else:
-                lat = codes.latent * (~self.in_mouth_region(positions)).to(geo.dtype)[:, None]
+                lat = codes.latent.expand(n, -1) * (~self.in_mouth_region(positions)).to(geo.dtype)[:, None]
             parts.append(lat)
         return torch.sigmoid(self.color_mlp(torch.cat(parts, -1)))
 

@@ -42,9 +42,18 @@ class TorsoField(nn.Module):
                                             cfg.base_resolution, cfg.finest_resolution), backend=backend)
         self.color = mlp(self.grid.cfg.out_dim + cfg.pose_code, cfg.hidden, 4)
 
-    def forward(self, uv: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uv [R, 2] in [0, 1] (x right, y down), pose [R, 9] -> rgb [R, 3], alpha [R]."""
-        p = self.pose_embed(pose)
-        offset = torch.tanh(self.deform(torch.cat([frequency_encoding(uv, UV_FREQS), p], -1))) * self.cfg.max_offset
+    def forward(self, uv: torch.Tensor, pose: torch.Tensor, uv_features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uv [R, 2] in [0, 1] (x right, y down), pose [R, 9] (or [1, 9] shared by every point) -> rgb [R, 3],
+        alpha [R]. uv_features: uv_features(uv) when the caller keeps them (a renderer's pixels are the same in every
+        frame)."""
+        p = self.pose_embed(pose).expand(len(uv), -1)
+        enc = self.uv_features(uv) if uv_features is None else uv_features
+        offset = torch.tanh(self.deform(torch.cat([enc, p], -1))) * self.cfg.max_offset
         h = self.color(torch.cat([self.grid((uv + offset).clamp(0, 1)), p], -1))
         return torch.sigmoid(h[:, :3]), torch.sigmoid(h[:, 3])
+
+    @staticmethod
+    def uv_features(uv: torch.Tensor) -> torch.Tensor:  # [R, 2] -> [R, 2 (1 + 2 UV_FREQS)]
+        """What the deformation MLP reads of a point's position."""
+        return frequency_encoding(uv, UV_FREQS)

@@ -42,6 +42,13 @@ def pixel_rays(
     return c2h[:, :3, 3].contiguous(), torch.nn.functional.normalize(d, dim=-1).contiguous()
 
 
+def pixel_uv(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # [R, 2] (x, y) -> [R, 2] in (0, 1)
+    """Pixel centres in image coordinates (u right, v down) of an image of `size` (height, width): where the 2D
+    torso field is looked up."""
+    h, w = size
+    return (pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=pixels.device)
+
+
 def image_pixels(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:  # [H * W, 2] (x, y)
     """Every pixel of an image in row-major order."""
     ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")

@@ -11,13 +11,7 @@ def over_background(rgb: torch.Tensor, opacity: torch.Tensor, under: torch.Tenso
     return rgb + (1.0 - opacity)[:, None] * under
 
 
-def composite_layers(
-    head_rgb: torch.Tensor,  # [R, 3] premultiplied
-    head_opacity: torch.Tensor,  # [R]
-    torso_rgb: torch.Tensor,  # [R, 3] straight
-    torso_alpha: torch.Tensor,  # [R]
-    background: torch.Tensor,  # [R, 3]
-) -> torch.Tensor:  # [R, 3]
-    """head over (torso over background)."""
-    under = torso_alpha[:, None] * torso_rgb + (1.0 - torso_alpha)[:, None] * background
-    return over_background(head_rgb, head_opacity, under)
+def torso_over(torso_rgb: torch.Tensor, torso_alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Straight `torso_rgb` [R, 3] with `torso_alpha` [R] over `background` [R, 3]: what lies under the head."""
+    return torso_alpha[:, None] * torso_rgb + (1.0 - torso_alpha)[:, None] * background
+

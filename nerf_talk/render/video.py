@@ -7,6 +7,7 @@ A frame is head + torso + background:
   * the torso field is evaluated over the whole image (it is a 2D field: one small MLP per pixel, no marching);
   * both over the background plate, resampled when rendering at another size than the trained one.
 Rays go through the head field in chunks of `render.chunk` so memory stays bounded at any resolution.
+Colour is evaluated only where the compositing weight matters (render.volume.render_rays_inference).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from nerf_talk.fields import HeadCodes
-from nerf_talk.render.cameras import Intrinsics, image_pixels, pixel_rays
-from nerf_talk.render.composite import over_background
+from nerf_talk.render.cameras import Intrinsics, image_pixels, pixel_rays, pixel_uv
+from nerf_talk.render.composite import over_background, torso_over
+from nerf_talk.render.volume import render_rays_inference
 
 
 def head_screen_box(pose: torch.Tensor, aabb: torch.Tensor, intr: Intrinsics, margin: int = 2
@@ -41,53 +43,24 @@ def head_screen_box(pose: torch.Tensor, aabb: torch.Tensor, intr: Intrinsics, ma
     return x0, y0, x1, y1
 
 
-WEIGHT_EPS = 1e-4  # samples contributing less than this to a pixel get no colour evaluation
-
-
-@torch.no_grad()
-def render_head_two_pass(model, rays_o: torch.Tensor, rays_d: torch.Tensor, codes: HeadCodes,
-                         weight_eps: float = WEIGHT_EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference-only head rendering: density at every marched sample, colour only where the sample's compositing
-    weight exceeds `weight_eps` (nerfacc's inference trick). Most samples of a trained head lie in front of the
-    surface in near-empty space or behind it in its shadow; skipping their colour MLP halves the work on a CPU.
-    Returns rgb [R, 3] (premultiplied) and opacity [R], over the kept samples only, so the two stay consistent;
-    a pixel differs from render_rays' by at most the dropped weights (< weight_eps each)."""
-    from cuda_ext import march_rays
-
-    r = model.cfg.render
-    n = rays_o.shape[0]
-    rgb_out, opacity = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
-    s = march_rays(rays_o, rays_d, model.grid, near=0.0, step_size=r.step_size, max_samples=r.max_samples,
-                   backend=model.cfg.backend)
-    if s.t_starts.numel() == 0:
-        return rgb_out, opacity
-    mids = (s.t_starts + s.t_ends) * 0.5
-    positions = rays_o[s.ray_indices] + rays_d[s.ray_indices] * mids[:, None]
-    sigma, geo = model.head.get_density(positions, codes.motion[s.ray_indices.long()])  # motion shapes the mouth
-    alpha = 1.0 - torch.exp(-sigma * (s.t_ends - s.t_starts))
-    # Transmittance before each sample: a running sum of log(1 - alpha) over all packed samples (float64: the sum
-    # runs across rays), minus its value at each ray's first sample.
-    log_keep = torch.log1p(-alpha.double().clamp(max=1.0 - 1e-12))
-    excl = torch.cumsum(log_keep, 0) - log_keep
-    first = s.packed_info[:, 0].long().clamp(max=len(excl) - 1)
-    trans = torch.exp(excl - excl[first][s.ray_indices.long()]).to(alpha.dtype)
-    weight = trans * alpha
-    keep = torch.nonzero(weight > weight_eps).reshape(-1)
-    if keep.numel() == 0:
-        return rgb_out, opacity
-    idx = s.ray_indices[keep].long()
-    rgb = model.head.get_outputs(positions[keep], geo[keep], codes.index(idx))
-    w = weight[keep]
-    rgb_out.index_add_(0, idx, w[:, None] * rgb)
-    opacity.index_add_(0, idx, w)
-    return rgb_out, opacity
+# How far a pixel's head colour may move from the exact composite (render_rays): the colour of the samples skipped
+# in front of the surface and behind it (cuda_ext.composite_weights). 1e-6 keeps frames within 1e-5 of the exact
+# path, float before rounding to 8 bits (bench/bench_render.py prints the difference).
+SKIP_BUDGET = 1e-6
+TORSO_CHUNK = 1 << 15  # pixels per torso-field call (its intermediates stay in cache, as render.volume's chunks)
 
 
 class FrameRenderer:
-    """Renders whole frames of an AvatarModel at its trained size or any other `size` (height, width)."""
+    """Renders whole frames of an AvatarModel at its trained size or any other `size` (height, width): the head by
+    volume rendering inside its screen box (render_rays_inference: cuda_ext's marching and compositing on every
+    device), over the torso field, over the background plate. Training's validation frames, `render`, `eval` and
+    the live server all render through this class.
+
+    exact=True renders the head with render_rays (every sample's colour, training's own path) instead: the reference
+    the inference path is measured against."""
 
     def __init__(self, model, intrinsics: Intrinsics, size: tuple[int, int] | None = None,
-                 torso: bool = True, device: torch.device | str | None = None) -> None:
+                 torso: bool = True, device: torch.device | str | None = None, exact: bool = False) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         h0, w0 = intrinsics.height, intrinsics.width
@@ -96,14 +69,18 @@ class FrameRenderer:
             raise ValueError(f"size {h}x{w} changes the aspect ratio of the trained {h0}x{w0}")
         self.intr = intrinsics.scaled(h / h0) if (h, w) != (h0, w0) else intrinsics
         self.size = (h, w)
-        plate = model.background.plate.cpu().numpy()
-        if plate.shape[:2] != (h, w):
+        plate = model.background.plate
+        if tuple(plate.shape[:2]) != (h, w):
+            plate = plate.cpu().numpy()
             interp = cv2.INTER_AREA if h < plate.shape[0] else cv2.INTER_LINEAR
-            plate = cv2.resize(plate, (w, h), interpolation=interp)
-        self.background = torch.from_numpy(np.ascontiguousarray(plate)).reshape(-1, 3).to(self.device)
+            plate = torch.from_numpy(np.ascontiguousarray(cv2.resize(plate, (w, h), interpolation=interp)))
+        self.background = plate.reshape(-1, 3).to(self.device)
         self.pixels = image_pixels(h, w, self.device)  # [H*W, 2]
-        self.uv = (self.pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=self.device)
         self.torso = torso
+        # The torso field's view of each pixel's position is the same in every frame: computed once.
+        self.uv = pixel_uv(self.pixels, self.size)
+        self.uv_features = model.torso.uv_features(self.uv) if torso else None
+        self.exact = exact
         self.chunk = int(model.cfg.render.chunk)
         self.head_pixels = 0  # pixels marched by the last frame (for benchmarks)
 
@@ -111,24 +88,36 @@ class FrameRenderer:
     def under_head(self, pose: torch.Tensor) -> torch.Tensor:  # [H*W, 3] torso over background
         if not self.torso:
             return self.background
-        code = self.model.pose_code(pose[None])  # [1, 9]
+        code = self.model.pose_code(pose[None])  # [1, 9], shared by every pixel
         out = torch.empty_like(self.background)
-        for c0 in range(0, len(self.uv), self.chunk * 4):
-            uv = self.uv[c0:c0 + self.chunk * 4]
-            rgb, alpha = self.model.torso(uv, code.expand(len(uv), -1))
-            out[c0:c0 + len(uv)] = alpha[:, None] * rgb + (1 - alpha[:, None]) * self.background[c0:c0 + len(uv)]
+        for c0 in range(0, len(self.uv), TORSO_CHUNK):
+            c1 = c0 + TORSO_CHUNK
+            rgb, alpha = self.model.torso(self.uv[c0:c1], code, self.uv_features[c0:c1])
+            out[c0:c1] = torso_over(rgb, alpha, self.background[c0:c1])
         return out
 
     @torch.no_grad()
-    def render(self, pose: np.ndarray | torch.Tensor, coeffs: np.ndarray | torch.Tensor,
-               eyes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """One frame: pose [4, 4] camera-to-head, the avatar's motion coefficients [C], eyes [3] -> uint8 [H, W, 3]."""
+    def render_head(self, pose: torch.Tensor, codes: HeadCodes, pixels: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # rgb [P, 3] premultiplied, opacity [P]
+        """The head at `pixels` [P, 2] (x, y) for camera-to-head `pose` [4, 4]."""
+        m, r = self.model, self.model.cfg.render
+        rays_o, rays_d = pixel_rays(pose.expand(len(pixels), 4, 4), pixels, self.intr)
+        if self.exact:
+            out = m.render_head(rays_o, rays_d, codes)
+            return out.rgb, out.opacity
+        return render_rays_inference(rays_o, rays_d, m.grid, m.head, codes, r.step_size, r.max_samples,
+                                     r.early_stop_eps, SKIP_BUDGET, backend=m.cfg.backend)
+
+    @torch.no_grad()
+    def render_float(self, pose: np.ndarray | torch.Tensor, coeffs: np.ndarray | torch.Tensor,
+                     eyes: np.ndarray | torch.Tensor, under: torch.Tensor | None = None) -> torch.Tensor:
+        """One frame as float [H, W, 3] (not clamped): pose [4, 4] camera-to-head, the avatar's motion coefficients
+        [C], eyes [3]. under [H*W, 3]: what lies under the head, instead of the torso field over the background."""
         dev = self.device
-        pose = torch.as_tensor(np.asarray(pose, np.float32), device=dev)
-        coeffs = torch.as_tensor(np.asarray(coeffs, np.float32), device=dev)
-        eyes = torch.as_tensor(np.asarray(eyes, np.float32), device=dev)
+        pose, coeffs, eyes = (torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32,
+                                              device=dev) for x in (pose, coeffs, eyes))
         h, w = self.size
-        img = self.under_head(pose).clone()  # [H*W, 3]
+        img = (self.under_head(pose) if under is None else under).clone()  # [H*W, 3]
         box = head_screen_box(pose, self.model.head.aabb, self.intr)
         self.head_pixels = 0
         if box is not None:
@@ -136,11 +125,16 @@ class FrameRenderer:
             ys = torch.arange(y0, y1, device=dev)
             idx = (ys[:, None] * w + torch.arange(x0, x1, device=dev)[None]).reshape(-1)  # flat pixel indices
             self.head_pixels = len(idx)
-            for c0 in range(0, len(idx), self.chunk):
+            codes = HeadCodes(coeffs[None], eyes[None], None)  # one frame's codes, shared; unseen frame: latent 0
+            for c0 in range(0, len(idx), self.chunk):  # rays in chunks: memory bounded at any size
                 sel = idx[c0:c0 + self.chunk]
-                n = len(sel)
-                rays_o, rays_d = pixel_rays(pose.expand(n, 4, 4), self.pixels[sel], self.intr)
-                codes = HeadCodes(coeffs.expand(n, -1), eyes.expand(n, -1), None)  # unseen frame: latent 0
-                rgb, opacity = render_head_two_pass(self.model, rays_o, rays_d, codes)
+                rgb, opacity = self.render_head(pose, codes, self.pixels[sel])
                 img[sel] = over_background(rgb, opacity, img[sel])
-        return (img.clamp(0, 1).reshape(h, w, 3) * 255.0).round().to(torch.uint8).cpu().numpy()
+        return img.reshape(h, w, 3)
+
+    def render(self, pose: np.ndarray | torch.Tensor, coeffs: np.ndarray | torch.Tensor,
+               eyes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """One frame (see render_float) as uint8 [H, W, 3]."""
+        img = self.render_float(pose, coeffs, eyes)
+        return (img.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+

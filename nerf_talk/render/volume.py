@@ -1,6 +1,9 @@
 """Field-agnostic volume rendering: march rays through the occupancy grid, ask a radiance closure for density and
 colour at the packed samples, composite. The closure carries whatever per-frame codes the field needs (nerfacc's
-`sigma_fn`/`rgb_sigma_fn` pattern), so nothing is hung on the model between calls."""
+`sigma_fn`/`rgb_sigma_fn` pattern), so nothing is hung on the model between calls.
+
+Two entries, both through cuda_ext's kernels: `render_rays` (differentiable, every sample's colour: training) and
+`render_rays_inference` (no gradients: density first, then colour only where the compositing weight matters)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from cuda_ext import OccupancyGrid, composite, march_rays
+from cuda_ext import OccupancyGrid, composite, composite_weights, march_rays
 
 # (positions [S, 3], ray_indices [S]) -> (density [S], rgb [S, 3])
 RadianceFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -65,3 +68,52 @@ def head_radiance_fn(field, codes) -> RadianceFn:
         return sigma, field.get_outputs(positions, geo, c)
 
     return fn
+
+
+# Samples per field call at inference. The field's intermediates ([samples, 32] floats per layer) then stay in the
+# CPU's cache: on the demo avatar at 128x128 (156k samples) one call over all samples took 85 ms, calls of 16k-65k
+# samples 40 ms, of 4k 64 ms (Python and dispatch overhead).
+INFERENCE_CHUNK = 1 << 15
+
+
+@torch.no_grad()
+def render_rays_inference(
+    rays_o: torch.Tensor,  # [R, 3]
+    rays_d: torch.Tensor,  # [R, 3] unit length
+    grid: OccupancyGrid,
+    field,  # get_density(positions, motion) -> (density, geo); get_outputs(positions, geo, codes) -> rgb
+    codes,  # HeadCodes: per ray, or one row shared by all rays
+    step_size: float,
+    max_samples: int,
+    early_stop_eps: float = 1e-4,
+    skip_budget: float = 0.0,
+    backend: str | None = None,
+    chunk: int = INFERENCE_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:  # rgb [R, 3] premultiplied, opacity [R]
+    """What `render_rays` gives (same samples, same compositing and early termination), for inference: densities at
+    every sample, then cuda_ext.composite_weights, then colour only at the samples whose weight is > 0. skip_budget
+    bounds how much a pixel may differ from render_rays' (colour of skipped samples; see composite_weights)."""
+    n = rays_o.shape[0]
+    rgb, opacity = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
+    s = march_rays(rays_o, rays_d, grid, step_size=step_size, max_samples=max_samples, backend=backend)
+    n_samples = s.t_starts.numel()
+    if n_samples == 0:
+        return rgb, opacity
+    ray_idx = s.ray_indices.long()
+    mids = (s.t_starts + s.t_ends) * 0.5
+    positions = rays_o[ray_idx] + rays_d[ray_idx] * mids[:, None]
+    sigmas, geos = [], []
+    for c0 in range(0, n_samples, chunk):
+        c = codes.index(ray_idx[c0:c0 + chunk])
+        sigma, geo = field.get_density(positions[c0:c0 + chunk], c.motion)  # motion shapes the mouth's density
+        sigmas.append(sigma)
+        geos.append(geo)
+    weights, opacity = composite_weights(torch.cat(sigmas), s.t_starts, s.t_ends, s.packed_info, early_stop_eps,
+                                         skip_budget, backend=backend)
+    keep = torch.nonzero(weights > 0).reshape(-1)
+    geo = torch.cat(geos)
+    for c0 in range(0, keep.numel(), chunk):
+        k = keep[c0:c0 + chunk]
+        colour = field.get_outputs(positions[k], geo[k], codes.index(ray_idx[k]))
+        rgb.index_add_(0, ray_idx[k], weights[k, None] * colour)
+    return rgb, opacity.to(rgb.dtype)

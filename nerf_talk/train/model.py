@@ -3,6 +3,8 @@ statistics) and how a batch of rays is rendered with them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -10,30 +12,53 @@ from cuda_ext import OccupancyGrid
 from nerf_talk.config import TrainConfig
 from nerf_talk.fields import (Background, HeadCodes, HeadField, TorsoField, eye_region, head_box, mouth_region,
                               pose_features)
-from nerf_talk.render import composite_layers, head_radiance_fn, over_background, pixel_rays, render_rays
+from nerf_talk.render import head_radiance_fn, over_background, pixel_rays, pixel_uv, render_rays, torso_over
 from nerf_talk.render.volume import RenderOutput
+from nerf_talk.motion.basis import PersonalMotionBasis
 from nerf_talk.train.data import RayBatch, TrainData
 
 
+@dataclass
+class ModelShapes:
+    """What an AvatarModel is built from besides its config: its sizes, boxes and fixed tensors. Training derives
+    them from the dataset (`from_data`); an avatar file stores them (avatar.build_model reads them back), so both
+    build the model through the same constructor and then every weight and buffer loads strictly."""
+
+    aabb: list[float]  # the head field's box (xmin, ymin, zmin, xmax, ymax, zmax), metres, head frame
+    mouth_box: list[float]  # where the motion shapes the density and the latent is off (fields.mouth_region)
+    eye_box: list[float]  # where the eye code acts (fields.eye_region)
+    n_motion: int  # motion coefficients (the motion basis' components)
+    n_latents: int  # per-frame latents (training frames)
+    background: torch.Tensor  # [H, W, 3] float in [0, 1], the plate
+    basis: PersonalMotionBasis  # the person's lower-face motion basis
+    pose_mean: torch.Tensor  # [3] mean camera position of the training frames (head frame)
+    pose_scale: torch.Tensor  # [1] their mean distance from the head
+
+    @classmethod
+    def from_data(cls, cfg: TrainConfig, data: TrainData) -> "ModelShapes":
+        train_pos = data.poses[data.train_frames, :3, 3]
+        return cls(head_box(data.template, cfg.head.box_padding, cfg.head.neck_extension),
+                   mouth_region(data.template), eye_region(data.template), data.basis.components.shape[0],
+                   len(data.train_frames), data.background, data.basis, train_pos.mean(0),
+                   train_pos.norm(dim=-1).mean().reshape(1))
+
+
 class AvatarModel(nn.Module):
-    def __init__(self, cfg: TrainConfig, data: TrainData) -> None:
+    def __init__(self, cfg: TrainConfig, shapes: ModelShapes) -> None:
         super().__init__()
         self.cfg = cfg
         backend = cfg.backend
-        aabb = head_box(data.template, cfg.head.box_padding, cfg.head.neck_extension)
-        n_motion = data.basis.components.shape[0]
-        self.head = HeadField(cfg.head, aabb, n_motion, len(data.train_frames), mouth_region(data.template), backend,
-                              eye_region(data.template))
-        self.grid = OccupancyGrid(aabb, cfg.render.grid_resolution)
+        self.head = HeadField(cfg.head, shapes.aabb, shapes.n_motion, shapes.n_latents, shapes.mouth_box, backend,
+                              shapes.eye_box)
+        self.grid = OccupancyGrid(shapes.aabb, cfg.render.grid_resolution)
         self.torso = TorsoField(cfg.torso, backend=backend)
-        self.background = Background(data.background)
+        self.background = Background(shapes.background)
         # The motion basis and the pose statistics travel with the avatar: a renderer needs them for new motion.
-        self.register_buffer("motion_mean", data.basis.mean.clone())
-        self.register_buffer("motion_components", data.basis.components.clone())
-        self.register_buffer("motion_scale", data.basis.scale.clone())
-        train_pos = data.poses[data.train_frames, :3, 3]
-        self.register_buffer("pose_mean", train_pos.mean(0))
-        self.register_buffer("pose_scale", train_pos.norm(dim=-1).mean().reshape(1))
+        self.register_buffer("motion_mean", shapes.basis.mean.clone())
+        self.register_buffer("motion_components", shapes.basis.components.clone())
+        self.register_buffer("motion_scale", shapes.basis.scale.clone())
+        self.register_buffer("pose_mean", shapes.pose_mean.clone())
+        self.register_buffer("pose_scale", shapes.pose_scale.clone())
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -79,16 +104,22 @@ def render_batch(model: AvatarModel, data: TrainData, motion: torch.Tensor, eyes
     bg = model.background(batch.pixels)
     out = {"head_rgb": head.rgb, "head_opacity": head.opacity, "n_samples": torch.tensor(head.n_samples)}
     if torso == "gt":
-        a = batch.torso_rgba[:, 3:]
-        out["rgb"] = over_background(head.rgb, head.opacity, a * batch.torso_rgba[:, :3] + (1 - a) * bg)
+        out["rgb"] = over_background(head.rgb, head.opacity, torso_over(batch.torso_rgba[:, :3],
+                                                                         batch.torso_rgba[:, 3], bg))
     elif torso == "field":
-        h, w = data.size
-        uv = (batch.pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=bg.device)
-        t_rgb, t_alpha = model.torso(uv, model.pose_code(poses))
-        out["rgb"] = composite_layers(head.rgb, head.opacity, t_rgb, t_alpha, bg)
-        out["torso_alpha"] = t_alpha
+        out.update(over_torso_field(model, data, batch, head.rgb, head.opacity))
     elif torso == "none":
         out["rgb"] = over_background(head.rgb, head.opacity, bg)
     else:
         raise ValueError(f"torso must be gt, field or none, is {torso!r}")
     return out
+
+
+def over_torso_field(model: AvatarModel, data: TrainData, batch: RayBatch, head_rgb: torch.Tensor,
+                     head_opacity: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The head (premultiplied rgb [R, 3], opacity [R]) over the torso field over the background at a batch's
+    pixels: rgb [R, 3] and torso_alpha [R]."""
+    poses = data.poses.to(batch.rgb.device)[batch.frames]
+    t_rgb, t_alpha = model.torso(pixel_uv(batch.pixels, data.size), model.pose_code(poses))
+    under = torso_over(t_rgb, t_alpha, model.background(batch.pixels))
+    return {"rgb": over_background(head_rgb, head_opacity, under), "torso_alpha": t_alpha}

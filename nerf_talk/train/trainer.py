@@ -27,18 +27,18 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from nerf_talk.avatar import FORMAT_VERSION
 from nerf_talk.config import StageConfig, TrainConfig, config_to_json, load, load_config
 from nerf_talk.errors import UserError
 from nerf_talk.media import write_atomic
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses as L
 from nerf_talk.train.data import TrainData
-from nerf_talk.train.model import AvatarModel, render_batch
+from nerf_talk.train.model import ModelShapes, AvatarModel, over_torso_field, render_batch
 
 log = logging.getLogger("nerf_talk.train")
 AVATAR_KIND = "nerf_talk.avatar.fields"
 N_MOTION_PROBES = 8  # motions the occupancy grid tries in the mouth box (see Trainer.__init__)
-AVATAR_VERSION = 3  # 2: HeadField.mouth_mlp (motion-dependent mouth density); 3: HeadField.eye_box (eye code cut to it)
 
 
 class TrainingDiverged(UserError):
@@ -90,7 +90,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.data = TrainData(dataset_dir, cfg.data, self.device)
-        self.model = AvatarModel(cfg, self.data).to(self.device)
+        self.model = AvatarModel(cfg, ModelShapes.from_data(cfg, self.data)).to(self.device)
         self.motion = self.data.motion.to(self.device)  # [N, C]
         self.eyes = self.data.eyes.to(self.device)  # [N, 3]
         self.train_motion = self.motion[torch.tensor(self.data.train_frames, device=self.device)]  # [F, C]
@@ -204,7 +204,7 @@ class Trainer:
             with torch.no_grad():
                 keep = torch.ones(len(batch.frames), device=self.device)
                 head = render_batch(m, self.data, self.motion, self.eyes, batch, "none", keep)
-            out = render_batch_torso(m, self.data, batch, head)
+            out = over_torso_field(m, self.data, batch, head["head_rgb"], head["head_opacity"])
             w = L.pixel_weights(batch.labels, self.cfg.loss)
             terms = {"photometric": L.weighted_mse(out["rgb"], batch.rgb, w),
                      "torso_alpha": self.cfg.loss.torso_alpha * ((out["torso_alpha"] - batch.torso_rgba[:, 3]) ** 2).mean()}
@@ -215,16 +215,19 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def render_frame(self, i: int, torso: str) -> tuple[torch.Tensor, torch.Tensor]:  # pred, gt [H, W, 3]
+        """Frame `i` through the renderer every avatar uses (render.video.FrameRenderer), with the dataset's pose,
+        motion and eyes, and no latent (validation frames are rendered as any new frame is). torso: "field" (the
+        torso field), "gt" (the dataset's own torso: head stages) or "none" (the background)."""
+        from nerf_talk.render import torso_over
+        from nerf_talk.render.video import FrameRenderer
+
         self.model.eval()
         full = self.data.full_frame(i)
-        chunk, preds = self.cfg.render.chunk, []
-        for c0 in range(0, len(full.frames), chunk):
-            sub = type(full)(*(getattr(full, f)[c0 : c0 + chunk] for f in
-                               ("frames", "rows", "pixels", "rgb", "labels", "torso_rgba")))
-            # Validation frames have no latent: they are rendered as any new frame is, from motion and eyes alone.
-            preds.append(render_batch(self.model, self.data, self.motion, self.eyes, sub, torso, None)["rgb"])
+        r = FrameRenderer(self.model, self.data.intrinsics, torso=torso == "field", device=self.device)
+        under = torso_over(full.torso_rgba[:, :3], full.torso_rgba[:, 3], r.background) if torso == "gt" else None
+        pred = r.render_float(self.data.poses[i], self.motion[i], self.eyes[i], under)
         h, w = self.data.size
-        return torch.cat(preds).reshape(h, w, 3).clamp(0, 1), full.rgb.reshape(h, w, 3)
+        return pred.clamp(0, 1), full.rgb.reshape(h, w, 3)
 
     def torso_trained(self) -> bool:
         start = 0
@@ -325,7 +328,7 @@ class Trainer:
         save_file(tensors, str(self.out / "avatar.safetensors.partial"))
         os.replace(self.out / "avatar.safetensors.partial", self.out / "avatar.safetensors")
         meta = {
-            "kind": AVATAR_KIND, "format_version": AVATAR_VERSION, "steps": self.step,
+            "kind": AVATAR_KIND, "format_version": FORMAT_VERSION, "steps": self.step,
             "dataset": str(self.data.ds.root), "intrinsics": self.data.intrinsics.to_dict(),
             "head_aabb": self.model.head.aabb.tolist(), "n_motion": int(self.model.motion_components.shape[0]),
             "motion_explained": self.data.basis.explained(self.data.ds.load_array("lower_face_motion")),
@@ -334,18 +337,6 @@ class Trainer:
         (self.out / "avatar.json.partial").write_text(json.dumps(meta, indent=2))
         os.replace(self.out / "avatar.json.partial", self.out / "avatar.json")
         shutil.copyfile(self.data.ds.path("background.png"), self.out / "background.png")
-
-
-def render_batch_torso(model: AvatarModel, data: TrainData, batch, head: dict) -> dict[str, torch.Tensor]:
-    """The torso field under an already rendered (frozen) head: only the torso gets gradients."""
-    from nerf_talk.render import composite_layers
-
-    h, w = data.size
-    poses = data.poses.to(batch.rgb.device)[batch.frames]
-    uv = (batch.pixels.float() + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=batch.rgb.device)
-    t_rgb, t_alpha = model.torso(uv, model.pose_code(poses))
-    rgb = composite_layers(head["head_rgb"], head["head_opacity"], t_rgb, t_alpha, model.background(batch.pixels))
-    return {"rgb": rgb, "torso_alpha": t_alpha}
 
 
 def _resume_config(ckpt: Path, overrides: list[str] | None) -> TrainConfig:

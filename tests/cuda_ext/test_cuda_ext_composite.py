@@ -130,3 +130,28 @@ def test_march_then_composite_renders_a_sphere():
                                     backend="cpu")
     assert opacity[0] > 0.999 and opacity[1] == 0.0
     assert depth[0] / opacity[0] == pytest.approx(3.0 - 0.6, abs=0.03)
+
+
+@pytest.mark.parametrize("eps,budget", [(0.0, 0.0), (1e-2, 0.0), (1e-4, 1e-3), (0.0, 0.05)])
+def test_inference_weights_match_reference_and_composite(eps, budget):
+    """composite_weights: the C++ kernel against the torch reference; with skip_budget 0 its weights rebuild
+    composite's outputs exactly, and with a budget the colour moves by at most the budget while opacity stays exact."""
+    from cuda_ext import composite_weights
+
+    sigmas, rgbs, t_starts, t_ends, packed_info, ray_indices = _packed(300, 40, seed=3, sigma_scale=30.0)
+    out = {b: composite_weights(sigmas, t_starts, t_ends, packed_info, eps, budget, backend=b) for b in ("cpu", "torch")}
+    torch.testing.assert_close(out["cpu"][0], out["torch"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-5, atol=1e-6)
+    weights, opacity = out["cpu"]
+    rgb_ref, _, opacity_ref = composite(sigmas, rgbs, t_starts, t_ends, packed_info, early_stop_eps=eps, backend="torch")
+    rgb = torch.zeros(300, 3).index_add_(0, ray_indices, weights[:, None] * rgbs)
+    torch.testing.assert_close(opacity, opacity_ref, rtol=1e-5, atol=1e-6)
+    if budget == 0:
+        torch.testing.assert_close(rgb, rgb_ref, rtol=1e-5, atol=1e-6)
+    else:
+        err = (rgb - rgb_ref).abs().max()
+        assert err <= budget + 1e-6
+        exact = composite_weights(sigmas, t_starts, t_ends, packed_info, eps, 0.0, backend="cpu")[0]
+        assert (weights == 0).sum() > (exact == 0).sum() + 10  # the budget really skipped samples
+    if eps > 0:  # the early termination cut samples: they get weight 0
+        assert ((weights == 0) & (sigmas > 0)).sum() > 0.05 * len(sigmas)
