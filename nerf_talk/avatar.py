@@ -44,9 +44,7 @@ KIND = "nerf_talk.avatar"
 # 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box); a version 1 file lacks it and
 # its training directory does too, so an old avatar is fitted again, not re-exported.
 # 3: the head field gained `eye_box` (the eye code acts only there); older files lack it and were trained with the eye
-# code everywhere, so they too are fitted again.
-# The one stamp of the model's format: the trainer writes it into a training directory's avatar.json too (export
-# refuses a directory with another), since the avatar file's model.* tensors are that directory's weights.
+# code everywhere, so they too are fitted again. (Both were changes of the weights: train.model.FIELDS_VERSION.)
 FORMAT_VERSION = 3
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
@@ -328,6 +326,7 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
 
     from nerf_talk.motion import load_default_model
     from nerf_talk.motion.generate import blink_profile
+    from nerf_talk.train.model import FIELDS_VERSION
     from preprocess.dataset import Dataset
 
     train_dir = Path(train_dir)
@@ -336,9 +335,9 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
         raise UserError(f"{train_dir} holds no finished training (avatar.safetensors + avatar.json)",
                         "train first (`nerf-talk train DATASET -o DIR`), or continue it with --resume.")
     tmeta = json.loads(meta_p.read_text())
-    if tmeta.get("format_version") != FORMAT_VERSION:
+    if tmeta.get("format_version") != FIELDS_VERSION:  # the trainer's stamp of the weights' layout
         raise UserError(f"{train_dir} was trained by another nerf_talk (fields version {tmeta.get('format_version')!r}, "
-                        f"this one exports version {FORMAT_VERSION})",
+                        f"this one exports version {FIELDS_VERSION})",
                         "train it again with this nerf_talk (`nerf-talk train` or `nerf-talk fit`).")
     ds = Dataset(dataset_dir or tmeta["dataset"])
     ds.load_manifest()

@@ -175,14 +175,14 @@ def test_training_validation_and_the_avatar_file_render_identical_pixels(fit_res
     and the inference renderer stays within 1e-5 of the exact path (every sample's colour, on the torch reference)."""
     from cuda_ext import HashGrid
     from nerf_talk.api import Avatar
-    from nerf_talk.config import TrainConfig, _from_dict
+    from nerf_talk.config import TrainConfig, from_dict
     from nerf_talk.render.video import FrameRenderer
     from nerf_talk.train import checkpoint as ck
     from nerf_talk.train.trainer import Trainer
 
     train_dir = fit_result["train_dir"]
     meta = json.loads((train_dir / "avatar.json").read_text())
-    trainer = Trainer(_from_dict(TrainConfig, meta["config"], ""), fit_result["dataset"], tmp_path)
+    trainer = Trainer(from_dict(TrainConfig, meta["config"]), fit_result["dataset"], tmp_path)
     ck.load_model_weights(trainer.model, train_dir / "avatar.safetensors")
     i = trainer.data.val_frames[0]
     pred, _ = trainer.render_frame(i, "field")

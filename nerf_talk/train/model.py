@@ -17,6 +17,11 @@ from nerf_talk.render.volume import RenderOutput
 from nerf_talk.motion.basis import PersonalMotionBasis
 from nerf_talk.train.data import RayBatch, TrainData
 
+# The layout of the model's weights. 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box);
+# 3: the head field gained `eye_box` (the eye code acts only there). The trainer stamps it into a training directory's
+# avatar.json and export refuses a directory with another one (older weights lack what the fields now need).
+FIELDS_VERSION = 3
+
 
 @dataclass
 class ModelShapes:

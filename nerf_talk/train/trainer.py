@@ -27,14 +27,13 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from nerf_talk.avatar import FORMAT_VERSION
 from nerf_talk.config import StageConfig, TrainConfig, config_to_json, load, load_config
 from nerf_talk.errors import UserError
 from nerf_talk.media import write_atomic
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses as L
 from nerf_talk.train.data import TrainData
-from nerf_talk.train.model import ModelShapes, AvatarModel, over_torso_field, render_batch
+from nerf_talk.train.model import FIELDS_VERSION, AvatarModel, ModelShapes, over_torso_field, render_batch
 
 log = logging.getLogger("nerf_talk.train")
 AVATAR_KIND = "nerf_talk.avatar.fields"
@@ -328,7 +327,7 @@ class Trainer:
         save_file(tensors, str(self.out / "avatar.safetensors.partial"))
         os.replace(self.out / "avatar.safetensors.partial", self.out / "avatar.safetensors")
         meta = {
-            "kind": AVATAR_KIND, "format_version": FORMAT_VERSION, "steps": self.step,
+            "kind": AVATAR_KIND, "format_version": FIELDS_VERSION, "steps": self.step,
             "dataset": str(self.data.ds.root), "intrinsics": self.data.intrinsics.to_dict(),
             "head_aabb": self.model.head.aabb.tolist(), "n_motion": int(self.model.motion_components.shape[0]),
             "motion_explained": self.data.basis.explained(self.data.ds.load_array("lower_face_motion")),
