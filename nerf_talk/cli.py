@@ -135,7 +135,9 @@ def cmd_render(args) -> None:
 
 def cmd_export(args) -> None:
     from nerf_talk.avatar import export_avatar
+    from nerf_talk.media import check_output_file
 
+    check_output_file(args.output)  # before the adapter is fitted
     export_avatar(args.train_dir, args.output, args.dataset)
     print(f"avatar: {args.output}  ({Path(args.output).stat().st_size / 2**20:.1f} MB)")
 

@@ -36,6 +36,13 @@ def _holder(path: Path) -> dict | None:
         return {}
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # released meanwhile: not stale, the next try creates it
+        return time.time()
+
+
 def _stale(h: dict) -> bool:
     if h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
         return False
@@ -55,7 +62,7 @@ def hold(path: Path, what: str) -> Iterator[None]:
             h = _holder(path)
             if h is None:
                 continue
-            if _stale(h) or (h == {} and time.time() - path.stat().st_mtime > 60):
+            if _stale(h) or (h == {} and time.time() - _mtime(path) > 60):
                 log.warning("taking over the stale lock %s (pid %s on %s is gone)", path, h.get("pid"),
                             h.get("host"))
                 path.unlink(missing_ok=True)

@@ -156,9 +156,9 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(dataset, t
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err[err.index("error:"):].splitlines() == ["error: No space left on device: /data/run/checkpoints/.last.partial/optimizer.pt",
-                                     "  -> free some disk space (or write to another disk) and run the same command "
-                                     "again"], err
+    assert err[err.index("error:"):].splitlines() == [
+        "error: No space left on device: /data/run/checkpoints/.last.partial/optimizer.pt",
+        "  -> free some disk space (or write to another disk) and run the same command again"], err
     assert not (out / "checkpoints" / ".last.partial").exists() and not temps(out)
     assert (out / "checkpoints" / "last" / "model.safetensors").read_bytes() == before
 
