@@ -264,8 +264,10 @@ def atomic_output(final: Path) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 minus the umask, read without changing the process's umask
     try:
         yield tmp
+        os.chmod(tmp, mode)  # some writers replace the file with their own 0600 one (safetensors' save_file)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

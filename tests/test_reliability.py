@@ -188,6 +188,8 @@ def test_stale_temporary_files_of_dead_runs_are_swept(tmp_path):
 # -- 7: the umask --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_outputs_follow_the_umask(tmp_path, umask):
+    from safetensors.torch import save_file
+
     from preprocess.dataset import Dataset
 
     old = os.umask(umask)
@@ -198,9 +200,12 @@ def test_outputs_follow_the_umask(tmp_path, umask):
         ds.root.mkdir()
         ds.save_array("x", np.zeros(3))
         ds.write_image("b.png", np.zeros((4, 4, 3), np.uint8))
+        # safetensors writes its own 0600 file (the avatar, the trained weights)
+        media.write_atomic(tmp_path / "w.avatar", lambda p: save_file({"a": torch.zeros(2)}, str(p)))
     finally:
         os.umask(old)
-    for p in (tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / "ds" / "x.npy", tmp_path / "ds" / "b.png"):
+    for p in (tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / "ds" / "x.npy", tmp_path / "ds" / "b.png",
+              tmp_path / "w.avatar"):
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
 
 
