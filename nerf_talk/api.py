@@ -38,6 +38,18 @@ log = logging.getLogger("nerf_talk")
 OUTPUT_AUDIO_RATE = 44100  # the mp4's audio track: speech read at this rate keeps its high band
 
 
+RENDER_HEIGHTS = (32, 2048)  # what --size accepts; below 32 px no face is left, above 2K is beyond any trained avatar
+
+
+def check_render_size(size: int | None) -> None:
+    """Refuse a render height (--size) outside RENDER_HEIGHTS or odd (H.264's 4:2:0 colour needs even sides: an odd
+    height would be cut by a row without a word)."""
+    lo, hi = RENDER_HEIGHTS
+    if size is not None and not (lo <= size <= hi and size % 2 == 0):
+        raise UserError(f"--size {size}: the render height must be an even number of pixels from {lo} to {hi}",
+                        "leave --size out to render at the avatar's trained size.")
+
+
 class Avatar:
     """A loaded avatar: its modules on one device, the personal adapter and the embedded generic motion model."""
 
@@ -79,6 +91,7 @@ class Avatar:
 
     def renderer(self, size: tuple[int, int] | int | None = None) -> FrameRenderer:
         if isinstance(size, int):
+            check_render_size(size)
             h, w = self.size
             size = (size, round(size * w / h))
         if not self.parts.meta.get("torso_trained", True):
@@ -137,6 +150,9 @@ def render_video(avatar: Avatar | str | os.PathLike, audio, out: str | os.PathLi
     from nerf_talk import media
     from nerf_talk.motion.predict import to_mono16k
 
+    media.check_output_file(Path(out))  # before the work, not after a whole render
+    if isinstance(size, int):
+        check_render_size(size)
     if not isinstance(avatar, Avatar):
         avatar = Avatar.load(avatar)
     if isinstance(audio, np.ndarray):
@@ -212,6 +228,9 @@ def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | o
     from nerf_talk.train import checkpoint as ck
 
     out = Path(out)
+    from nerf_talk.media import check_output_file
+
+    check_output_file(out)
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     phases = fit_phases(recipe)

@@ -143,19 +143,15 @@ def save_avatar(parts: AvatarParts, path: str | os.PathLike) -> Path:
     """Writes `parts` to `path` atomically (temporary file + rename) with the shape list and checksum filled in."""
     from safetensors.torch import save_file
 
-    from nerf_talk.media import atomic_path
+    from nerf_talk.media import atomic_output
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in parts.tensors.items()}
     meta = dict(parts.meta, kind=KIND, format_version=FORMAT_VERSION, tensors=_shapes(tensors),
                 checksum=tensor_checksum(tensors))
     validate(AvatarParts(tensors, meta), str(path))
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     parts.meta = meta
     return path
 
@@ -166,8 +162,12 @@ def load_avatar(path: str | os.PathLike) -> AvatarParts:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AvatarError(f"avatar file not found: {path}", "make one with `nerf-talk fit VIDEO -o NAME.avatar`.")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise AvatarError(f"{path} is {kind}, not an avatar file",
+                          "give the NAME.avatar file written by `nerf-talk fit` or `nerf-talk export`.")
     try:
         from safetensors import safe_open
 

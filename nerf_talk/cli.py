@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from nerf_talk.errors import UserError
+from nerf_talk.errors import Interrupted, UserError
 
 
 
@@ -40,6 +43,9 @@ def cmd_train(args) -> None:
 
     recipe = None if args.resume and args.recipe is None else resolve_recipe(args.recipe)
     out = train(args.dataset, args.output, recipe, overrides=args.set, resume=args.resume)
+    if not (out / "avatar.json").exists():  # stopped at the recipe's stop_at_step
+        print(f"stopped before the end; continue with: nerf-talk train {args.dataset} -o {out} --resume")
+        return
     print(f"avatar: {out}")
 
 
@@ -66,10 +72,13 @@ def cmd_fit(args) -> None:
 
 
 def cmd_render(args) -> None:
-    from nerf_talk.api import Avatar, load_speech, pose_from, render_video
+    from nerf_talk.api import Avatar, check_render_size, load_speech, pose_from, render_video
+    from nerf_talk.media import check_output_file
 
     if (args.audio is None) == (args.text is None):
         raise UserError("give the speech with --audio FILE or --text \"...\" (one of them)")
+    check_output_file(args.output)
+    check_render_size(args.size)
     t0 = time.perf_counter()
     avatar = Avatar.load(args.avatar)
     audio, rate = load_speech(args.audio, args.text, args.voice)
@@ -87,7 +96,9 @@ def cmd_render(args) -> None:
 
 def cmd_export(args) -> None:
     from nerf_talk.avatar import export_avatar
+    from nerf_talk.media import check_output_file
 
+    check_output_file(args.output)  # before the adapter is fitted
     export_avatar(args.train_dir, args.output, args.dataset)
     print(f"avatar: {args.output}  ({Path(args.output).stat().st_size / 2**20:.1f} MB)")
 
@@ -287,6 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What an interrupted command keeps, and how to go on.
+ON_INTERRUPT = {
+    "train": "add --resume to the same command to continue from the checkpoint",
+    "preprocess": "finished steps are kept; run the same command again to resume",
+    "fit": "finished stages and the last training checkpoint are kept; run the same command again to resume",
+    "demo": "finished stages are kept; run the same command again to resume",
+}
+# Environment errors that need no traceback: what to do about each.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some disk space (or write to another disk) and run the same command again",
+    errno.EDQUOT: "free some space in your quota and run the same command again",
+    errno.EACCES: "choose a folder you can write to, or change its permissions",
+    errno.EPERM: "choose a folder you can write to, or change its permissions",
+    errno.EROFS: "the disk is read-only: choose another output folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "the path is a folder: give a file name",
+}
+
+
+def _terminated(signum, frame):
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     # mediapipe's native (glog/TFLite) chatter would bury our progress bars.
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -295,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (timeout, docker, systemd) unwinds like Ctrl-C, so temporary files are removed and training saves.
+    old_term = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         args.func(args)
     except UserError as e:
@@ -302,9 +339,26 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"  -> {e.hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished steps are kept, run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        kept = e.kept if isinstance(e, Interrupted) and e.kept else ""
+        hint = ON_INTERRUPT.get(args.command, "no output was written (no partial file is left)")
+        if args.command == "train" and not kept:
+            hint = "no checkpoint was written by this run; run the same command again"
+        print(kept or what, file=sys.stderr)
+        print(f"  -> {hint}", file=sys.stderr)
+        return 128 + signum
+    except OSError as e:
+        if e.errno not in OS_ERROR_HINTS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {os.strerror(e.errno)}{where}", file=sys.stderr)
+        print(f"  -> {OS_ERROR_HINTS[e.errno]}", file=sys.stderr)
+        return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
 
 

@@ -6,8 +6,11 @@ metadata are handled once, with errors that say what to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -183,37 +186,107 @@ def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
     return audio
 
 
-def atomic_path(final: Path) -> Path:
-    """A temporary path beside `final` (same filesystem, so os.replace is atomic), keeping the suffix."""
+TEMP_MARK = ".nerf-tmp-"  # in every temporary file's name: .NAME.nerf-tmp-PID-RANDOM.SUFFIX
+_TEMP_NAME = re.compile(re.escape(TEMP_MARK) + r"(\d+)-[0-9a-f]+(\.[^.]*)?$")
+_swept: set[Path] = set()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed runs (SIGKILL, power loss) left in `folder`: those whose writer's pid
+    is gone. Returns what was removed. Runs once per folder per process (callers write many files into one)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if folder in _swept or not folder.is_dir():
+        return removed
+    _swept.add(folder)
+    for p in folder.glob(f".*{TEMP_MARK}*"):
+        m = _TEMP_NAME.search(p.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot become a file: a directory, a path under a file, or a
+    folder this user cannot write to."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"the output {path} is a directory", "give a file name, e.g. -o " + str(path / "out.mp4"))
+    check_output_dir(path.parent)
+
+
+def check_output_dir(folder: Path) -> None:
+    """Refuse a folder that cannot be created or written: one of its parents is a file, or the nearest existing one
+    is not writable."""
+    folder = Path(folder).absolute()
+    p = folder
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"cannot write into {folder}: {p} is a file, not a folder", "choose another output path.")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {folder}: {p} is not writable by this user",
+                        "choose a folder you can write to, or change its permissions.")
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final` to write; it is renamed onto `final` when the block ends normally and removed
+    on any exception (KeyboardInterrupt and the CLI's SIGTERM included), so that a reader never sees half a file.
+
+    The file is created with mode 0666 minus the umask, as `final` would be (mkstemp's 0600 would hide every output
+    from other users); the suffix is kept (writers such as OpenCV pick the format from it). The name holds the pid,
+    so that stale files of killed runs are recognised and swept by the next write into the folder.
+    """
+    final = Path(final)
+    check_output_file(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
+    sweep_stale_temps(final.parent)
+    while True:
+        tmp = final.with_name(f".{final.stem}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{final.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 minus the umask, read without changing the process's umask
+    try:
+        yield tmp
+        os.chmod(tmp, mode)  # some writers replace the file with their own 0600 one (safetensors' save_file)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, write) -> None:
-    """write(tmp) to a temporary path beside `path`, then move it into place: a reader never sees half a file, and a
-    failed write leaves no temporary behind."""
-    tmp = atomic_path(path)
-    try:
+    """write(tmp) to a temporary path beside `path`, then move it into place (see atomic_output)."""
+    with atomic_output(Path(path)) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = AUDIO_RATE) -> None:
     """Write float mono audio as 16-bit PCM wav, atomically."""
-    path = Path(path)
-    tmp = atomic_path(path)
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_output(Path(path)) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
 
 
 def write_video(
@@ -228,8 +301,11 @@ def write_video(
 
     Returns the number of frames written. The audio starts at time 0 with the first frame.
     """
-    path = Path(path)
-    tmp = atomic_path(path)
+    with atomic_output(Path(path)) as tmp:
+        return _encode_mp4(tmp, frames, fps, audio, audio_rate, crf)
+
+
+def _encode_mp4(tmp: Path, frames, fps: float, audio, audio_rate: int, crf: int) -> int:
     n = 0
     with av.open(str(tmp), "w", format="mp4") as c:
         vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -257,5 +333,4 @@ def write_video(
                     c.mux(pkt)
             for pkt in as_.encode():
                 c.mux(pkt)
-    os.replace(tmp, path)
     return n

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from nerf_talk import speech
-from nerf_talk.media import atomic_path, write_video
+from nerf_talk.media import atomic_output, write_video
 from preprocess import mesh_topology as mt
 
 VERSION = 3  # bump when the rendering changes, so that cached clips are remade
@@ -564,8 +564,7 @@ def make_sample_clip(
     written = write_video(video, frames(), fps, audio=audio, audio_rate=audio_rate)
     if written != n:
         raise RuntimeError(f"sample clip: wrote {written} frames, expected {n}")
-    tmp = atomic_path(truth)
-    with open(tmp, "wb") as fh:
+    with atomic_output(truth) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
             mouth_open=(gap * scale).astype(np.float32),
@@ -582,5 +581,4 @@ def make_sample_clip(
             params=np.str_(json.dumps(params)),
             generation_s=np.float32(time.perf_counter() - t_start),
         )
-    os.replace(tmp, truth)
     return SampleClip(video, truth)

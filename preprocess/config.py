@@ -18,3 +18,17 @@ class PreprocessConfig:
     audio: str | None = None  # separate audio file, for clips without (usable) sound
     audio_offset: float | None = None  # seconds the audio lags the video; None: measure it
     force: list[str] = field(default_factory=list)  # steps to redo even when cached
+
+    def validate(self) -> None:
+        """Refuse settings no dataset can be made with, before any work."""
+        from nerf_talk.errors import UserError
+
+        if not 128 <= self.size <= 2048:
+            raise UserError(f"--size {self.size}: the crop side must be 128 to 2048 pixels",
+                            "the default 512 suits most videos.")
+        if not 1 <= self.fps <= 120:
+            raise UserError(f"--fps {self.fps:g}: the frame rate must be 1 to 120", "the default 25 suits most videos.")
+        if not 0 <= self.val_fraction < 0.5:
+            raise UserError(f"--val-fraction {self.val_fraction:g}: it must be at least 0 and below 0.5",
+                            "the default 1/11 holds out the last 11th of the clip.")
+

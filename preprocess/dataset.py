@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from nerf_talk.errors import UserError
-from nerf_talk.media import atomic_path
+from nerf_talk.media import atomic_output
 
 FORMAT_VERSION = 1
 KIND = "nerf_talk.dataset"
@@ -118,10 +118,8 @@ class Dataset:
         return self.root / rel
 
     def write_text(self, rel: str, text: str) -> None:
-        final = self.path(rel)
-        tmp = atomic_path(final)
-        tmp.write_text(text)
-        os.replace(tmp, final)
+        with atomic_output(self.path(rel)) as tmp:
+            tmp.write_text(text)
 
     def write_json(self, rel: str, obj) -> None:
         self.write_text(rel, json.dumps(obj, indent=2, default=_json_default))
@@ -131,11 +129,8 @@ class Dataset:
 
     def save_array(self, name: str, arr: np.ndarray) -> None:
         """Save `name`.npy atomically."""
-        final = self.path(f"{name}.npy")
-        tmp = atomic_path(final)
-        with open(tmp, "wb") as f:
+        with atomic_output(self.path(f"{name}.npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(arr))
-        os.replace(tmp, final)
 
     def load_array(self, name: str, expect_rows: bool = True) -> np.ndarray:
         """Load `name`.npy; with `expect_rows`, check it has one row per frame."""
@@ -152,10 +147,8 @@ class Dataset:
 
     def write_image(self, rel: str, img: np.ndarray, jpeg_quality: int = 95) -> None:
         """Write an RGB/RGBA/gray uint8 image atomically; the format follows the extension."""
-        final = self.path(rel)
-        tmp = atomic_path(final)
-        write_image_file(tmp, img, jpeg_quality)
-        os.replace(tmp, final)
+        with atomic_output(self.path(rel)) as tmp:
+            write_image_file(tmp, img, jpeg_quality)
 
     def read_image(self, rel: str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
         return read_image_file(self.path(rel), flags)
@@ -175,13 +168,18 @@ class Dataset:
     def staged_dir(self, rel: str) -> Iterator[Path]:
         """A directory for many files that appears at `rel` only once all are written.
 
-        An interrupted run leaves only the staging directory behind; the next run starts it afresh.
+        A failed or interrupted run removes the staging directory (a killed one leaves it, and the next run starts
+        it afresh).
         """
         final = self.path(rel)
         stage = self.path(f".{rel}.partial")
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        yield stage
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         old = self.path(f".{rel}.old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

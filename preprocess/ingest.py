@@ -49,8 +49,9 @@ def choose_crop(boxes: np.ndarray, width: int, height: int, crop_scale: float) -
     return x0, y0, side
 
 
-def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
-    video = ds.manifest["source"]["path"]
+def check_source(video, cfg: PreprocessConfig) -> media.VideoInfo:
+    """What can be refused from the file alone (unreadable, too short, too small, no sound): checked before the
+    dataset folder is touched, so that a bad video leaves nothing behind."""
     info = media.probe_video(video)
     if info.duration and info.duration < cfg.min_duration:
         raise UserError(
@@ -64,6 +65,12 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
             f"{video} has no audio track",
             "pass the speech recorded with it as a separate file: --audio FILE (wav/mp3/m4a/flac).",
         )
+    return info
+
+
+def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
+    video = ds.manifest["source"]["path"]
+    info = check_source(video, cfg)
 
     # Pass 1: find the face in a few frames per second.
     det = face_detect.detector()

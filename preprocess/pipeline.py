@@ -14,13 +14,17 @@ import resource
 import time
 from pathlib import Path
 
+from nerf_talk import lockfile
 from nerf_talk.errors import UserError
+from nerf_talk.media import check_output_dir
 from preprocess import parallel
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import FORMAT_VERSION, KIND, Dataset
+from preprocess.ingest import check_source
 from preprocess.step import Step
 
 log = logging.getLogger("nerf_talk.preprocess")
+LOCK = ".preprocess.lock"  # in the dataset folder while a run writes it (hidden: not "content" to open_or_create)
 
 # In running order. Each module exposes STEP.
 STEP_MODULES = (
@@ -75,13 +79,18 @@ def open_or_create(out: Path, video: Path, cfg: PreprocessConfig) -> tuple[Datas
     fp = source_fingerprint(video)
     if ds.exists():
         m = ds.load_manifest()
-        if m["source"]["fingerprint"] != fp:
-            raise UserError(
-                f"{out} already holds a dataset of another video ({m['source']['path']})",
-                "choose a new output directory; nerf_talk never overwrites a dataset.",
-            )
-        return ds, m
-    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        if m.get("steps"):
+            if m["source"]["fingerprint"] != fp:
+                raise UserError(
+                    f"{out} already holds a dataset of another video ({m['source']['path']})",
+                    "choose a new output directory; nerf_talk never overwrites a dataset.",
+                )
+            return ds, m
+        # Not one step finished (its video failed in ingest, or the run was stopped there): nothing to keep.
+        if m["source"]["fingerprint"] != fp or m.get("fps") != cfg.fps or m.get("size") != cfg.size:
+            log.info("%s holds only an unfinished start of a dataset (%s): starting it again for %s", out,
+                     m["source"]["path"], video)
+    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise UserError(
             f"{out} exists and is not empty (and holds no nerf_talk dataset)",
             "choose a new or empty output directory; nothing was written.",
@@ -121,15 +130,20 @@ def run(video: str | Path, out: str | Path, cfg: PreprocessConfig) -> Dataset:
     unknown = [f for f in cfg.force if f not in names]
     if unknown:
         raise UserError(f"--force names unknown steps {unknown}", f"steps are: {', '.join(names)}")
-    ds, m = open_or_create(out, video, cfg)
-    if m.get("fps") != cfg.fps or m.get("size") != cfg.size:
-        raise UserError(
-            f"{out} was made at {m.get('fps')} fps, {m.get('size')} px; asked for {cfg.fps} fps, {cfg.size} px",
-            "use the same --fps/--size, or a new output directory.",
-        )
-    # One helper process for the whole run: it starts (imports mediapipe) while ingest works.
-    with parallel.session():
-        _run_steps(ds, steps, cfg, set(cfg.force))
+    cfg.validate()
+    check_source(video, cfg)  # before the folder is touched: a bad video leaves nothing to block the retry
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with lockfile.hold(out / LOCK, f"the dataset folder {out}"):
+        ds, m = open_or_create(out, video, cfg)
+        if m.get("fps") != cfg.fps or m.get("size") != cfg.size:
+            raise UserError(
+                f"{out} was made at {m.get('fps')} fps, {m.get('size')} px; asked for {cfg.fps} fps, {cfg.size} px",
+                "use the same --fps/--size, or a new output directory.",
+            )
+        # One helper process for the whole run: it starts (imports mediapipe) while ingest works.
+        with parallel.session():
+            _run_steps(ds, steps, cfg, set(cfg.force))
     return ds
 
 

@@ -83,7 +83,9 @@ def test_refuses_a_dataset_of_another_video(tmp_path, capsys):
     from preprocess.config import PreprocessConfig
 
     out = tmp_path / "ds"
-    pipeline.open_or_create(out, shared_file("video/lieu_256_60s.mp4"), PreprocessConfig())
+    ds, m = pipeline.open_or_create(out, shared_file("video/lieu_256_60s.mp4"), PreprocessConfig())
+    m["steps"]["ingest"] = {"version": 1, "result": {"n_frames": 1500}}  # a finished step: work to keep
+    ds.save_manifest(m)
     before = (out / "manifest.json").read_text()
     code, err = run_cli(capsys, shared_file("video/obama_450_20s.mp4"), "-o", out)
     assert code == 2 and "another video" in err and "never overwrites" in err

@@ -98,3 +98,32 @@ def test_export_from_a_training_directory(fit_result, tmp_path, capsys, monkeypa
     assert main(["export", str(fit_result["train_dir"]), "-o", str(out)]) == 0
     assert out.is_file() and f"avatar: {out}" in capsys.readouterr().out
     assert main(["export", str(tmp_path), "-o", str(tmp_path / "y.avatar")]) == 2
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_during_render_leaves_no_file_and_offers_no_resume(fit_result, tmp_path, sig, code):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nerf_talk.media import TEMP_MARK
+
+    out = tmp_path / "long.mp4"
+    text = "This sentence is long enough that the render is still writing frames when the signal comes. " * 3
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from nerf_talk.cli import main; sys.exit(main())",
+                             "render", str(fit_result["avatar"]), "--text", text, "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while not list(tmp_path.glob(f".*{TEMP_MARK}*")):  # the video is being written
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 120, "the render did not start"
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    assert "resume" not in err and "no partial file is left" in err
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import signal
 import pytest
 import torch
 
+from nerf_talk.errors import Interrupted
 from nerf_talk.train import TrainingDiverged, train
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses
@@ -94,7 +95,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(dataset, tmp_path, monkey
     monkeypatch.setattr(losses, "pixel_weights", interrupt_once)
     over = BASE + ["stages.0.steps=6", "stages.1.steps=0", "stages.2.steps=0", "checkpoint_every=100",
                    "data.rays_per_step=256"]
-    out = train(dataset, tmp_path / "int", SMOKE, over)
+    out = tmp_path / "int"
+    with pytest.raises(Interrupted, match="stopped at step 4"):
+        train(dataset, out, SMOKE, over)
     assert ck.load_state(out / "checkpoints" / "last")["step"] == 4
     train(dataset, out, None, None, resume=True)
     assert (out / "avatar.safetensors").exists() and [r["step"] for r in _log(out)] == list(range(1, 7))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import threading
@@ -28,8 +27,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from nerf_talk.config import StageConfig, TrainConfig, config_to_json, load, load_config
-from nerf_talk.errors import UserError
-from nerf_talk.media import write_atomic
+from nerf_talk.errors import Interrupted, UserError
+from nerf_talk.media import check_output_dir, write_atomic
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses as L
 from nerf_talk.train.data import TrainData
@@ -62,25 +61,32 @@ def learning_rate(stage: StageConfig, local_step: int) -> float:
 
 
 class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop after the current step (and save); a second one interrupts."""
+    """Turns the first Ctrl-C or SIGTERM (what `timeout`, docker and systemd send) into a request to stop after the
+    current step and save; a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._old = None
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 class Trainer:
@@ -257,13 +263,16 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self, writer=None) -> str:
-        """Trains from self.step to the end (or stop_at_step / Ctrl-C). Returns "done" or "stopped"."""
+        """Trains from self.step to the end or to stop_at_step ("done" or "stopped"). Ctrl-C or SIGTERM saves a
+        checkpoint and raises Interrupted."""
         cfg = self.cfg
         log_path = self.out / "train_log.jsonl"
         total = cfg.total_steps
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
         t_last = time.perf_counter()
-        with _StopFlag() as stop, open(log_path, "a") as logf:
+        repair_log(log_path)
+        # The bar is closed on every way out, so that an error message is not followed by a stale progress line.
+        with bar, _StopFlag() as stop, open(log_path, "a") as logf:
             while self.step < total:
                 si, stage, local = cfg.stage_at(self.step)
                 if self.opt_stage != si or self.optimizer is None:
@@ -305,8 +314,12 @@ class Trainer:
                 if stop.requested or (cfg.stop_at_step and self.step >= cfg.stop_at_step and self.step < total):
                     path = self.save()
                     bar.close()
-                    why = "Ctrl-C" if stop.requested else f"stop_at_step = {cfg.stop_at_step}"
-                    log.warning("stopped at step %d (%s); checkpoint %s; continue with --resume", self.step, why, path)
+                    if stop.requested:
+                        why = "Ctrl-C" if stop.signum == signal.SIGINT else signal.Signals(stop.signum).name
+                        raise Interrupted(stop.signum, f"training stopped at step {self.step} ({why}); "
+                                                       f"checkpoint {path}")
+                    log.warning("stopped at step %d (stop_at_step = %d); checkpoint %s; continue with --resume",
+                                self.step, cfg.stop_at_step, path)
                     return "stopped"
         bar.close()
         return "done"
@@ -324,8 +337,7 @@ class Trainer:
     def write_avatar(self, figures: dict) -> None:
         """The trained weights without optimizer state, and the metadata a renderer needs."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        save_file(tensors, str(self.out / "avatar.safetensors.partial"))
-        os.replace(self.out / "avatar.safetensors.partial", self.out / "avatar.safetensors")
+        write_atomic(self.out / "avatar.safetensors", lambda p: save_file(tensors, str(p)))
         meta = {
             "kind": AVATAR_KIND, "format_version": FIELDS_VERSION, "steps": self.step,
             "dataset": str(self.data.ds.root), "intrinsics": self.data.intrinsics.to_dict(),
@@ -333,8 +345,7 @@ class Trainer:
             "motion_explained": self.data.basis.explained(self.data.ds.load_array("lower_face_motion")),
             "train_frames": self.data.train_frames, "figures": figures, "config": self.cfg.to_dict(),
         }
-        (self.out / "avatar.json.partial").write_text(json.dumps(meta, indent=2))
-        os.replace(self.out / "avatar.json.partial", self.out / "avatar.json")
+        write_atomic(self.out / "avatar.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
         shutil.copyfile(self.data.ds.path("background.png"), self.out / "background.png")
 
 
@@ -350,6 +361,7 @@ def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool =
     where it stopped: step, weights, occupancy grid, optimizer state and random state.
     """
     out = Path(out_dir)
+    check_output_dir(out)
     ckpt = ck.find_checkpoint(out / "checkpoints") if resume else None
     if resume and ckpt is None:
         raise UserError(f"--resume: {out} holds no checkpoint", "start a new run without --resume.")
@@ -393,7 +405,36 @@ def train(dataset_dir, out_dir, recipe_path=None, overrides=None, resume: bool =
     return out
 
 
+def repair_log(path: Path) -> None:
+    """Cut a torn last line (a run killed mid-write, a full disk) off the log, so that the records appended next start
+    on a line of their own."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - keep)
+            f.truncate(keep)
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of train_log.jsonl; lines that are not JSON records (a torn tail) are skipped with a warning."""
+    recs, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            rec = None
+            bad += 1
+        if isinstance(rec, dict):
+            recs.append(rec)
+    if bad:
+        log.warning("%s: skipped %d damaged line(s)", path, bad)
+    return recs
+
+
 def _mean_sec_per_step(path: Path) -> float:
-    vals = [json.loads(line).get("sec_per_step", math.nan) for line in path.read_text().splitlines() if line]
-    vals = [v for v in vals if math.isfinite(v)]
+    vals = [r.get("sec_per_step", math.nan) for r in read_log(path)]
+    vals = [v for v in vals if isinstance(v, float) and math.isfinite(v)]
     return float(np.median(vals)) if vals else math.nan
