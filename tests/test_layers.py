@@ -16,7 +16,8 @@ PACKAGES = ("cuda_ext", "preprocess", "nerf_talk")
 # where a package spans layers). The package `nerf_talk` itself (its __init__) sits at the bottom: it holds no code.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base: errors, settings, media and audio, kernels", (
-        "nerf_talk.errors", "nerf_talk.config", "nerf_talk.recipes", "nerf_talk.media", "nerf_talk.audio_features",
+        "nerf_talk.errors", "nerf_talk.config", "nerf_talk.recipes", "nerf_talk.media", "nerf_talk.lockfile",
+        "nerf_talk.audio_features",
         "nerf_talk.av_sync", "nerf_talk.speech", "cuda_ext")),
     ("preprocess: video -> dataset", ("preprocess",)),
     ("fields, motion, sample clip", ("nerf_talk.fields", "nerf_talk.motion", "nerf_talk.sample_clip")),
