@@ -189,3 +189,17 @@ def test_a_port_in_use_is_one_line_exit_2_and_no_address(tmp_path):
     assert "http://" not in r.stdout  # the address is printed only once bound
     assert f"error: cannot listen on 127.0.0.1 port {port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "--port" in r.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--port", "70000"], "--port 70000 is not a TCP port"),
+    (["--idle-timeout", "0"], "--idle-timeout 0 must be > 0"),
+    (["--allow-origin", "ftp://talk.example"], "bad origin 'ftp://talk.example'"),
+    (["--allow-origin", "https://talk.example/page"], "bad origin"),
+])
+def test_bad_serve_arguments_are_one_line_exit_2(tmp_path, capsys, args, expected):
+    from nerf_talk.cli import main
+
+    assert main(["serve", "--avatar-dir", str(tmp_path), *args]) == 2
+    out = capsys.readouterr()
+    assert expected in out.err and "http://" not in out.out, out
