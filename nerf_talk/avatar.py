@@ -17,8 +17,10 @@ metadata is plain JSON. Tensors, by prefix:
   pose_speech     uint8 [N] voice activity of the same frames (segments are matched by speaking state)
   blink_profile   float32 [L] the person's mean blink curve
   eyes_open       float32 [2] the person's typical open-eye openness (left, right)
-The checksum is sha256 over (name, dtype, shape, bytes) of every tensor in sorted name order; a flipped bit, a
-truncated file or a tensor swapped in from another avatar is refused at load with a message saying what is wrong.
+The checksum is sha256 over the canonical JSON of the metadata (all but the checksum itself), then (name, dtype,
+shape, bytes) of every tensor in sorted name order; a flipped bit, an edited field, a truncated file or a tensor
+swapped in from another avatar is refused at load with a message saying what is wrong. Every metadata field is
+checked for type and bounds from the header alone, before any tensor is read or anything is built from it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ KIND = "nerf_talk.avatar"
 # its training directory does too, so an old avatar is fitted again, not re-exported.
 # 3: the head field gained `eye_box` (the eye code acts only there); older files lack it and were trained with the eye
 # code everywhere, so they too are fitted again. (Both were changes of the weights: train.model.FIELDS_VERSION.)
-FORMAT_VERSION = 3
+# 4: the checksum covers the metadata too (a version 3 file's fps or intrinsics could be edited unnoticed); the
+# tensors are unchanged, so a version 3 avatar's training directory exports a version 4 file.
+FORMAT_VERSION = 4
+REEXPORTABLE = (3,)  # older versions whose training directories `nerf-talk export` turns into this version
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -78,9 +83,70 @@ class AvatarParts:
 
 
 # -- checksum and validation -------------------------------------------------------------------------------------
-def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over name, dtype, shape and raw bytes of every tensor, in sorted name order."""
-    h = hashlib.sha256()
+# Limits on what a file may ask the loader to parse or allocate. Real avatars stay far inside them (the demo's
+# header is about 20 KB and its metadata nested 6 deep; the largest recipe, head.toml, has 16 x 2^19 x 2 = 2^24
+# hash-table parameters per field); a crafted file asking for more is refused before anything is allocated.
+MAX_HEADER_BYTES = 4 << 20  # the safetensors header: the tensor list + our metadata
+MAX_DEPTH = 16  # JSON nesting of the metadata
+MIN_SIDE, MAX_SIDE = 8, 4096  # image height / width in pixels (the renderer allocates per pixel)
+MAX_HASH_PARAMS = 1 << 26  # n_levels x 2^log2_table_size x features of one field's hash grid: 256 MB of float32
+
+# Every number the loader, the modules and the renderer read from the metadata: (path, integer?, lower, upper).
+NUMBERS = (
+    ("fps", False, 1.0, 240.0),
+    ("n_motion", True, 1, 256),
+    ("blink_rate_per_min", False, 0.0, 240.0),
+    ("intrinsics.width", True, MIN_SIDE, MAX_SIDE),
+    ("intrinsics.height", True, MIN_SIDE, MAX_SIDE),
+    ("intrinsics.fx", False, 1e-3, 1e6),
+    ("intrinsics.fy", False, 1e-3, 1e6),
+    ("intrinsics.cx", False, -1e6, 1e6),
+    ("intrinsics.cy", False, -1e6, 1e6),
+    ("config.render.grid_resolution", True, 1, 512),  # 512^3 cells: 512 MB of density; recipes use <= 128
+    ("config.render.chunk", True, 1, 1 << 20),
+    ("config.render.max_samples", True, 1, 8192),
+    ("config.render.step_size", False, 1e-5, 1.0),
+    ("config.render.early_stop_eps", False, 0.0, 1.0),
+    *((f"config.{part}.{name}", True, lo, hi) for part in ("head", "torso") for name, lo, hi in (
+        ("n_levels", 1, 64), ("n_features_per_level", 1, 16), ("log2_table_size", 1, 26),
+        ("base_resolution", 1, 1 << 16), ("finest_resolution", 1, 1 << 16), ("hidden", 1, 1024))),
+    ("config.head.geo_features", True, 1, 1024),
+    ("config.head.motion_code", True, 1, 1024),
+    ("config.head.latent_dim", True, 0, 1024),
+    ("config.torso.pose_code", True, 1, 1024),
+    ("motion_model.in_dim", True, 1, 4096),
+    ("motion_model.model.hidden", True, 1, 4096),
+    ("motion_model.model.n_coeffs", True, 1, 1024),
+    ("motion_model.model.front_kernel", True, 1, 256),
+    ("motion_model.model.lookahead", True, 0, 256),
+)
+# Lists of integers: (path, length or None, max length, lower, upper).
+INT_LISTS = (
+    ("size", 2, 2, MIN_SIDE, MAX_SIDE),
+    ("adapter.points", None, 10000, 0, 100000),
+    ("adapter.context", None, 64, -1000, 1000),
+    ("motion_model.points", None, 10000, 0, 100000),
+    ("motion_model.model.dilations", None, 64, 1, 4096),
+)
+REQUIRED_META = ("kind", "format_version", "fps", "size", "intrinsics", "head_aabb", "n_motion", "config", "adapter",
+                 "motion_model", "blink_rate_per_min", "tensors", "checksum")
+DAMAGED = "the file was altered or damaged; copy it again from where it was made, or export it again."
+# safetensors' dtype codes -> torch's names, as the `tensors` list writes them.
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def canonical_meta(meta: dict) -> bytes:
+    """The metadata as the checksum covers it: every field but `checksum`, JSON with sorted keys, no spaces, UTF-8."""
+    return json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+
+
+def avatar_checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """sha256 over the canonical metadata (length-prefixed), then name, dtype, shape and raw bytes of every tensor in
+    sorted name order."""
+    doc = canonical_meta(meta)
+    h = hashlib.sha256(len(doc).to_bytes(8, "little") + doc)
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         h.update(k.encode())
@@ -99,43 +165,154 @@ REQUIRED = ("background", "pose_track", "pose_speech", "blink_profile", "eyes_op
             "adapter.gain", "model.motion_components", "model.motion_mean", "model.motion_scale")
 
 
-def validate(parts: AvatarParts, where: str = "avatar") -> None:
-    """Checks the metadata against the tensors (kind, version, listed shapes, internal consistency)."""
-    m, t = parts.meta, parts.tensors
-    if m.get("kind") != KIND:
-        raise AvatarError(f"{where} is not a nerf_talk avatar (kind {m.get('kind')!r})",
+def _field(meta: dict, path: str, where: str):
+    """meta's value at a dotted path; a missing key (or a non-object on the way) is an AvatarError."""
+    v = meta
+    for i, key in enumerate(path.split(".")):
+        if not isinstance(v, dict):
+            raise AvatarError(f"{where}: metadata field {'.'.join(path.split('.')[:i])} is not an object", DAMAGED)
+        if key not in v:
+            raise AvatarError(f"{where}: the metadata lacks the field {path}", DAMAGED)
+        v = v[key]
+    return v
+
+
+def _is_number(v, integer: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) if integer else math.isfinite(v)
+
+
+def _bad(where: str, path: str, v, expected: str) -> AvatarError:
+    return AvatarError(f"{where}: metadata field {path} is {json.dumps(v)[:60]}, expected {expected}", DAMAGED)
+
+
+def _check_depth(meta, where: str) -> None:
+    stack = [(meta, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > MAX_DEPTH:
+            raise AvatarError(f"{where}: the avatar metadata is nested over {MAX_DEPTH} levels deep", DAMAGED)
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+
+
+def _parse_meta(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except RecursionError:  # Python's parser gives up on deep nesting (about 1000 levels)
+        raise AvatarError(f"{where}: the avatar metadata is nested over {MAX_DEPTH} levels deep", DAMAGED) from None
+    except ValueError as e:
+        raise AvatarError(f"{where}: the avatar metadata is not valid JSON ({e})", DAMAGED) from None
+    if not isinstance(meta, dict):
+        raise AvatarError(f"{where}: the avatar metadata is {type(meta).__name__}, not a JSON object", DAMAGED)
+    _check_depth(meta, where)
+    return meta
+
+
+def validate_meta(meta: dict, where: str = "avatar") -> None:
+    """Checks the metadata alone: kind, version, required fields, and every number the loader, the modules and the
+    renderer read (type, finite, within bounds), so that nothing is allocated from a value out of range."""
+    from dataclasses import fields
+
+    from nerf_talk.config import TrainConfig, from_dict
+    from nerf_talk.motion.model import ModelConfig
+
+    if meta.get("kind") != KIND:
+        raise AvatarError(f"{where} is not a nerf_talk avatar (kind {str(meta.get('kind'))[:60]!r})",
                           "give a file written by `nerf-talk fit` or `nerf-talk export`.")
-    v = m.get("format_version")
+    v = meta.get("format_version")
     if v != FORMAT_VERSION:
-        newer = isinstance(v, int) and v > FORMAT_VERSION
-        raise AvatarError(f"{where} has avatar format version {v!r}; this nerf_talk ({__version__}) reads version "
-                          f"{FORMAT_VERSION}",
-                          "update nerf_talk to read it." if newer else
-                          "fit it again (`nerf-talk fit`): older avatars lack the head field's motion-dependent "
-                          "mouth or its eye region, which re-exporting cannot add.")
-    missing = [k for k in REQUIRED if k not in t]
-    if missing or not any(k.startswith("motion_model.") for k in t):
+        newer = _is_number(v, True) and v > FORMAT_VERSION
+        if newer:
+            hint = "update nerf_talk to read it."
+        elif v in REEXPORTABLE:
+            hint = ("export it again from its training directory: `nerf-talk export NAME.avatar.work/train -o "
+                    "NAME.avatar` (`nerf-talk fit` keeps it beside the avatar); without one, fit it again.")
+        else:
+            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's motion-dependent mouth or its "
+                    "eye region, which re-exporting cannot add.")
+        raise AvatarError(f"{where} has avatar format version {json.dumps(v)[:20]}; this nerf_talk ({__version__}) "
+                          f"reads version {FORMAT_VERSION}", hint)
+    for key in REQUIRED_META:
+        _field(meta, key, where)
+    for key in ("intrinsics", "config", "adapter", "motion_model", "tensors"):
+        if not isinstance(meta[key], dict):
+            raise _bad(where, key, meta[key], "an object")
+    if not isinstance(meta["checksum"], str):
+        raise _bad(where, "checksum", meta["checksum"], "a hex string")
+    for path, integer, lo, hi in NUMBERS:
+        x = _field(meta, path, where)
+        if not _is_number(x, integer) or not lo <= x <= hi:
+            raise _bad(where, path, x, f"{'an integer' if integer else 'a finite number'} from {lo:g} to {hi:g}")
+    for path, n, max_len, lo, hi in INT_LISTS:
+        x = _field(meta, path, where)
+        if (not isinstance(x, list) or (n is not None and len(x) != n) or len(x) > max_len
+                or not all(_is_number(i, True) and lo <= i <= hi for i in x)):
+            count = f"{n}" if n is not None else f"up to {max_len}"
+            raise _bad(where, path, x, f"a list of {count} integers from {lo} to {hi}")
+    box = meta["head_aabb"]
+    if (not isinstance(box, list) or len(box) != 6 or not all(_is_number(x, False) and abs(x) <= 100 for x in box)
+            or not all(box[i] < box[i + 3] for i in range(3))):
+        raise _bad(where, "head_aabb", box, "6 finite numbers (metres): a box's minimum corner, then its maximum")
+    h, w = meta["size"]
+    if (meta["intrinsics"]["height"], meta["intrinsics"]["width"]) != (h, w):
+        raise AvatarError(f"{where}: intrinsics are for {meta['intrinsics']['width']}x{meta['intrinsics']['height']}"
+                          f" but the avatar's size is {w}x{h}", DAMAGED)
+    if not isinstance(meta["motion_model"].get("vocab"), list) or not all(
+            isinstance(x, str) for x in meta["motion_model"]["vocab"]):
+        raise _bad(where, "motion_model.vocab", meta["motion_model"].get("vocab"), "a list of strings")
+    unknown = set(meta["motion_model"]["model"]) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise AvatarError(f"{where}: unknown motion model setting(s) {', '.join(sorted(unknown))[:80]}", DAMAGED)
+    try:
+        from_dict(TrainConfig, meta["config"], "config.")
+    except UserError as e:
+        raise AvatarError(f"{where}: {e.problem}", DAMAGED) from None
+    for part in ("head", "torso"):
+        c = meta["config"][part]
+        n = c["n_levels"] * (1 << c["log2_table_size"]) * c["n_features_per_level"]
+        if n > MAX_HASH_PARAMS:
+            raise AvatarError(f"{where}: config.{part} asks for a hash grid of {n:,} parameters (over "
+                              f"{MAX_HASH_PARAMS:,})", DAMAGED)
+
+
+def check_tensor_list(meta: dict, shapes: dict[str, list], where: str = "avatar") -> None:
+    """Checks the tensors' names, dtypes and shapes ({name: [dtype, shape]}, from the file's header: nothing loaded)
+    against the metadata and against each other."""
+    missing = [k for k in REQUIRED if k not in shapes]
+    if missing or not any(k.startswith("motion_model.") for k in shapes):
         raise AvatarError(f"{where} lacks tensors {missing or ['motion_model.*']}", "the file is incomplete; export it "
                           "again.")
-    listed = m.get("tensors", {})
-    actual = _shapes(t)
-    if listed != actual:
-        diff = sorted(k for k in set(listed) | set(actual) if listed.get(k) != actual.get(k))
-        raise AvatarError(f"{where}: tensors do not match the header's list ({', '.join(diff[:5])})",
-                          "the file was altered or damaged; export it again.")
-    h, w = parts.size
-    bg = t["background"]
-    if bg.dtype != torch.uint8 or tuple(bg.shape) != (h, w, 3):
-        raise AvatarError(f"{where}: background is {bg.dtype} {list(bg.shape)}, expected uint8 [{h}, {w}, 3]")
-    n_motion = int(m["n_motion"])
-    if t["model.motion_components"].shape[0] != n_motion or t["adapter.A"].shape[1] != t["adapter.components"].shape[0]:
-        raise AvatarError(f"{where}: the motion basis and the adapter disagree on their sizes")
-    if t["pose_track"].ndim != 3 or tuple(t["pose_track"].shape[1:]) != (4, 4):
-        raise AvatarError(f"{where}: pose_track has shape {list(t['pose_track'].shape)}, expected [N, 4, 4]")
-    if len(t["pose_speech"]) != len(t["pose_track"]):
-        raise AvatarError(f"{where}: pose_speech and pose_track differ in length")
-    if not (m.get("fps", 0) > 0):
-        raise AvatarError(f"{where}: fps is {m.get('fps')!r}")
+    listed = meta["tensors"]
+    if listed != shapes:
+        diff = sorted(k for k in set(listed) | set(shapes) if listed.get(k) != shapes.get(k))
+        raise AvatarError(f"{where}: tensors do not match the header's list ({', '.join(diff[:5])})", DAMAGED)
+    h, w = meta["size"]
+    if shapes["background"] != ["uint8", [h, w, 3]]:
+        dtype, shape = shapes["background"]
+        raise AvatarError(f"{where}: background is {dtype} {shape}, expected uint8 [{h}, {w}, 3]", DAMAGED)
+    dims = {k: s for k, (_, s) in shapes.items()}
+    if (len(dims["model.motion_components"]) != 2 or dims["model.motion_components"][0] != meta["n_motion"]
+            or len(dims["adapter.A"]) != 2 or len(dims["adapter.components"]) < 1
+            or dims["adapter.A"][1] != dims["adapter.components"][0]):
+        raise AvatarError(f"{where}: the motion basis and the adapter disagree on their sizes", DAMAGED)
+    if len(dims["pose_track"]) != 3 or dims["pose_track"][1:] != [4, 4] or dims["pose_track"][0] < 1:
+        raise AvatarError(f"{where}: pose_track has shape {dims['pose_track']}, expected [N, 4, 4]", DAMAGED)
+    if dims["pose_speech"] != dims["pose_track"][:1]:
+        raise AvatarError(f"{where}: pose_speech and pose_track differ in length", DAMAGED)
+    res = meta["config"]["render"]["grid_resolution"]
+    if "model.grid.density" in dims and dims["model.grid.density"] != [res ** 3]:
+        raise AvatarError(f"{where}: config.render.grid_resolution is {res} but the stored occupancy grid has "
+                          f"{dims['model.grid.density']} cells", DAMAGED)
+
+
+def validate(parts: AvatarParts, where: str = "avatar") -> None:
+    """Checks the metadata and the tensors' list (see validate_meta, check_tensor_list)."""
+    validate_meta(parts.meta, where)
+    check_tensor_list(parts.meta, _shapes(parts.tensors), where)
 
 
 # -- file I/O ----------------------------------------------------------------------------------------------------
@@ -147,8 +324,11 @@ def save_avatar(parts: AvatarParts, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in parts.tensors.items()}
-    meta = dict(parts.meta, kind=KIND, format_version=FORMAT_VERSION, tensors=_shapes(tensors),
-                checksum=tensor_checksum(tensors))
+    # Through JSON and back: the metadata exactly as a reader will see it (tuples become lists), so the checksum
+    # computed here is the one load_avatar computes.
+    meta = json.loads(json.dumps(dict(parts.meta, kind=KIND, format_version=FORMAT_VERSION, tensors=_shapes(tensors),
+                                      checksum="")))
+    meta["checksum"] = avatar_checksum(tensors, meta)
     validate(AvatarParts(tensors, meta), str(path))
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
@@ -157,8 +337,12 @@ def save_avatar(parts: AvatarParts, path: str | os.PathLike) -> Path:
 
 
 def load_avatar(path: str | os.PathLike) -> AvatarParts:
-    """Reads and verifies an avatar file; raises AvatarError (a UserError) for anything damaged or foreign."""
-    from safetensors import SafetensorError
+    """Reads and verifies an avatar file; raises AvatarError (a UserError) for anything damaged or foreign.
+
+    The header is read and checked first (its size, the metadata's nesting, every field, the tensors' list), so a
+    crafted file cannot make the loader allocate more than the tensors it holds; then the tensors are read and the
+    checksum (metadata + tensors) is verified."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -168,30 +352,36 @@ def load_avatar(path: str | os.PathLike) -> AvatarParts:
         kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
         raise AvatarError(f"{path} is {kind}, not an avatar file",
                           "give the NAME.avatar file written by `nerf-talk fit` or `nerf-talk export`.")
+    unreadable = "the file is damaged or truncated, or not an avatar; export it again."
     try:
-        from safetensors import safe_open
-
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+        if n > MAX_HEADER_BYTES:
+            raise AvatarError(f"{path} is not a readable avatar file: its header would be {n:,} bytes (an "
+                              f"avatar's is under {MAX_HEADER_BYTES:,})",
+                              unreadable)
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+            shapes = {k: [_DTYPES.get(s.get_dtype(), s.get_dtype()), list(s.get_shape())]
+                      for k in f.keys() for s in [f.get_slice(k)]}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise AvatarError(f"{path} is not a readable avatar file ({type(e).__name__}: {e})",
-                          "the file is damaged or truncated, or not an avatar; export it again.") from e
+        raise AvatarError(f"{path} is not a readable avatar file ({type(e).__name__}: {e})", unreadable) from e
     if META_KEY not in header:
         raise AvatarError(f"{path} is a safetensors file but not a nerf_talk avatar (no {META_KEY!r} metadata)",
                           "give a file written by `nerf-talk fit` or `nerf-talk export`.")
+    meta = _parse_meta(header[META_KEY], str(path))
+    validate_meta(meta, str(path))
+    check_tensor_list(meta, shapes, str(path))
     try:
-        meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as e:
-        raise AvatarError(f"{path}: the avatar metadata is not valid JSON ({e})", "the file is damaged.") from e
-    parts = AvatarParts(tensors, meta)
-    validate(parts, str(path))
-    got = tensor_checksum(tensors)
-    if got != meta.get("checksum"):
-        raise AvatarError(f"{path}: checksum mismatch (stored {str(meta.get('checksum'))[:12]}..., "
-                          f"computed {got[:12]}...): the tensors were damaged or altered",
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AvatarError(f"{path} is not a readable avatar file ({type(e).__name__}: {e})", unreadable) from e
+    got = avatar_checksum(tensors, meta)
+    if got != meta["checksum"]:
+        raise AvatarError(f"{path}: checksum mismatch (stored {meta['checksum'][:12]}..., computed {got[:12]}...): "
+                          "the metadata or the tensors were damaged or altered",
                           "copy the file again from where it was made, or export it again.")
-    return parts
+    return AvatarParts(tensors, meta)
 
 
 # -- the modules ---------------------------------------------------------------------------------------------------

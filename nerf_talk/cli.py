@@ -131,6 +131,10 @@ def cmd_serve(args) -> None:
             raise UserError(f"not an avatar file: {f}", "give NAME.avatar files written by `nerf-talk fit`")
     if args.avatar_dir is None and not files:
         raise UserError("nothing to serve", "give NAME.avatar files, or --avatar-dir DIR holding some")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port", "give a port from 1 to 65535 (default 8765)")
+    if not args.idle_timeout > 0:
+        raise UserError(f"--idle-timeout {args.idle_timeout:g} must be > 0", "seconds without audio (default 30)")
     root = (args.avatar_dir or files[0].parent).resolve()
     # Only one directory's avatars can be named by clients: the given files must lie in it.
     for f in files:
@@ -149,7 +153,7 @@ def cmd_serve(args) -> None:
         torch.set_num_threads(args.threads)
     run(ServeConfig(avatar_dir=root, preload=[f.stem for f in files], host=args.host, port=args.port,
                     size=args.size, max_stream_s=args.max_stream_s, idle_timeout_s=args.idle_timeout,
-                    stream=stream))
+                    allow_origins=args.allow_origin or [], stream=stream))
 
 
 def cmd_demo(args) -> None:
@@ -287,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="audio the recogniser hears past a block (default: 0 ms on a GPU, 40 ms on a CPU)")
     pv.add_argument("--context-ms", type=float, default=600.0, help="audio the recogniser hears before a block")
     pv.add_argument("--max-stream-s", type=float, default=600.0, help="longest stream in seconds (default 600)")
-    pv.add_argument("--idle-timeout", type=float, default=30.0, help="close silent connections after this (s)")
+    pv.add_argument("--idle-timeout", type=float, default=30.0,
+                    help="end a stream and close its connection after this many seconds without audio (default 30)")
+    pv.add_argument("--allow-origin", action="append", metavar="SCHEME://HOST[:PORT]",
+                    help="also accept WebSocket connections from pages of this origin (and requests for its host), "
+                    "e.g. behind an HTTPS proxy; repeatable. Default: only the server's own page")
     pv.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     pv.set_defaults(func=cmd_serve)
 

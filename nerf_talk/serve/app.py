@@ -18,8 +18,10 @@ WebSocket protocol (docs/LIVE.md has it with examples)
 Safety: binds to 127.0.0.1 unless told otherwise; WebSocket messages over max_message_bytes close that connection
 (1009); a stream is limited to max_stream_s of audio and max_queued_s of audio waiting to be processed; avatar names
 are resolved only inside avatar_dir (a bare name, no path: nothing outside can be named, symlinks out are refused);
-a connection silent for idle_timeout_s is closed; every error in a handler is reported to that client only and
-the server goes on serving the others.
+a connection with no start and no audio for idle_timeout_s has its stream ended and is closed (heartbeats do not
+count); WebSocket upgrades only from the server's own origin or allow_origins; every route checks Host against the
+server's names (DNS rebinding); every response carries the security headers; every error in a handler is reported
+to that client only and the server goes on serving the others.
 
 Latency: motion runs for all audio received as soon as a block is complete; rendering runs in parallel, frame by
 frame. A frame is skipped (counted as "dropped") when a newer one is waiting and either it is already later than
@@ -30,6 +32,7 @@ worth rendering): a slow machine shows fewer frames, each as recent as it can be
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -65,7 +68,8 @@ class ServeConfig:
     max_message_bytes: int = 256 * 1024  # one WebSocket message: 2.7 s of 48 kHz PCM16, far above a live chunk
     max_stream_s: float = 600.0  # audio in one stream
     max_queued_s: float = 20.0  # audio received but not yet processed (a client sending far faster than real time)
-    idle_timeout_s: float = 30.0  # a connection that sends nothing for this long (and has nothing running) is closed
+    idle_timeout_s: float = 30.0  # no start and no audio for this long: the stream ends, the connection closes
+    allow_origins: list[str] = field(default_factory=list)  # other origins whose pages may open /ws
     max_streams: int = 4  # streams at once, all clients together
     max_lag_s: float = 0.15  # a frame later than the algorithmic delay + this is skipped when a newer one waits
     jpeg_quality: int = 80
@@ -182,6 +186,7 @@ class Client:
         self.ws, self.app, self.peer = ws, app, peer
         self.cfg: ServeConfig = app[CONFIG]
         self.stream: Stream | None = None
+        self.active_at = time.monotonic()  # the last start or audio chunk
 
     async def send_json(self, obj: dict) -> None:
         if not self.ws.closed:
@@ -194,13 +199,24 @@ class Client:
             pass
 
     async def run(self) -> None:
+        # The deadline moves only with a start or with audio: control messages that start nothing, and the pings and
+        # pongs of the heartbeat (answered inside aiohttp's receive), are not activity. The wait is bounded from
+        # outside receive() because receive's own timeout restarts at every ping or pong it handles.
+        self.active_at = time.monotonic()
         while not self.ws.closed:
+            left = self.active_at + self.cfg.idle_timeout_s - time.monotonic()
             try:
-                msg = await self.ws.receive(timeout=self.cfg.idle_timeout_s)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                msg = await asyncio.wait_for(self.ws.receive(), left)
             except asyncio.TimeoutError:
                 if self.stream is not None and self.stream.stopping:
-                    continue  # still rendering the end of a stream the client finished: not idle
-                await self.error(f"no message for {self.cfg.idle_timeout_s:g} s: closing this idle connection")
+                    self.active_at = time.monotonic()  # still rendering the end of a finished stream: not idle
+                    continue
+                what = "no audio" if self.stream is not None else "no stream started"
+                await self.end_stream()
+                await self.error(f"{what} for {self.cfg.idle_timeout_s:g} s: closing this idle connection",
+                                 "connect again when there is audio to send")
                 await self.ws.close(code=1000, message=b"idle")
                 return
             if msg.type == WSMsgType.TEXT:
@@ -269,6 +285,7 @@ class Client:
             h, w = size, round(size * w / h)
         self.stream = Stream(live, rate)
         self.app[ACTIVE].n += 1
+        self.active_at = time.monotonic()
         self.stream.task = asyncio.create_task(self.process(self.stream))
         await self.send_json({"type": "ready", "avatar": msg["avatar"], "fps": avatar.fps, "width": w, "height": h,
                               "sample_rate": rate, "algorithmic_delay_ms": round(live.algorithmic_delay_s * 1000),
@@ -292,6 +309,7 @@ class Client:
                             "can be processed; the stream was ended", "send audio at real-time pace")
         s.received += n
         s.queued += n
+        self.active_at = time.monotonic()
         s.arrivals.append((s.received, time.monotonic()))
         s.queue.put_nowait(data)
 
@@ -398,6 +416,9 @@ class Client:
 
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     cfg: ServeConfig = request.app[CONFIG]
+    if not origin_allowed(request):  # a page of another site: it must not hear or drive this server
+        raise web.HTTPForbidden(text=f"WebSocket from origin {request.headers['Origin'][:80]!r} refused: only this "
+                                "server's own page (or an --allow-origin) may connect\n")
     ws = web.WebSocketResponse(max_msg_size=cfg.max_message_bytes, heartbeat=20.0)
     await ws.prepare(request)
     client = Client(ws, request.app, request.remote or "?")
@@ -430,15 +451,81 @@ async def avatars(request: web.Request) -> web.Response:
                    "idle_timeout_s": cfg.idle_timeout_s, "max_streams": cfg.max_streams}})
 
 
+LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def normalize_origin(origin: str) -> str:
+    """scheme://host[:port] in lower case, as browsers send it in Origin; anything else is a UserError."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(origin.strip().lower())
+    if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/") or u.query or u.fragment:
+        raise UserError(f"bad origin {origin!r}", "give scheme://host[:port], e.g. --allow-origin https://talk.example")
+    return f"{u.scheme}://{u.netloc}"
+
+
+def _port(request: web.Request) -> int:
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return sock[1] if sock else request.app[CONFIG].port
+
+
+def host_allowed(request: web.Request) -> bool:
+    """Whether the request's Host names this server: localhost, 127.0.0.1, [::1] or --host, with the port it listens
+    on, or the host of an --allow-origin. A page on another site that resolves its own name to 127.0.0.1 (DNS
+    rebinding) sends its own name here and is refused. Served on every address (0.0.0.0, ::), any IP literal with
+    the port is accepted too: rebinding needs a name."""
+    import ipaddress
+
+    cfg: ServeConfig = request.app[CONFIG]
+    host = request.headers.get("Host", "").lower()
+    port = _port(request)
+    bound = cfg.host.lower()
+    names = set(LOCAL_NAMES) | {f"[{bound}]" if ":" in bound else bound}
+    allowed = {f"{n}:{port}" for n in names} | (names if port == 80 else set())
+    allowed |= {o.split("://", 1)[1] for o in cfg.allow_origins}
+    if host in allowed:
+        return True
+    if bound in WILDCARD_HOSTS:
+        name, _, p = host.rpartition(":")
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            return False
+        return p == str(port)
+    return False
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """A WebSocket upgrade's Origin: none (not a browser: a script on this machine can connect anyway), this
+    server's own (the page it served, by the Host it was reached at), or one of --allow-origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    host = request.headers.get("Host", "").lower()
+    return origin.lower() in ({f"http://{host}", f"https://{host}"} | set(request.app[CONFIG].allow_origins))
+
+
 @web.middleware
-async def security_headers(request: web.Request, handler):
-    resp = await handler(request)
-    if not isinstance(resp, web.WebSocketResponse):
-        # The page loads only its own script, worklet and frames (blob: URLs); nothing from elsewhere.
-        resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; "
-                                "connect-src 'self' ws: wss:; style-src 'self'")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return resp
+async def check_host(request: web.Request, handler):
+    if not host_allowed(request):
+        raise web.HTTPForbidden(text=f"this server does not answer to Host {request.headers.get('Host', '')[:80]!r}"
+                                "\n(open it at http://localhost:PORT/, or start it with --allow-origin)\n")
+    return await handler(request)
+
+
+async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    """On every response (pages, API, errors, the 404 page): the page loads only its own script, worklet, frames
+    (blob: URLs) and WebSocket; no other site may frame it, read it or learn where its visitors came from."""
+    host = request.headers.get("Host", "")
+    resp.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; img-src 'self' blob:; connect-src 'self' ws://{host} wss://{host}; style-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
 
 
 def make_app(cfg: ServeConfig) -> web.Application:
@@ -446,7 +533,9 @@ def make_app(cfg: ServeConfig) -> web.Application:
     if not root.is_dir():
         raise UserError(f"avatar directory not found: {root}", "give --avatar-dir DIR holding NAME.avatar files")
     # client_max_size bounds every HTTP request body (the routes take none; aiohttp's default is 1 MB).
-    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    cfg.allow_origins = [normalize_origin(o) for o in cfg.allow_origins]
+    app = web.Application(middlewares=[check_host], client_max_size=64 * 1024)
+    app.on_response_prepare.append(security_headers)
     app[CONFIG] = cfg
     app[STORE] = AvatarStore(root, cfg.device)
     app[POOL] = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="nerf_talk_live")
@@ -470,13 +559,38 @@ def make_app(cfg: ServeConfig) -> web.Application:
 
 
 def run(cfg: ServeConfig) -> None:
-    """Serve until interrupted (`nerf-talk serve`)."""
+    """Serve until interrupted (`nerf-talk serve`): Ctrl+C or SIGTERM stop it."""
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the avatars", cfg.host)
     app = make_app(cfg)
-    print(f"nerf_talk live: http://{'localhost' if cfg.host in ('127.0.0.1', '::1') else cfg.host}:{cfg.port}/  "
-          f"(avatars: {', '.join(app[STORE].names()) or 'none'} in {app[STORE].root}; Ctrl+C stops)", flush=True)
-    web.run_app(app, host=cfg.host, port=cfg.port, print=None, access_log=None)
+    try:
+        asyncio.run(_serve(app, cfg))
+    except KeyboardInterrupt:
+        pass
+    print("nerf_talk live: stopped", flush=True)
+
+
+async def _serve(app: web.Application, cfg: ServeConfig) -> None:
+    import signal
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, cfg.host, cfg.port).start()
+        except OSError as e:  # in use, not allowed (< 1024), no such address or name
+            raise UserError(f"cannot listen on {cfg.host} port {cfg.port}: {e.strerror or e}",
+                            "another program (perhaps another `nerf-talk serve`) holds it: stop it or give --port N"
+                            if e.errno == errno.EADDRINUSE else "give another --host or --port") from None
+        # The address is printed only once it is bound (it is what users click).
+        shown = "localhost" if cfg.host in ("127.0.0.1", "::1") else cfg.host
+        print(f"nerf_talk live: http://{shown}:{cfg.port}/  (avatars: {', '.join(app[STORE].names()) or 'none'} in "
+              f"{app[STORE].root}; Ctrl+C stops)", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 class ServerThread:
