@@ -473,6 +473,7 @@ async def avatars(request: web.Request) -> web.Response:
     cfg: ServeConfig = app[CONFIG]
     return web.json_response({
         "avatars": [{"name": n, "loaded": n in store.loaded} for n in store.names()],
+        "studio": cfg.data_dir is not None,
         "limits": {"max_message_bytes": cfg.max_message_bytes, "max_stream_s": cfg.max_stream_s,
                    "idle_timeout_s": cfg.idle_timeout_s, "max_streams": cfg.max_streams}})
 
@@ -552,9 +553,16 @@ def origin_allowed(request: web.Request) -> bool:
 
 @web.middleware
 async def check_host(request: web.Request, handler):
+    """Host on every route; Origin on every request that changes something (the studio's uploads and jobs): a page
+    of another site must not start jobs or fill the disk (a form or fetch POST reaches localhost without CORS)."""
     if not host_allowed(request):
         raise web.HTTPForbidden(text=f"this server does not answer to Host {request.headers.get('Host', '')[:80]!r}"
                                 "\n(open it at http://localhost:PORT/, or start it with --allow-origin)\n")
+    if request.method not in ("GET", "HEAD") and not origin_allowed(request):
+        raise web.HTTPForbidden(text=json.dumps({
+            "problem": f"request from origin {request.headers['Origin'][:80]!r} refused",
+            "hint": "only this server's own page (or an --allow-origin) may change anything"}),
+            content_type="application/json")
     return await handler(request)
 
 

@@ -178,6 +178,10 @@ class Studio:
             for name in ("landmarks.jpg", "parsing.jpg", "torso.jpg", "background.jpg", "curves.png"):
                 if (rep / name).is_file():
                     found[name.split(".")[0]] = self.url(rep / name)
+        elif job["kind"] == "fit":  # the newest preview the training wrote (train/preview.jpg, or head/, torso/)
+            previews = sorted(Path(paths["avatar"] + ".work").glob("*/preview.jpg"), key=lambda p: p.stat().st_mtime)
+            if previews:
+                found["preview"] = self.url(previews[-1]) + f"?t={previews[-1].stat().st_mtime_ns}"
         elif job["kind"] == "render":
             if Path(paths["video"]).is_file():
                 found["video"] = self.url(Path(paths["video"]))

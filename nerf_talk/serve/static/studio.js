@@ -209,7 +209,8 @@ function image(src, caption) {
 }
 
 const REPORT_CAPTIONS = {landmarks: "contact sheet: landmarks and head pose", parsing: "masks (parsing)",
-  torso: "torso targets", background: "background plate", curves: "pose, blink and mouth curves"};
+  torso: "torso targets", background: "background plate", curves: "pose, blink and mouth curves",
+  preview: "preview at the last checkpoint: rendered | real (a held-out frame)"};
 
 function showDetail() {
   const j = studio.jobs.find((x) => x.id === studio.selected);
