@@ -178,20 +178,24 @@ def _engine_instance() -> _Engine:
 
 
 def voices() -> list[tuple[str, str]]:
-    """The installed espeak-ng voices as (language code to pass as `voice`, voice name), sorted by code: what
-    `espeak-ng --voices` lists (its first language of each voice)."""
+    """The installed espeak-ng voices as (id to pass as `voice`, "name (language)"), sorted by id: the voice files'
+    names (`en-us`, `en` for British English, `de`, `cmn`), which espeak_SetVoiceByName accepts. MBROLA voices are
+    left out: they need the separate mbrola program and its voice data."""
     eng = _engine_instance()
-    out = set()
+    out = {}
     with eng.lock:
         table = eng.lib.espeak_ListVoices(None)
         i = 0
         while table[i]:
             v = table[i].contents
-            langs = ctypes.string_at(v.languages + 1) if v.languages else b""  # skip the priority byte
-            if langs and v.name:
-                out.add((langs.decode("utf-8", "replace"), v.name.decode("utf-8", "replace")))
+            ident = (v.identifier or b"").decode("utf-8", "replace")
+            # `languages` starts with a priority byte, then the first language's name.
+            lang = ctypes.string_at(v.languages + 1).decode("utf-8", "replace") if v.languages else ""
+            if ident and not ident.startswith("mb/"):
+                name = (v.name or b"").decode("utf-8", "replace")
+                out[ident.rsplit("/", 1)[-1].lower()] = f"{name} ({lang})" if lang else name
             i += 1
-    return sorted(out)
+    return sorted(out.items())
 
 
 def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50) -> Speech:

@@ -5,6 +5,7 @@ its measured latency and frame rate. Skips, saying why, without chromium, playwr
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 
@@ -136,8 +137,6 @@ async def wait_job_state(page, kind: str, states: tuple[str, ...], timeout: floa
 
 async def shot(page, name: str) -> None:
     """Screenshots for docs/figures, when STUDIO_SCREENSHOTS names a folder."""
-    import os
-
     folder = os.environ.get("STUDIO_SCREENSHOTS")
     if folder:
         await page.screenshot(path=f"{folder}/{name}.png", full_page=True)
@@ -242,6 +241,12 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 assert size == [128, 128], size
                 assert await page.get_attribute("#detail-download", "href") == job["files"]["video"]
                 await shot(page, "studio_render")
+                if os.environ.get("STUDIO_SCREENSHOTS"):  # the evaluation screen, for the docs only (its job is
+                    await page.click("#eval")             # tested in test_studio.py)
+                    job = await wait_job_state(page, "eval", ("done", "failed"), 600)
+                    assert job["state"] == "done", job
+                    await wait_js(page, "!document.querySelector('#detail-summary').hidden")
+                    await shot(page, "studio_eval")
 
                 # The live page shows the new avatar's still frame, size and frame rate before anything plays.
                 await page.goto(srv.url + "/")

@@ -248,7 +248,7 @@ def test_render_and_eval_jobs(data, tmp_path):
                                                                  "size": 33})
             assert code == 400 and "bad size" in j["problem"]
             _, t = await post(s, f"{srv.url}/api/jobs", json={"kind": "render", "avatar": "alice", "pose": "still",
-                                                              "text": "Hello there.", "voice": "en-gb"})
+                                                              "text": "Hello there.", "voice": "en"})
             code, up = await post(s, f"{srv.url}/api/uploads?kind=audio&name=speech.wav", data=wav.read_bytes())
             assert code == 200, up
             _, f = await post(s, f"{srv.url}/api/jobs", json={"kind": "render", "avatar": "alice", "speech": up["id"],

@@ -57,6 +57,11 @@ class Reporter:
                 _write_json(self.path, self.state)
 
     def say(self, message: str) -> None:
+        """The API's `say` callback: printed to the job's log, as the command line prints it, and reported."""
+        print(message, flush=True)
+        self.note(message)
+
+    def note(self, message: str) -> None:
         m = re.match(r"\s*\[([\w ]+)\]\s*(.*)", message)
         if m and m.group(1) != "fit":
             self.update(stage=m.group(1), message=m.group(2))
@@ -89,7 +94,7 @@ class LogToReporter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.reporter.say(record.getMessage())
+            self.reporter.note(record.getMessage())
         except Exception:
             self.handleError(record)
 

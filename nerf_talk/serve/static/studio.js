@@ -53,7 +53,7 @@ async function loadInfo() {
     fill($("recipe"), info.recipes.map((r) => ({value: r, text: r === "auto" ? "auto (this machine's default)" : r})));
     fill($("crop"), info.crop_sizes.map((s) => ({value: String(s), text: `${s} px`})));
     $("crop").value = "512";
-    fill($("voice"), info.voices.map((v) => ({value: v.id, text: `${v.name} (${v.id})`})));
+    fill($("voice"), info.voices.map((v) => ({value: v.id, text: v.name})));
     $("voice").value = "en-us";
   }
   pickEvalDataset();
