@@ -197,9 +197,10 @@ function showJobs() {
   }));
 }
 
-function image(src, caption) {
+function image(src, caption, kind) {
   const fig = document.createElement("figure");
   const img = document.createElement("img");
+  img.className = kind;
   img.src = src;
   img.alt = caption;
   const cap = document.createElement("figcaption");
@@ -239,7 +240,7 @@ function showDetail() {
   const key = imgs.map(([k, u]) => u).join("|");
   if (box.dataset.key !== key) {
     box.dataset.key = key;
-    box.replaceChildren(...imgs.map(([k, u]) => image(u, REPORT_CAPTIONS[k] || k)));
+    box.replaceChildren(...imgs.map(([k, u]) => image(u, REPORT_CAPTIONS[k] || k, k)));
   }
   // The fit's curve.
   const curve = j.kind === "fit" && j.curve && j.curve.length > 1;
