@@ -84,6 +84,12 @@ class ServeConfig:
     device: str | None = None
     stream: StreamConfig = field(default_factory=StreamConfig.for_hardware)  # `nerf-talk serve`'s defaults
 
+    def validate(self) -> None:
+        """Something to serve: an avatar directory, or a data folder (whose avatars/ is then the avatar directory)."""
+        if self.avatar_dir is None and self.data_dir is None:
+            raise UserError("nothing to serve: neither avatar_dir nor data_dir is set",
+                            "give NAME.avatar files, --avatar-dir DIR or --data DIR")
+
 
 class Running:
     n = 0
@@ -581,6 +587,7 @@ async def security_headers(request: web.Request, resp: web.StreamResponse) -> No
 
 
 def make_app(cfg: ServeConfig) -> web.Application:
+    cfg.validate()
     studio = None
     if cfg.data_dir is not None:
         from nerf_talk.serve.jobs import Studio
@@ -590,8 +597,6 @@ def make_app(cfg: ServeConfig) -> web.Application:
         studio = Studio(Path(cfg.data_dir), cfg.max_upload_bytes, cfg.fit_overrides)
         if cfg.avatar_dir is None:
             cfg.avatar_dir = studio.path("avatars")
-    if cfg.avatar_dir is None:
-        raise UserError("nothing to serve", "give NAME.avatar files, --avatar-dir DIR or --data DIR")
     root = Path(cfg.avatar_dir)
     if not root.is_dir():
         raise UserError(f"avatar directory not found: {root}", "give --avatar-dir DIR holding NAME.avatar files")
