@@ -157,6 +157,14 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
 
     short = tmp_path / "short.mp4"
     ffmpeg("-i", str(clip), "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", str(short))
+    import numpy as np
+
+    from nerf_talk import media
+
+    blocks = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    noface = tmp_path / "noface.mp4"  # 6 s of coloured blocks with (silent) sound: readable, but nobody in it
+    media.write_video(noface, [np.kron(blocks, np.ones((4, 4, 1), np.uint8))] * 150, 25,
+                      audio=np.zeros(16000 * 6, np.float32))
     from nerf_talk.serve import ServeConfig, start_in_thread
     from playwright.async_api import async_playwright
 
@@ -181,6 +189,17 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 text = await upload_refused(page, "short.mp4", short.read_bytes())
                 assert "the clip is 2.0 s long; at least 5 s are needed" in text and "-> use a longer video" in text
                 await shot(page, "studio_bad_upload")
+                # A video without a face is accepted; its preprocess job fails with the command line's error.
+                await page.evaluate("window.studio.errors = []")
+                await page.set_input_files("#video-file", str(noface))
+                await page.click("#upload-video")
+                await wait_js(page, "document.querySelector('#video-pick').value !== ''", 60)
+                await page.click("#preprocess")
+                job = await wait_job_state(page, "preprocess", ("done", "failed"), 120)
+                assert job["state"] == "failed", job
+                await wait_js(page, "!document.querySelector('#detail-error').hidden")
+                text = await page.inner_text("#detail-error")
+                assert text.startswith("no face found in 100% of the sampled frames") and "-> give a video" in text
 
                 # Upload the clip and preprocess it at 128 px; reload the page while it runs.
                 await page.evaluate("window.studio.errors = []")
@@ -189,7 +208,7 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 await wait_js(page, "document.querySelector('#video-pick').value !== ''", 60)
                 await page.select_option("#crop", "128")
                 await page.click("#preprocess")
-                job = await wait_job_state(page, "preprocess", ("running",), 60)
+                job = await wait_job_state(page, "preprocess", ("running", "queued"), 60)
                 await page.reload()
                 await wait_js(page, "window.studio.jobs.length > 0")
                 assert await studio_state(page, "s.selected") == job["id"]  # the same job, still followed
