@@ -215,6 +215,9 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 await wait_job_state(page, "preprocess", ("running", "done"), 5)
                 await wait_js(page, "(j => j.state !== 'running' || (j.progress && j.progress.stage !== 'start'))"
                               "(window.studio.jobs[window.studio.jobs.length - 1])", 60)
+                if os.environ.get("STUDIO_SCREENSHOTS"):  # the docs show it halfway, a step's bar moving
+                    await wait_js(page, "(j => j.state !== 'running' || (j.progress && j.progress.fraction > 0.1 && "
+                                  "j.progress.bar))(window.studio.jobs[window.studio.jobs.length - 1])", 120)
                 await shot(page, "studio_preprocess_running")
                 job = await wait_job_state(page, "preprocess", ("done", "failed"), 300)
                 assert job["state"] == "done", job
@@ -241,6 +244,8 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 first = (await studio_state(page, "s.jobs.filter((j) => j.kind === 'fit')"))[0]
                 await page.click(f"li.job[data-id='{first['id']}']")
                 await wait_js(page, "!document.querySelector('#curve').hidden", 300)
+                if os.environ.get("STUDIO_SCREENSHOTS"):  # the docs show a fit with its first preview
+                    await wait_js(page, "document.querySelector('#detail-images img.preview') !== null", 300)
                 await shot(page, "studio_fit_running")
                 t0 = time.monotonic()
                 while (await studio_state(page, f"s.jobs.find((j) => j.id === {first['id']!r}).state")) != "done":

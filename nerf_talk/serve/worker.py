@@ -63,10 +63,10 @@ class Reporter:
 
     def note(self, message: str) -> None:
         m = re.match(r"\s*\[([\w ]+)\]\s*(.*)", message)
-        if m and m.group(1) != "fit":
+        if m and m.group(1) != "fit":  # a preprocessing step: "[landmarks] ..."
             self.update(stage=m.group(1), message=m.group(2))
-        else:
-            self.update(message=message, force=True)
+        else:  # the fit's own lines ("[fit] resuming training ..."); its stage comes from the training bar
+            self.update(message=m.group(2) if m else message, force=True)
 
 
 def report_bars(reporter: Reporter) -> None:

@@ -155,7 +155,8 @@ $("eval").addEventListener("click", guarded(async () => {
 
 $("detail-cancel").addEventListener("click", guarded(async () => {
   if (!studio.selected) return;
-  await api(`/api/jobs/${studio.selected}/cancel`, {method: "POST"});
+  const j = await api(`/api/jobs/${studio.selected}/cancel`, {method: "POST"});
+  status(j.state === "cancelling" ? "stopping the job (it keeps what the command line keeps)..." : "job cancelled");
   await refresh();
 }));
 
