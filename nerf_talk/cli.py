@@ -129,13 +129,16 @@ def cmd_serve(args) -> None:
     for f in files:
         if f.suffix != ".avatar" or not f.is_file():
             raise UserError(f"not an avatar file: {f}", "give NAME.avatar files written by `nerf-talk fit`")
-    if args.avatar_dir is None and not files:
-        raise UserError("nothing to serve", "give NAME.avatar files, or --avatar-dir DIR holding some")
+    if args.avatar_dir is None and not files and args.data is None:
+        raise UserError("nothing to serve", "give NAME.avatar files, --avatar-dir DIR holding some, or --data DIR "
+                        "(the studio's data folder)")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a TCP port", "give a port from 1 to 65535 (default 8765)")
     if not args.idle_timeout > 0:
         raise UserError(f"--idle-timeout {args.idle_timeout:g} must be > 0", "seconds without audio (default 30)")
-    root = (args.avatar_dir or files[0].parent).resolve()
+    if args.max_upload_mb is not None and not args.max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb {args.max_upload_mb:g} must be > 0", "megabytes per uploaded file")
+    root = (args.avatar_dir or files[0].parent).resolve() if args.avatar_dir or files else None
     # Only one directory's avatars can be named by clients: the given files must lie in it.
     for f in files:
         if f.resolve().parent != root:
@@ -153,7 +156,8 @@ def cmd_serve(args) -> None:
         torch.set_num_threads(args.threads)
     run(ServeConfig(avatar_dir=root, preload=[f.stem for f in files], host=args.host, port=args.port,
                     size=args.size, max_stream_s=args.max_stream_s, idle_timeout_s=args.idle_timeout,
-                    allow_origins=args.allow_origin or [], stream=stream))
+                    allow_origins=args.allow_origin or [], stream=stream, data_dir=args.data,
+                    **({"max_upload_bytes": int(args.max_upload_mb * 2**20)} if args.max_upload_mb else {})))
 
 
 def cmd_demo(args) -> None:
@@ -282,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "files of their directory are offered too)")
     pv.add_argument("--avatar-dir", type=Path, help="the directory whose NAME.avatar files clients may use "
                     "(default: that of the given files); nothing outside it can be named")
+    pv.add_argument("--data", type=Path, metavar="DIR",
+                    help="the studio's data folder (created if missing): upload videos, preprocess, fit, render and "
+                    "evaluate from the page at /studio; uploads, jobs and outputs stay in DIR (its avatars/ is the "
+                    "avatar directory unless --avatar-dir is given)")
+    pv.add_argument("--max-upload-mb", type=float, help="largest studio upload in MB (default 2048)")
     pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     pv.add_argument("--port", type=int, default=8765, help="default 8765")
     pv.add_argument("--size", type=int, help="render height (default: each avatar's trained size)")

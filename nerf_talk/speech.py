@@ -60,6 +60,23 @@ _CHARS_UTF8, _POS_CHARACTER = 1, 1
 _EE_OK = 0
 
 
+class _Voice(ctypes.Structure):
+    """speak_lib.h `espeak_VOICE`. `languages` is a run of (priority byte, NUL-terminated language name) pairs ending
+    with a zero byte."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
 class _Engine:
     """The library has one global synthesiser per process, so this is a singleton used under a lock."""
 
@@ -79,6 +96,8 @@ class _Engine:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
+        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         # DONT_EXIT: without it the library calls exit() when its data directory is missing, killing the process.
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None,
                                      _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT)
@@ -150,6 +169,35 @@ _engine: _Engine | None = None
 _engine_lock = threading.Lock()
 
 
+def _engine_instance() -> _Engine:
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = _Engine()
+    return _engine
+
+
+def voices() -> list[tuple[str, str]]:
+    """The installed espeak-ng voices as (id to pass as `voice`, "name (language)"), sorted by id: the voice files'
+    names (`en-us`, `en` for British English, `de`, `cmn`), which espeak_SetVoiceByName accepts. MBROLA voices are
+    left out: they need the separate mbrola program and its voice data."""
+    eng = _engine_instance()
+    out = {}
+    with eng.lock:
+        table = eng.lib.espeak_ListVoices(None)
+        i = 0
+        while table[i]:
+            v = table[i].contents
+            ident = (v.identifier or b"").decode("utf-8", "replace")
+            # `languages` starts with a priority byte, then the first language's name.
+            lang = ctypes.string_at(v.languages + 1).decode("utf-8", "replace") if v.languages else ""
+            if ident and not ident.startswith("mb/"):
+                name = (v.name or b"").decode("utf-8", "replace")
+                out[ident.rsplit("/", 1)[-1].lower()] = f"{name} ({lang})" if lang else name
+            i += 1
+    return sorted(out.items())
+
+
 def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50) -> Speech:
     """Speak `text` with espeak-ng voice `voice` (any name `espeak-ng --voices` lists, optionally `+variant`).
 
@@ -160,11 +208,7 @@ def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int 
     """
     if not text or not text.strip():
         raise UserError("nothing to speak: the text is empty", "give some words to say.")
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            _engine = _Engine()
-    return _engine.synthesize(text, voice, rate_wpm, pitch)
+    return _engine_instance().synthesize(text, voice, rate_wpm, pitch)
 
 
 # ------------------------------------------------------------------------------------------------ visemes

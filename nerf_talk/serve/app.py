@@ -3,7 +3,10 @@
 Routes
   GET /              the page (static/index.html); its script and audio worklet under /static/
   GET /api/avatars   {"avatars": [{"name", "loaded"}], "limits": {...}}: what a client may ask for
+  GET /api/avatars/NAME            {"name", "width", "height", "fps"} (loads the avatar)
+  GET /api/avatars/NAME/still.jpg  the avatar's still frame (its first tracked pose, mouth closed), shown before playing
   GET /ws            the stream, one per connection at a time
+  with a data folder (--data DIR): the studio's page, uploads, jobs and files (serve/studio.py)
 
 WebSocket protocol (docs/LIVE.md has it with examples)
   client -> server, text (JSON objects):
@@ -61,7 +64,10 @@ ACTIVE = web.AppKey("active", object)  # Running: streams running (mutable: app 
 
 @dataclass
 class ServeConfig:
-    avatar_dir: Path
+    avatar_dir: Path | None = None  # None: DIR/avatars of the data folder
+    data_dir: Path | None = None  # the studio's data folder (`--data DIR`): uploads, jobs and their outputs
+    max_upload_bytes: int = 2 * 1024**3  # one upload: 5 minutes of 1080p H.264 at 40 Mbit/s is 1.5 GB
+    fit_overrides: list[str] = field(default_factory=list)  # --set items added to every studio fit (tests)
     preload: list[str] = field(default_factory=list)  # avatar names loaded at start
     host: str = "127.0.0.1"
     port: int = 8765
@@ -78,6 +84,12 @@ class ServeConfig:
     device: str | None = None
     stream: StreamConfig = field(default_factory=StreamConfig.for_hardware)  # `nerf-talk serve`'s defaults
 
+    def validate(self) -> None:
+        """Something to serve: an avatar directory, or a data folder (whose avatars/ is then the avatar directory)."""
+        if self.avatar_dir is None and self.data_dir is None:
+            raise UserError("nothing to serve: neither avatar_dir nor data_dir is set",
+                            "give NAME.avatar files, --avatar-dir DIR or --data DIR")
+
 
 class Running:
     n = 0
@@ -91,6 +103,7 @@ class AvatarStore:
         self.device = device
         self.loaded: dict = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        self.stills: dict[str, bytes] = {}
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.avatar")
@@ -128,6 +141,25 @@ class AvatarStore:
                             "re-export it with `nerf-talk export`") from None
         log.info("loaded avatar %s (%dx%d at %g fps)", name, avatar.size[1], avatar.size[0], avatar.fps)
         return avatar
+
+
+    async def still(self, name, pool: ThreadPoolExecutor) -> bytes:
+        """The avatar's still frame as a JPEG (rendered once per avatar)."""
+        avatar = await self.get(name, pool)
+        if name not in self.stills:
+            self.stills[name] = await asyncio.get_running_loop().run_in_executor(pool, still_frame, avatar)
+        return self.stills[name]
+
+
+def still_frame(avatar, quality: int = 90) -> bytes:
+    """The first frame of the avatar holding still in silence: its own first tracked pose, eyes open, mouth closed."""
+    import cv2
+    import numpy as np
+
+    drive = avatar.drive(np.zeros(4000, np.float32), 16000, pose="still", blinks=False)
+    frame = next(avatar.render_drive(drive))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return jpeg.tobytes()
 
 
 def warm_up(avatar) -> None:
@@ -447,8 +479,27 @@ async def avatars(request: web.Request) -> web.Response:
     cfg: ServeConfig = app[CONFIG]
     return web.json_response({
         "avatars": [{"name": n, "loaded": n in store.loaded} for n in store.names()],
+        "studio": cfg.data_dir is not None,
         "limits": {"max_message_bytes": cfg.max_message_bytes, "max_stream_s": cfg.max_stream_s,
                    "idle_timeout_s": cfg.idle_timeout_s, "max_streams": cfg.max_streams}})
+
+
+async def avatar_info(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        avatar = await request.app[STORE].get(name, request.app[POOL])
+    except UserError as e:
+        return web.json_response({"problem": e.problem, "hint": e.hint}, status=404)
+    h, w = avatar.size
+    return web.json_response({"name": name, "width": w, "height": h, "fps": avatar.fps})
+
+
+async def avatar_still(request: web.Request) -> web.Response:
+    try:
+        jpeg = await request.app[STORE].still(request.match_info["name"], request.app[POOL])
+    except UserError as e:
+        raise web.HTTPNotFound(text=f"{e.problem}\n") from None
+    return web.Response(body=jpeg, content_type="image/jpeg")
 
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -508,9 +559,16 @@ def origin_allowed(request: web.Request) -> bool:
 
 @web.middleware
 async def check_host(request: web.Request, handler):
+    """Host on every route; Origin on every request that changes something (the studio's uploads and jobs): a page
+    of another site must not start jobs or fill the disk (a form or fetch POST reaches localhost without CORS)."""
     if not host_allowed(request):
         raise web.HTTPForbidden(text=f"this server does not answer to Host {request.headers.get('Host', '')[:80]!r}"
                                 "\n(open it at http://localhost:PORT/, or start it with --allow-origin)\n")
+    if request.method not in ("GET", "HEAD") and not origin_allowed(request):
+        raise web.HTTPForbidden(text=json.dumps({
+            "problem": f"request from origin {request.headers['Origin'][:80]!r} refused",
+            "hint": "only this server's own page (or an --allow-origin) may change anything"}),
+            content_type="application/json")
     return await handler(request)
 
 
@@ -529,6 +587,16 @@ async def security_headers(request: web.Request, resp: web.StreamResponse) -> No
 
 
 def make_app(cfg: ServeConfig) -> web.Application:
+    cfg.validate()
+    studio = None
+    if cfg.data_dir is not None:
+        from nerf_talk.serve.jobs import Studio
+
+        if Path(cfg.data_dir).exists() and not Path(cfg.data_dir).is_dir():
+            raise UserError(f"--data {cfg.data_dir} is a file", "give a folder (it is created when missing)")
+        studio = Studio(Path(cfg.data_dir), cfg.max_upload_bytes, cfg.fit_overrides)
+        if cfg.avatar_dir is None:
+            cfg.avatar_dir = studio.path("avatars")
     root = Path(cfg.avatar_dir)
     if not root.is_dir():
         raise UserError(f"avatar directory not found: {root}", "give --avatar-dir DIR holding NAME.avatar files")
@@ -542,9 +610,15 @@ def make_app(cfg: ServeConfig) -> web.Application:
     app[ACTIVE] = Running()
     app.router.add_get("/", index)
     app.router.add_get("/api/avatars", avatars)
+    app.router.add_get("/api/avatars/{name}", avatar_info)
+    app.router.add_get("/api/avatars/{name}/still.jpg", avatar_still)
     app.router.add_get("/favicon.ico", no_content)
     app.router.add_get("/ws", ws_handler)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    if studio is not None:
+        from nerf_talk.serve.studio import add_routes
+
+        add_routes(app, studio)
 
     async def preload(app):
         for name in cfg.preload:
@@ -586,6 +660,8 @@ async def _serve(app: web.Application, cfg: ServeConfig) -> None:
         shown = "localhost" if cfg.host in ("127.0.0.1", "::1") else cfg.host
         print(f"nerf_talk live: http://{shown}:{cfg.port}/  (avatars: {', '.join(app[STORE].names()) or 'none'} in "
               f"{app[STORE].root}; Ctrl+C stops)", flush=True)
+        if cfg.data_dir is not None:
+            print(f"nerf_talk studio: http://{shown}:{cfg.port}/studio  (data folder {cfg.data_dir})", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()

@@ -42,10 +42,38 @@ async function loadAvatars() {
       o.value = o.textContent = a.name;
       sel.appendChild(o);
     }
-    if (!j.avatars.length) status("this server has no avatars (start it with NAME.avatar files)", true);
-    else status(`ready: ${j.avatars.length} avatar(s). Play a speech file or speak.`);
+    $("studio-link").hidden = !j.studio;
+    if (!j.avatars.length) {
+      status(j.studio ? "this server has no avatars yet: fit one in the studio" :
+             "this server has no avatars (start it with NAME.avatar files)", true);
+    } else {
+      status(`ready: ${j.avatars.length} avatar(s). Play a speech file or speak.`);
+      showAvatar();
+    }
   } catch (e) {
     status(`cannot reach the server: ${e.message || e}`, true);
+  }
+}
+
+async function showAvatar() {
+  // The chosen avatar's still frame, name, size and frame rate, before anything plays (loading it takes a moment).
+  const name = $("avatar").value;
+  live.avatar = null;
+  $("avatar-info").textContent = `${name}: loading...`;
+  try {
+    const r = await fetch(`/api/avatars/${encodeURIComponent(name)}`);
+    const a = await r.json();
+    if (!r.ok) throw new Error(a.hint ? `${a.problem} (${a.hint})` : a.problem);
+    if ($("avatar").value !== name) return;  // another avatar was chosen meanwhile
+    const img = $("frame");
+    if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+    delete img.dataset.url;
+    img.src = `/api/avatars/${encodeURIComponent(name)}/still.jpg`;
+    $("avatar-info").textContent = `${a.name}: ${a.width}x${a.height} at ${a.fps} fps`;
+    live.avatar = a;
+  } catch (e) {
+    $("avatar-info").textContent = "";
+    status(`avatar ${name}: ${e.message || e}`, true);
   }
 }
 
@@ -284,6 +312,7 @@ async function startSession(kind) {
   }
 }
 
+$("avatar").addEventListener("change", showAvatar);
 $("play").addEventListener("click", () => startSession("file"));
 $("mic").addEventListener("click", () => startSession("mic"));
 $("stop").addEventListener("click", () => { if (session) session.stop(); });
