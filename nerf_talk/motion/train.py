@@ -192,7 +192,7 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
                 writer.add_scalar(f"train/{k}", float(v.detach()), step)
             writer.add_scalar("train/lr", lr, step)
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.4f}", pos=f"{float(loss_pos):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", pos=f"{float(loss_pos.detach()):.4f}")
         if rank == 0 and cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             _save_checkpoint(ckpt, cfg, net, opt, step)
     if bar is not None:
