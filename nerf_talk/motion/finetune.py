@@ -18,7 +18,6 @@ the report says why. Nothing here is written to disk: the avatar embeds the retu
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,8 +28,6 @@ from torch import nn
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
-
-log = logging.getLogger("nerf_talk.motion")
 
 
 @dataclass
