@@ -5,6 +5,7 @@
         [--heldout DATASET_DIR=MODEL_TRAINED_WITHOUT_IT ...]
     python bench/bench_motion.py sync --corpus DIR              # the mouth-sync figure's ranking on real pairs
     python bench/bench_motion.py live [--model NAME=PATH ...]   # streamed vs offline motion, shared speech files
+    python bench/bench_motion.py languages [--model NAME=PATH ...] [--utterances 140]   # synthetic speech per language
     python bench/bench_motion.py finetune --dataset DIR [--dataset DIR ...] [--model PATH]   # fine-tune CPU time
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
@@ -12,6 +13,11 @@ audio features incl. the phoneme recogniser, the network, interpolation to 25 fp
 > 1 is faster than real time. Threads: torch's default unless --threads.
 live: mouth-opening correlation of nerf-talk serve's motion (motion.stream.stream_motion: 48 kHz in 20 ms chunks,
 the live defaults) with predict_motion's on the same file, per model.
+languages: fresh synthetic utterances (synth.make_utterance, seeds from 100000: never trained on), grouped by
+language: opening correlation (1 s high-pass) with the openness of the exact phoneme timings (the viseme track
+through visemes.OPENNESS), and the share of /p b m/ frames (bilabial viseme >= 0.5) with the lips closed (opening under
+the utterance's speech median, as metrics.bilabial_closure counts it); then 3 s of near-silence (noise at -70 dBFS):
+the largest mouth opening and frame-to-frame change (0 = closed and still).
 finetune: the per-person fine-tune (motion.finetune) on the datasets joined end to end (to make a long clip, e.g.
 three one-minute GRID files for 3 minutes): CPU seconds (process time, all threads) and its report.
 table: the speaker-held-out table. Every dataset under --val (speakers no model saw; unreadable ones are skipped with
@@ -169,6 +175,49 @@ def live(args) -> dict:
     return res
 
 
+def languages(args) -> dict:
+    from nerf_talk import audio_features as af
+    from nerf_talk.motion import metrics as mx
+    from nerf_talk.motion import synth
+    from nerf_talk.motion import visemes as vz
+    from nerf_talk.motion.evaluate import generic_coeffs
+
+    models = _named_models(args.model)
+    rows: dict = {}
+    for seed in range(100000, 100000 + args.utterances):
+        feats, vis, info = synth.make_utterance(seed)
+        expected = mx.highpass(vis @ vz.OPENNESS, 25.0)
+        bil = vis[:, vz.V["bilabial"]] >= 0.5
+        voiced = vis[:, vz.V["sil"]] < 0.5
+        for name, m in models.items():
+            o = mx.mouth_opening(m.basis.decode(generic_coeffs(m, feats)), m.basis.points)
+            r = rows.setdefault((info["lang"], name), {"corr": [], "closed": [], "frames": 0})
+            r["corr"].append(mx.correlation(mx.highpass(o, 25.0), expected))
+            if bil.any() and voiced.any():
+                r["closed"] += list(o[bil] < np.median(o[voiced]))
+                r["frames"] += int(bil.sum())
+    print("| language | model | utterances | opening corr. with exact phonemes | /p b m/ frames closed |")
+    print("|---|---|---|---|---|")
+    out = {}
+    for (lang, name), r in sorted(rows.items()):
+        out[f"{lang}/{name}"] = {"corr": float(np.mean(r["corr"])), "closed": float(np.mean(r["closed"])),
+                                 "utterances": len(r["corr"]), "bilabial_frames": r["frames"]}
+        print(f"| {lang} | {name} | {len(r['corr'])} | {np.mean(r['corr']):.3f} | {np.mean(r['closed']):.3f} "
+              f"({r['frames']}) |")
+    for name in models:
+        agg = [v for k, v in out.items() if k.endswith("/" + name)]
+        print(f"| all | {name} | {sum(a['utterances'] for a in agg)} | {np.mean([a['corr'] for a in agg]):.3f} | "
+              f"{np.average([a['closed'] for a in agg], weights=[a['bilabial_frames'] for a in agg]):.3f} |")
+    quiet = (np.random.default_rng(0).standard_normal(3 * af.SAMPLE_RATE) * 10 ** (-70 / 20)).astype(np.float32)
+    feats = af.compute_features(quiet, 25.0)
+    for name, m in models.items():
+        o = mx.mouth_opening(m.basis.decode(generic_coeffs(m, feats)), m.basis.points)
+        out[f"silence/{name}"] = {"max_opening": float(np.abs(o).max()), "max_change": float(np.abs(np.diff(o)).max())}
+        print(f"silence, {name}: largest |opening| {np.abs(o).max():.2e}, largest frame-to-frame change "
+              f"{np.abs(np.diff(o)).max():.2e} (face sizes)")
+    return out
+
+
 def finetune_speed(args) -> dict:
     import torch
 
@@ -207,7 +256,8 @@ def sync(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "table", "sync", "live", "finetune"))
+    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune"))
+    ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
     ap.add_argument("--model", action="append", default=[],
                     help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
     ap.add_argument("--corpus", default=None, help="sync: a folder of datasets")
@@ -219,7 +269,7 @@ def main() -> None:
     ap.add_argument("--fit-fraction", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
-    {"speed": speed, "table": table, "sync": sync, "live": live, "finetune": finetune_speed}[a.what](a)
+    {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed}[a.what](a)
 
 
 if __name__ == "__main__":
