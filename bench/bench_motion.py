@@ -180,7 +180,7 @@ def languages(args) -> dict:
     from nerf_talk.motion import metrics as mx
     from nerf_talk.motion import synth
     from nerf_talk.motion import visemes as vz
-    from nerf_talk.motion.evaluate import generic_coeffs
+    from nerf_talk.motion.predict import motion_coeffs
 
     models = _named_models(args.model)
     rows: dict = {}
@@ -190,7 +190,7 @@ def languages(args) -> dict:
         bil = vis[:, vz.V["bilabial"]] >= 0.5
         voiced = vis[:, vz.V["sil"]] < 0.5
         for name, m in models.items():
-            o = mx.mouth_opening(m.basis.decode(generic_coeffs(m, feats)), m.basis.points)
+            o = mx.mouth_opening(m.basis.decode(motion_coeffs(m, feats)[0]), m.basis.points)
             r = rows.setdefault((info["lang"], name), {"corr": [], "closed": [], "frames": 0})
             r["corr"].append(mx.correlation(mx.highpass(o, 25.0), expected))
             if bil.any() and voiced.any():
@@ -211,7 +211,7 @@ def languages(args) -> dict:
     quiet = (np.random.default_rng(0).standard_normal(3 * af.SAMPLE_RATE) * 10 ** (-70 / 20)).astype(np.float32)
     feats = af.compute_features(quiet, 25.0)
     for name, m in models.items():
-        o = mx.mouth_opening(m.basis.decode(generic_coeffs(m, feats)), m.basis.points)
+        o = mx.mouth_opening(m.basis.decode(motion_coeffs(m, feats)[0]), m.basis.points)
         out[f"silence/{name}"] = {"max_opening": float(np.abs(o).max()), "max_change": float(np.abs(np.diff(o)).max())}
         print(f"silence, {name}: largest |opening| {np.abs(o).max():.2e}, largest frame-to-frame change "
               f"{np.abs(np.diff(o)).max():.2e} (face sizes)")

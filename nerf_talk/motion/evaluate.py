@@ -37,15 +37,7 @@ from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.adapter import fit_adapter
 from nerf_talk.motion.finetune import finetune
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
-from nerf_talk.motion.predict import close_bilabials, run_network, silence_gate
-
-
-def generic_coeffs(model: MotionModel, features: dict) -> np.ndarray:
-    """[N, C] the generic model's coefficients for per-frame features at MODEL_FPS, silence-gated and with the
-    bilabial closures, as in predict_motion."""
-    coeffs, _ = run_network(model, mf.input_features(features))
-    speech = mf.speech_mask(features)
-    return close_bilabials(model, (coeffs * silence_gate(speech)[:, None]).astype(np.float32), features, speech)
+from nerf_talk.motion.predict import motion_coeffs, silence_gate
 
 
 def _slice(features: dict, a: int, b: int) -> dict:
@@ -123,14 +115,14 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     fit, test = slice(0, k), slice(k, n)
     preds = {}
     for name, model in models.items():
-        preds[name] = model.basis.decode(generic_coeffs(model, feats)[test])
-    coeffs = generic_coeffs(last, feats)
+        preds[name] = model.basis.decode(motion_coeffs(model, feats)[0][test])
+    coeffs = motion_coeffs(last, feats)[0]
     adapter = fit_adapter(coeffs[fit], motion[fit], last.basis.points)
     # applied to the whole clip: the test part's first frames see their real past (the adapter reads 4 past frames)
     preds[f"{list(models)[-1]}+adapter"] = adapter.apply(coeffs)[test]
     # What `nerf-talk fit` does: fine-tune on the first part (its own tail early-stops it), then the adapter.
     tuned, ft_report = finetune(last, _slice(feats, 0, k), motion[fit], last.basis.points)
-    t_coeffs = generic_coeffs(tuned, feats)
+    t_coeffs = motion_coeffs(tuned, feats)[0]
     preds[f"{list(models)[-1]}+finetune"] = fit_adapter(t_coeffs[fit], motion[fit], last.basis.points).apply(t_coeffs)[test]
     preds.update({
         "mean": np.broadcast_to(motion[fit].mean(0), motion[test].shape),
@@ -139,7 +131,7 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
         "real": motion[test],
     })
     tf = _slice(feats, k, n)
-    speech = mf.speech_mask(feats)[test]  # as generic_coeffs gated the predictions: judged on the whole clip
+    speech = mf.speech_mask(feats)[test]  # as motion_coeffs gated the predictions: judged on the whole clip
     out = {name: score(p, motion[test], last.basis.points, tf, last.vocab, speech) for name, p in preds.items()}
     out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info,
                     "finetune": {key: v for key, v in ft_report.items() if key != "config"}}

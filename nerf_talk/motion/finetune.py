@@ -56,11 +56,11 @@ def too_short(n_frames: int, cfg: FinetuneConfig) -> str | None:
 
 def tail_score(model: MotionModel, features: dict, motion: np.ndarray, points, split: int) -> float:
     """Mouth-opening correlation (1 s high-pass) on frames [split:] of the model's path through a personal adapter
-    fitted on frames [:split] (evaluate.generic_coeffs, adapter.fit_adapter): what the avatar would show there."""
+    fitted on frames [:split] (predict.motion_coeffs, adapter.fit_adapter): what the avatar would show there."""
     from nerf_talk.motion.adapter import fit_adapter
-    from nerf_talk.motion.evaluate import generic_coeffs
+    from nerf_talk.motion.predict import motion_coeffs
 
-    coeffs = generic_coeffs(model, features)
+    coeffs = motion_coeffs(model, features)[0]
     adapter = fit_adapter(coeffs[:split], motion[:split], points, n_components=min(12, split - 1))
     pred = adapter.apply(coeffs)[split:]
     o_pred = mx.highpass(mx.mouth_opening(pred, points), MODEL_FPS)
