@@ -10,7 +10,7 @@ Steps (each is skipped when its output exists, so a run resumes; training resume
      (ingest, landmarks, pose, face_motion, audio_features, split), at 256 px; a clip that fails (no face found, an
      unreadable file) is reported and left out. --datasets DIR links already preprocessed datasets of the same names
      from DIR instead (e.g. made by `nerf-talk preprocess --size 256`);
-  2. WORK/corpus/speakers.json: the Obama clips are one speaker (the rest is named by corpus.speaker_of's rule);
+  2. WORK/corpus/speakers.json: GRID's 50 files are one speaker, the three Obama clips another, the rest one each;
   3. N synthetic utterances (espeak-ng, 14 languages, augmented) into WORK/corpus/synthetic (synth.generate);
   4. train_motion(WORK/corpus, OUT, recipes/audio2motion.toml, overrides).
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data" / "video"
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 SOURCES = ("grid_s1", "public")  # corpus folders that may train shipped weights (MANIFEST.md); validation/ may not
-SPEAKERS = {"obama": "obama", "us_pres_obama_a_20s": "obama", "us_pres_obama_b_20s": "obama"}
+SPEAKERS = {"grid_s1_*": "grid_s1", "obama": "obama", "us_pres_obama_*": "obama"}  # corpus.speaker_of
 CLIPS = {"obama": ("obama_450_20s.mp4", None), "lieu": ("lieu_256_60s.mp4", None),
          "reagan": ("reagan_256_26s_silent.mp4", "reagan_256_26s.wav")}
 MOTION_STEPS = ("ingest", "landmarks", "pose", "face_motion", "audio_features", "split")

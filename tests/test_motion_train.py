@@ -106,8 +106,9 @@ def test_speakers_weighted_and_normalised():
     the median."""
     from nerf_talk.motion.basis import GenericMotionBasis
 
-    assert cp.speaker_of("grid_s1_07", {}) == "grid_s1" and cp.speaker_of("us_sen_h_10s", {}) == "us_sen_h_10s"
-    assert cp.speaker_of("obama_a", {"obama_a": "obama"}) == "obama"
+    table = {"obama": "obama", "us_pres_obama_*": "obama", "grid_s1_*": "grid_s1"}
+    assert cp.speaker_of("grid_s1_07", table) == "grid_s1" and cp.speaker_of("us_pres_obama_b_20s", table) == "obama"
+    assert cp.speaker_of("obama", table) == "obama" and cp.speaker_of("interview_02", table) == "interview_02"
     rng = np.random.default_rng(0)
     K = len(mt.LOWER_FACE)
 

@@ -9,8 +9,8 @@ Sources at a frame rate other than MODEL_FPS are brought to it once, when indexe
 the dataset's audio.wav at MODEL_FPS and the motion is linearly interpolated to the new frame times.
 
 Speakers: several datasets may hold one person (GRID's speaker s1 is 50 one-minute files). `speaker_of` names each
-dataset's speaker (CORPUS_DIR/speakers.json {dataset: speaker} when present, else the name without a trailing
-`_<digits>`). Per speaker, the motion is rescaled to the corpus's median amplitude (`normalise_speakers`: people and
+dataset's speaker (CORPUS_DIR/speakers.json maps names or glob patterns to speakers; otherwise each dataset is its
+own speaker). Per speaker, the motion is rescaled to the corpus's median amplitude (`normalise_speakers`: people and
 trackers differ in how far a mouth opens, which is the adapter's business, not the generic model's), and windows are
 drawn per speaker, not per frame (`WindowDataset.weights`), so one long-recorded speaker cannot become everyone's
 mouth.
@@ -18,10 +18,10 @@ mouth.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +70,16 @@ def find_datasets(corpus_dir: str | Path) -> list[Path]:
 
 
 def speaker_of(name: str, speakers: dict[str, str]) -> str:
-    """The speaker of dataset `name`: its entry in `speakers` (a corpus's speakers.json), else the name without a
-    trailing `_<digits>` (grid_s1_07 -> grid_s1; us_sen_h_10s keeps its name)."""
-    return speakers.get(name) or re.sub(r"_\d+$", "", name)
+    """The speaker of dataset `name` by `speakers` (a corpus's speakers.json: {dataset name or glob pattern:
+    speaker}, e.g. {"grid_s1_*": "grid_s1"}): its exact entry, else the first pattern it matches, else its own name
+    (a dataset nobody grouped is one speaker: interview_01 and interview_02 may well be two people)."""
+    if name in speakers:
+        return speakers[name]
+    return next((who for pattern, who in speakers.items() if fnmatch.fnmatchcase(name, pattern)), name)
 
 
 def read_speakers(corpus_dir: str | Path) -> dict[str, str]:
-    """CORPUS_DIR/speakers.json ({dataset name: speaker}) or {} when there is none."""
+    """CORPUS_DIR/speakers.json ({dataset name or glob pattern: speaker}) or {} when there is none."""
     path = Path(corpus_dir) / "speakers.json"
     if not path.exists():
         return {}
