@@ -1,14 +1,31 @@
 """Audio-to-motion benchmarks: real-time ratio on this machine, and the held-out evaluation table.
 
     python bench/bench_motion.py speed                          # shipped model, shared speech files
-    python bench/bench_motion.py heldout --corpus DIR --clip lieu --model DIR/no_lieu/audio2motion.safetensors
+    python bench/bench_motion.py table --val ../shared/corpus_val --model previous=OLD.safetensors --model new=NEW.safetensors \
+        [--heldout DATASET_DIR=MODEL_TRAINED_WITHOUT_IT ...]
     python bench/bench_motion.py sync --corpus DIR              # the mouth-sync figure's ranking on real pairs
+    python bench/bench_motion.py live [--model NAME=PATH ...]   # streamed vs offline motion, shared speech files
+    python bench/bench_motion.py languages [--model NAME=PATH ...] [--utterances 140]   # synthetic speech per language
+    python bench/bench_motion.py finetune --dataset DIR [--dataset DIR ...] [--model PATH]   # fine-tune CPU time
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
 audio features incl. the phoneme recogniser, the network, interpolation to 25 fps) and for the network alone;
 > 1 is faster than real time. Threads: torch's default unless --threads.
-heldout: the model must have been trained without --clip (scripts/train_default_motion.py --holdout CLIP); the
-clip's first half fits the adapter and baselines, the second half is scored (nerf_talk.motion.evaluate).
+live: mouth-opening correlation of nerf-talk serve's motion (motion.stream.stream_motion: 48 kHz in 20 ms chunks,
+the live defaults) with predict_motion's on the same file, per model.
+languages: fresh synthetic utterances (synth.make_utterance, seeds from 100000: never trained on), grouped by
+language: opening correlation (1 s high-pass) with the openness of the exact phoneme timings (the viseme track
+through visemes.OPENNESS), and the share of /p b m/ frames (bilabial viseme >= 0.5) with the lips closed (opening under
+the utterance's speech median, as metrics.bilabial_closure counts it); then 3 s of near-silence (noise at -70 dBFS):
+the largest mouth opening and frame-to-frame change (0 = closed and still).
+finetune: the per-person fine-tune (motion.finetune) on the datasets joined end to end (to make a long clip, e.g.
+three one-minute GRID files for 3 minutes): CPU seconds (process time, all threads) and its report.
+table: the speaker-held-out table. Every dataset under --val (speakers no model saw; unreadable ones are skipped with
+a line) is scored with every --model (first the previous, last the new one), the new one + adapter and the baselines;
+each --heldout pairs a training dataset with a model trained without it (scripts/train_default_motion.py --holdout)
+and scores that model, its adapter and the baselines. The first --fit-fraction of each clip fits the adapter and the
+baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). Below the rows, the mean over the
+--val speakers per method, and on how many the last model beats the energy-driven jaw.
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ def speed(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = MotionModel.load(args.model) if args.model else load_default_model()
+    model = MotionModel.load(args.model[-1].rpartition("=")[2]) if args.model else load_default_model()
     files = sorted(SPEECH.glob("*.wav"))
     audio = np.concatenate([media.read_audio(f, 16000) for f in files]) if files else \
         np.random.default_rng(0).standard_normal(16000 * 30).astype(np.float32) * 0.1
@@ -57,26 +74,169 @@ def speed(args) -> dict:
     return res
 
 
-def heldout(args) -> dict:
+COLS = ("opening_corr", "landmark_err", "msf", "msf_shifted", "pbm_closed", "opening_std_ratio", "silence_open",
+        "silence_move")
+
+
+def _row(clip: str, method: str, r: dict) -> str:
+    return f"| {clip} | {method} | " + " | ".join(f"{r[c]:.3f}" for c in COLS) + " |"
+
+
+def table(args) -> dict:
+    from nerf_talk.errors import UserError
     from nerf_talk.motion import evaluate as ev
+    from nerf_talk.motion.corpus import find_datasets
     from nerf_talk.motion.model import MotionModel
 
-    model = MotionModel.load(args.model)
-    trained = model.meta.get("trained_on", {}).get("real", [])
-    if args.clip in trained:
-        raise SystemExit(f"{args.model} was trained on {args.clip}: not a held-out evaluation")
-    res = ev.evaluate_clip(model, Path(args.corpus) / args.clip, args.fit_fraction)
-    info = res.pop("_info")
-    print(f"held-out clip {info['clip']}: adapter fitted on {info['frames_fit']} frames, scored on "
-          f"{info['frames_test']} (model trained on {trained} + {model.meta['trained_on']['synthetic_utterances']}"
-          f" synthetic utterances)")
-    cols = ("opening_corr", "landmark_err", "msf", "bilabial", "opening_std_ratio")
-    print("| method | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
-    for name, r in res.items():
-        print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
-    res["_info"] = info
+    if not args.model:
+        raise SystemExit("give at least one --model NAME=PATH")
+    models = _named_models(args.model)
+    jobs = []  # (label, dataset dir, {name: model})
+    for d in find_datasets(args.val) if args.val else []:
+        jobs.append(("val", d, models))
+    for spec in args.heldout:
+        d, _, path = spec.partition("=")
+        jobs.append(("heldout", Path(d), {"held-out generic": MotionModel.load(path)}))
+    print(f"fit on the first {args.fit_fraction:.0%} of each clip, scored on the rest; models: "
+          + ", ".join(f"{n} ({m.meta['trained_on']['real_minutes']:.1f} min real, "
+                      f"{m.meta['trained_on']['synthetic_utterances']} synthetic)" for n, m in models.items()))
+    print("| clip | method | " + " | ".join(COLS) + " |")
+    print("|---" * (len(COLS) + 2) + "|")
+    results = {"val": {}, "heldout": {}}
+    notes = []
+    for label, d, ms in jobs:
+        for n, m in ms.items():
+            if d.name in m.meta.get("trained_on", {}).get("real", []):
+                raise SystemExit(f"model {n} was trained on {d.name}: not a held-out evaluation")
+        try:
+            res = ev.evaluate_clip(ms, d, args.fit_fraction)
+        except UserError as e:
+            print(f"| {d.name} | skipped: {str(e).splitlines()[0]} |")
+            continue
+        info = res.pop("_info")
+        notes.append(f"{d.name}: fine-tune " + (
+            f"used, held-out tail opening correlation {info['finetune']['tail_opening_corr']['generic']:.3f} -> "
+            f"{info['finetune']['tail_opening_corr']['finetuned']:.3f}, {info['finetune']['cpu_seconds']:.0f} s CPU"
+            if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}"))
+        results[label][d.name] = res
+        for method, r in res.items():
+            print(_row(d.name, method, r))
+    print("\n" + "\n".join(notes))
+    val = results["val"]
+    if val:
+        methods = list(next(iter(val.values())))
+        print(f"\nmean over {len(val)} validation speakers:")
+        print("| clip | method | " + " | ".join(COLS) + " |")
+        print("|---" * (len(COLS) + 2) + "|")
+        for method in methods:
+            print(_row("mean", method, {c: float(np.nanmean([val[k][method][c] for k in val])) for c in COLS}))
+        last = list(models)[-1]
+        wins = [k for k in val if val[k][last]["opening_corr"] > val[k]["energy_jaw"]["opening_corr"]]
+        print(f"{last} beats energy_jaw on opening_corr for {len(wins)} of {len(val)} validation speakers"
+              + (f" (not: {', '.join(sorted(set(val) - set(wins)))})" if len(wins) < len(val) else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _named_models(specs: list[str]) -> dict:
+    from nerf_talk.motion.model import MotionModel
+    from nerf_talk.motion.predict import load_default_model
+
+    if not specs:
+        return {"shipped": load_default_model()}
+    return {n: MotionModel.load(p) for n, _, p in (spec.rpartition("=") for spec in specs)}
+
+
+def live(args) -> dict:
+    from nerf_talk import media
+    from nerf_talk.motion import metrics as mx
+    from nerf_talk.motion.predict import predict_motion
+    from nerf_talk.motion.stream import stream_motion
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rate = 48000
+    res = {}
+    print("| model | clip | opening correlation, streamed vs offline |")
+    print("|---|---|---|")
+    for name, model in _named_models(args.model).items():
+        for f in sorted(SPEECH.glob("*.wav")):
+            audio = media.read_audio(f, rate)
+            off = predict_motion(model, audio, rate, 25.0)["lower_face_motion"]
+            on = stream_motion(model, audio, rate, 25.0)["lower_face_motion"]
+            n = min(len(off), len(on))
+            pts = model.basis.points
+            r = mx.correlation(mx.mouth_opening(off[:n], pts), mx.mouth_opening(on[:n], pts))
+            res[f"{name}/{f.stem}"] = r
+            print(f"| {name} | {f.stem} | {r:.3f} |")
     return res
+
+
+def languages(args) -> dict:
+    from nerf_talk import audio_features as af
+    from nerf_talk.motion import metrics as mx
+    from nerf_talk.motion import synth
+    from nerf_talk.motion import visemes as vz
+    from nerf_talk.motion.predict import motion_coeffs
+
+    models = _named_models(args.model)
+    rows: dict = {}
+    for seed in range(100000, 100000 + args.utterances):
+        feats, vis, info = synth.make_utterance(seed)
+        expected = mx.highpass(vis @ vz.OPENNESS, 25.0)
+        bil = vis[:, vz.V["bilabial"]] >= 0.5
+        voiced = vis[:, vz.V["sil"]] < 0.5
+        for name, m in models.items():
+            o = mx.mouth_opening(m.basis.decode(motion_coeffs(m, feats)[0]), m.basis.points)
+            r = rows.setdefault((info["lang"], name), {"corr": [], "closed": [], "frames": 0})
+            r["corr"].append(mx.correlation(mx.highpass(o, 25.0), expected))
+            if bil.any() and voiced.any():
+                r["closed"] += list(o[bil] < np.median(o[voiced]))
+                r["frames"] += int(bil.sum())
+    print("| language | model | utterances | opening corr. with exact phonemes | /p b m/ frames closed |")
+    print("|---|---|---|---|---|")
+    out = {}
+    for (lang, name), r in sorted(rows.items()):
+        out[f"{lang}/{name}"] = {"corr": float(np.mean(r["corr"])), "closed": float(np.mean(r["closed"])),
+                                 "utterances": len(r["corr"]), "bilabial_frames": r["frames"]}
+        print(f"| {lang} | {name} | {len(r['corr'])} | {np.mean(r['corr']):.3f} | {np.mean(r['closed']):.3f} "
+              f"({r['frames']}) |")
+    for name in models:
+        agg = [v for k, v in out.items() if k.endswith("/" + name)]
+        print(f"| all | {name} | {sum(a['utterances'] for a in agg)} | {np.mean([a['corr'] for a in agg]):.3f} | "
+              f"{np.average([a['closed'] for a in agg], weights=[a['bilabial_frames'] for a in agg]):.3f} |")
+    quiet = (np.random.default_rng(0).standard_normal(3 * af.SAMPLE_RATE) * 10 ** (-70 / 20)).astype(np.float32)
+    feats = af.compute_features(quiet, 25.0)
+    for name, m in models.items():
+        o = mx.mouth_opening(m.basis.decode(motion_coeffs(m, feats)[0]), m.basis.points)
+        out[f"silence/{name}"] = {"max_opening": float(np.abs(o).max()), "max_change": float(np.abs(np.diff(o)).max())}
+        print(f"silence, {name}: largest |opening| {np.abs(o).max():.2e}, largest frame-to-frame change "
+              f"{np.abs(np.diff(o)).max():.2e} (face sizes)")
+    return out
+
+
+def finetune_speed(args) -> dict:
+    import torch
+
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion.finetune import finetune
+
+    torch.set_num_threads(args.threads or 1)
+    model = list(_named_models(args.model).values())[-1]
+    srcs = [cp.load_real(Path(d), model.vocab) for d in args.dataset]
+    feats = {k: np.concatenate([np.asarray(s.features[k]) for s in srcs]) for k in srcs[0].features}
+    motion = np.concatenate([np.asarray(s.motion) for s in srcs])
+    from preprocess.dataset import Dataset
+
+    points = list(Dataset(args.dataset[0]).step_result("face_motion")["lower_face_points"])
+    _, report = finetune(model, feats, motion, points)
+    report.pop("config")
+    report.update(clip_s=round(len(motion) / 25.0, 1), threads=torch.get_num_threads())
+    print(json.dumps(report, indent=1))
+    return report
 
 
 def sync(args) -> dict:
@@ -96,14 +256,20 @@ def sync(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "heldout", "sync"))
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--corpus", default=None)
-    ap.add_argument("--clip", default="lieu")
+    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune"))
+    ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
+    ap.add_argument("--model", action="append", default=[],
+                    help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
+    ap.add_argument("--corpus", default=None, help="sync: a folder of datasets")
+    ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")
+    ap.add_argument("--heldout", action="append", default=[], metavar="DATASET_DIR=MODEL",
+                    help="table: a training dataset and a model trained without it (repeatable)")
+    ap.add_argument("--dataset", action="append", default=[], help="finetune: datasets joined into one clip")
+    ap.add_argument("--json", default=None, help="table: also write the figures here")
     ap.add_argument("--fit-fraction", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
-    {"speed": speed, "heldout": heldout, "sync": sync}[a.what](a)
+    {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed}[a.what](a)
 
 
 if __name__ == "__main__":

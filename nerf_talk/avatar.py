@@ -11,8 +11,9 @@ metadata is plain JSON. Tensors, by prefix:
                   person's motion basis and pose statistics), except the background plate
   background      uint8 [H, W, 3] the plate the avatar was trained over (exact: training reads it from 8-bit PNG)
   adapter.*       the personal adapter (generic motion coefficients -> this person's lower-face motion)
-  motion_model.*  the generic audio-to-motion model the adapter was fitted against, embedded so that a later
-                  update of the shipped model cannot silently break this avatar's adapter
+  motion_model.*  the audio-to-motion model the adapter was fitted against, embedded so that a later update of the
+                  shipped model cannot silently break this avatar's adapter: the generic network, or its fine-tune
+                  on this person's clip when that scored better on the clip's held-out tail (meta motion_finetune)
   pose_track      float32 [N, 4, 4] the person's own head-pose track (camera-to-head), for generated head motion
   pose_speech     uint8 [N] voice activity of the same frames (segments are matched by speaking state)
   blink_profile   float32 [L] the person's mean blink curve
@@ -49,8 +50,10 @@ KIND = "nerf_talk.avatar"
 # code everywhere, so they too are fitted again. (Both were changes of the weights: train.model.FIELDS_VERSION.)
 # 4: the checksum covers the metadata too (a version 3 file's fps or intrinsics could be edited unnoticed); the
 # tensors are unchanged, so a version 3 avatar's training directory exports a version 4 file.
-FORMAT_VERSION = 4
-REEXPORTABLE = (3,)  # older versions whose training directories `nerf-talk export` turns into this version
+# 5: the embedded motion model may be fine-tuned on the person (motion_finetune says whether and how it scored); a
+# version 3 or 4 training directory exports a version 5 file (the fine-tune runs at export).
+FORMAT_VERSION = 5
+REEXPORTABLE = (3, 4)  # older versions whose training directories `nerf-talk export` turns into this version
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -129,7 +132,7 @@ INT_LISTS = (
     ("motion_model.model.dilations", None, 64, 1, 4096),
 )
 REQUIRED_META = ("kind", "format_version", "fps", "size", "intrinsics", "head_aabb", "n_motion", "config", "adapter",
-                 "motion_model", "blink_rate_per_min", "tensors", "checksum")
+                 "motion_model", "motion_finetune", "blink_rate_per_min", "tensors", "checksum")
 DAMAGED = "the file was altered or damaged; copy it again from where it was made, or export it again."
 # safetensors' dtype codes -> torch's names, as the `tensors` list writes them.
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
@@ -238,9 +241,11 @@ def validate_meta(meta: dict, where: str = "avatar") -> None:
                           f"reads version {FORMAT_VERSION}", hint)
     for key in REQUIRED_META:
         _field(meta, key, where)
-    for key in ("intrinsics", "config", "adapter", "motion_model", "tensors"):
+    for key in ("intrinsics", "config", "adapter", "motion_model", "motion_finetune", "tensors"):
         if not isinstance(meta[key], dict):
             raise _bad(where, key, meta[key], "an object")
+    if not isinstance(meta["motion_finetune"].get("used"), bool):
+        raise _bad(where, "motion_finetune.used", meta["motion_finetune"].get("used"), "true or false")
     if not isinstance(meta["checksum"], str):
         raise _bad(where, "checksum", meta["checksum"], "a hex string")
     for path, integer, lo, hi in NUMBERS:
@@ -507,11 +512,42 @@ def fit_personal_adapter(ds, motion_model, frames: list[int]):
     return adapter, speech
 
 
+def personal_motion_model(ds, motion_model, frames: list[int], cfg=None):
+    """(model, report): the generic motion model fine-tuned on the dataset's own speech and lips over the training
+    frames (motion.finetune: early-stopped on their held-out tail), or the generic model itself when the fine-tune
+    does not score better there; the report says which and why (logged too)."""
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion.finetune import FinetuneConfig, finetune, too_short
+    from nerf_talk.motion.model import MODEL_FPS
+
+    cfg = cfg or FinetuneConfig()
+    # The training frames' contiguous stretch (preprocessing holds out the clip's end), in model frames.
+    contiguous = frames == list(range(frames[0], frames[-1] + 1))
+    first, last = (frames[0], frames[-1] + 1) if contiguous else (0, ds.n_frames)
+    start, end = (int(round(f / ds.fps * MODEL_FPS)) for f in (first, last))
+    if too_short(end - start, cfg):  # decided before reading anything
+        log.info("motion: keeping the generic model: %s", too_short(end - start, cfg))
+        return motion_model, {"used": False, "reason": too_short(end - start, cfg)}
+    src = cp.load_real(ds.root, motion_model.vocab)  # features and motion at the model's frame rate
+    end = min(end, src.n_frames)
+    feats = {k: np.asarray(v)[start:end] for k, v in src.features.items()}
+    model, report = finetune(motion_model, feats, np.asarray(src.motion)[start:end], _motion_points(
+        ds, src.motion.shape[1]), cfg)
+    if report["used"]:
+        log.info("motion: fine-tuned on the person's clip (held-out tail opening correlation %.3f -> %.3f, %.0f s)",
+                 report["tail_opening_corr"]["generic"], report["tail_opening_corr"]["finetuned"],
+                 report["cpu_seconds"])
+    else:
+        log.info("motion: keeping the generic model: %s", report["reason"])
+    return model, report
+
+
 def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dataset_dir=None,
-                  motion_model=None) -> AvatarParts:
+                  motion_model=None, finetune_motion: bool = True) -> AvatarParts:
     """Builds the avatar of a finished training directory (avatar.safetensors + avatar.json written by the trainer)
     and writes it to `out_path`. The dataset (default: the one avatar.json names) supplies the person's pose track,
-    blinks and speech for the personal adapter; `motion_model` defaults to the shipped generic model."""
+    blinks and speech for the personal adapter; `motion_model` defaults to the shipped generic model, fine-tuned on
+    the person's clip when that helps (personal_motion_model) unless `finetune_motion` is False."""
     from safetensors.torch import load_file
 
     from nerf_talk.motion import load_default_model
@@ -535,6 +571,10 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
     plate = model_t.pop("background.plate")
     frames = [int(i) for i in tmeta["train_frames"]]
     motion_model = motion_model or load_default_model()
+    if finetune_motion:
+        motion_model, ft_report = personal_motion_model(ds, motion_model, frames)
+    else:
+        ft_report = {"used": False, "reason": "not asked for"}
     adapter, speech = fit_personal_adapter(ds, motion_model, frames)
     a_t, a_meta = adapter.to_tensors()
     mm_t, mm_header = motion_model_parts(motion_model)
@@ -570,6 +610,7 @@ def export_avatar(train_dir: str | os.PathLike, out_path: str | os.PathLike, dat
         "steps": tmeta.get("steps"),
         "adapter": a_meta,
         "motion_model": mm_header,
+        "motion_finetune": ft_report,
         "blink_rate_per_min": _blink_rate(ds, blink),
         "source": {"dataset": str(ds.root), "fingerprint": ds.manifest.get("source", {}).get("fingerprint")},
     }

@@ -27,12 +27,14 @@ def _header_end(path) -> int:
 def test_load_reads_what_fit_wrote(avatar_file):
     parts = load_avatar(avatar_file)
     m = parts.meta
-    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 4
+    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 5
     assert m["checksum"] == avatar_checksum(parts.tensors, m)
     assert parts.tensors["background"].dtype == torch.uint8
     assert m["fps"] == 25.0 and m["size"] == [48, 48]
     for key in ("intrinsics", "head_aabb", "config", "adapter", "motion_model", "blink_rate_per_min", "recipe"):
         assert key in m, key
+    # The synthetic clip is 40 frames: too short to fine-tune the motion network, and the file says so.
+    assert m["motion_finetune"]["used"] is False and "too short" in m["motion_finetune"]["reason"]
     assert any(k.startswith("motion_model.") for k in parts.tensors)
     # Plain safetensors: any reader sees our metadata as JSON, without our code.
     from safetensors import safe_open
@@ -66,15 +68,17 @@ def test_foreign_and_future_files_are_refused(avatar_file, tmp_path):
     with pytest.raises(AvatarError, match="not a nerf_talk avatar"):
         load_avatar(tmp_path / "other.safetensors")
     parts = load_avatar(avatar_file)
-    with pytest.raises(AvatarError, match="(?s)version 5.*update nerf_talk"):
-        save_file(parts.tensors, str(tmp_path / "v5.avatar"),
-                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=5))})
-        load_avatar(tmp_path / "v5.avatar")
-    # A version 3 file (the same tensors, metadata outside the checksum) is re-exported from its training directory.
-    save_file(parts.tensors, str(tmp_path / "v3.avatar"),
-              metadata={META_KEY: json.dumps(dict(parts.meta, format_version=3))})
-    with pytest.raises(AvatarError, match="(?s)version 3.*export it again from its training directory"):
-        load_avatar(tmp_path / "v3.avatar")
+    with pytest.raises(AvatarError, match="(?s)version 6.*update nerf_talk"):
+        save_file(parts.tensors, str(tmp_path / "v6.avatar"),
+                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=6))})
+        load_avatar(tmp_path / "v6.avatar")
+    # Version 3 and 4 files (no per-person motion fine-tune) are re-exported from their training directories.
+    for v in (3, 4):
+        old_meta = {k: x for k, x in parts.meta.items() if k != "motion_finetune"}
+        save_file(parts.tensors, str(tmp_path / f"v{v}.avatar"),
+                  metadata={META_KEY: json.dumps(dict(old_meta, format_version=v))})
+        with pytest.raises(AvatarError, match=f"(?s)version {v}.*export it again from its training directory"):
+            load_avatar(tmp_path / f"v{v}.avatar")
     # A version 1 file (no motion-dependent mouth) is refused with the advice to fit again, not to re-export.
     old = {k: v for k, v in parts.tensors.items() if not k.startswith("model.head.mouth_mlp.")}
     save_file(old, str(tmp_path / "v1.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=1))})
@@ -250,3 +254,37 @@ def test_the_cli_refuses_a_crafted_avatar_with_exit_2(avatar_file, tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 2 and "config.render.grid_resolution is 1400" in err and "Traceback" not in err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_finetuned_motion_model_round_trips(avatar_file, tmp_path):
+    """An avatar whose embedded motion network was fine-tuned on the person loads that network back (what
+    nerf-talk fit writes when the fine-tune wins on the clip's held-out tail)."""
+    import numpy as np
+
+    from nerf_talk.avatar import load_motion_model, motion_model_parts
+    from nerf_talk.motion.model import MotionModel
+
+    parts = load_avatar(avatar_file)
+    generic = load_motion_model(parts)
+    tuned = MotionModel(generic.net, generic.basis, generic.vocab, generic.viseme_motion,
+                        dict(generic.meta, finetuned={"frames": 900, "steps": 75}))
+    with torch.no_grad():
+        for p in tuned.net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    mm_t, mm_header = motion_model_parts(tuned)
+    tensors = {k: v for k, v in parts.tensors.items() if not k.startswith("motion_model.")}
+    tensors.update({f"motion_model.{k}": v for k, v in mm_t.items()})
+    report = {"used": True, "steps": 75, "tail_opening_corr": {"generic": 0.3, "finetuned": 0.5}}
+    save_avatar(type(parts)(tensors, dict(parts.meta, motion_model=mm_header, motion_finetune=report)),
+                tmp_path / "tuned.avatar")
+    loaded = load_avatar(tmp_path / "tuned.avatar")
+    assert loaded.meta["motion_finetune"] == report
+    back = load_motion_model(loaded)
+    assert back.meta["finetuned"] == {"frames": 900, "steps": 75}
+    for (name, a), b in zip(tuned.net.state_dict().items(), back.net.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3, err_msg=name)  # stored as float16
+    assert not torch.equal(back.net.inp.weight, generic.net.inp.weight)
+    bad = dict(loaded.meta, motion_finetune={"used": "yes"})
+    with pytest.raises(AvatarError, match="motion_finetune.used"):
+        save_avatar(type(parts)(loaded.tensors, bad), tmp_path / "bad.avatar")
+        load_avatar(tmp_path / "bad.avatar")

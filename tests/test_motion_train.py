@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -98,3 +99,84 @@ def test_torchrun_ddp_two_processes(corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = MotionModel.load(tmp_path / "audio2motion.safetensors")
     assert m.meta["world_size"] == 2
+
+
+def test_speakers_weighted_and_normalised():
+    """Ten files of one speaker weigh like the cap, not like ten speakers; each speaker's amplitude is rescaled to
+    the median."""
+    from nerf_talk.motion.basis import GenericMotionBasis
+
+    table = {"obama": "obama", "us_pres_obama_*": "obama", "grid_s1_*": "grid_s1"}
+    assert cp.speaker_of("grid_s1_07", table) == "grid_s1" and cp.speaker_of("us_pres_obama_b_20s", table) == "obama"
+    assert cp.speaker_of("obama", table) == "obama" and cp.speaker_of("interview_02", table) == "interview_02"
+    rng = np.random.default_rng(0)
+    K = len(mt.LOWER_FACE)
+
+    def src(name, speaker, n, kind="real", amp=0.01):
+        feats = {"energy": np.zeros(n)}
+        return cp.Source(name, kind, feats, None, motion=rng.standard_normal((n, K, 3)) * amp,
+                         mouth_opening=np.zeros(n), speaker=speaker if kind == "real" else "")
+
+    sources = [src(f"grid_{i:02d}", "grid", 1000, amp=0.05) for i in range(10)] + [src("lieu", "lieu", 1000),
+                                                                                  src("syn", "", 1000, "synthetic")]
+    gains = cp.normalise_speakers([s for s in sources if s.kind == "real"])
+    assert gains["grid"] == pytest.approx(0.6, rel=0.05) and gains["lieu"] == pytest.approx(3.0, rel=0.05)  # to the median 0.03
+    rms = {s.speaker: float(np.sqrt(np.mean(s.motion ** 2))) for s in sources if s.kind == "real"}
+    assert rms["grid"] == pytest.approx(rms["lieu"], rel=0.05)
+    basis = GenericMotionBasis(list(mt.LOWER_FACE), np.zeros(K * 3, np.float32), np.eye(4, K * 3, dtype=np.float32),
+                               np.ones(4, np.float32))
+    data = cp.WindowDataset(sources, basis, np.zeros((vz.N_VISEMES, 4)), window=100)
+    w = data.weights(real_share=0.6, speaker_cap_frames=2000)
+    share = {}
+    for (si, _), wi in zip(data.index, w):
+        share[data.sources[si].speaker or "synthetic"] = share.get(data.sources[si].speaker or "synthetic", 0) + wi
+    assert share["synthetic"] == pytest.approx(0.4)
+    assert share["grid"] == pytest.approx(0.4) and share["lieu"] == pytest.approx(0.2)  # 2000 (capped) : 1000 frames
+    draws = np.bincount(list(itertools.islice(iter(cp.WeightedStream(w, 0)), 20000)), minlength=len(w))
+    assert np.corrcoef(draws, w)[0, 1] > 0.9
+
+
+def test_unreadable_datasets_skipped_then_refused(corpus, tmp_path, caplog):
+    """A dataset whose preprocessing failed (no face: no motion written) is skipped with a line; nothing usable left
+    is a clear error."""
+    import shutil
+
+    from nerf_talk.errors import UserError
+    from nerf_talk.motion.train import load_sources
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(corpus, mixed)
+    (mixed / "carol" / "lower_face_motion.npy").unlink()
+    (mixed / "more" / "bob" / "manifest.json").write_text("{not json")
+    cfg = load_recipe(RECIPE)
+    with caplog.at_level("INFO", logger="nerf_talk.motion"):
+        real, syn = load_sources(mixed, cfg, af.phoneme_vocabulary())
+    assert [s.name for s in real] == ["alice"] and len(syn) == 1
+    assert "skipping" in caplog.text and "carol" in caplog.text and "lower_face_motion" in caplog.text
+    assert "1 usable datasets of 1 speakers; 2 skipped (bob, carol)" in caplog.text
+    (mixed / "alice" / "audio_ppg.npy").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no usable preprocessed dataset"):
+        load_sources(mixed, cfg, af.phoneme_vocabulary())
+
+
+def test_training_resumes_after_interruption(corpus, tmp_path, monkeypatch, caplog):
+    from nerf_talk.motion import train as tr
+
+    args = (corpus, tmp_path, RECIPE, QUICK + ["train.steps=4", "train.checkpoint_every=2", "data.workers=0"])
+    save = tr._save_checkpoint
+
+    def interrupted(*a):
+        save(*a)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_motion(*args, progress=False)
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "audio2motion.safetensors").exists()
+    monkeypatch.setattr(tr, "_save_checkpoint", save)
+    with pytest.raises(Exception, match="another recipe"):  # never mixed into a run of other settings
+        tr.train_motion(corpus, tmp_path, RECIPE, args[3] + ["model.hidden=8"], progress=False)
+    with caplog.at_level("INFO", logger="nerf_talk.motion"):
+        path = tr.train_motion(*args, progress=False)
+    assert "at step 2" in caplog.text
+    assert MotionModel.load(path).meta["steps"] == 4 and not (tmp_path / "checkpoint.pt").exists()

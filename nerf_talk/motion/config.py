@@ -25,7 +25,8 @@ class MotionDataConfig:
     batch_size: int = 32  # windows per step on each process
     workers: int = 2  # DataLoader worker processes per training process (0: load in the main process)
     holdout: list[str] = field(default_factory=list)  # dataset names (folder names) left out of training
-    real_weight: float = 3.0  # how often a real clip's window is drawn relative to a synthetic one of equal length
+    real_share: float = 0.5  # share of drawn windows from real speech (the rest: synthetic, for other languages)
+    speaker_cap_minutes: float = 2.0  # a real speaker's draw share grows with their minutes up to this, then stays
     use_val_frames: bool = True  # also train on each dataset's split.json "val" frames (the renderer's hold-out)
     synthetic_dir: str = ""  # folder of synthetic shards (*.npz); "" = CORPUS_DIR/synthetic when it exists
     coarticulation_frames: float = 1.2  # std (frames) of the Gaussian blur of synthetic viseme targets
@@ -47,6 +48,7 @@ class MotionTrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 50
     threads: int = 0  # torch CPU threads per process (0: torch's default)
+    checkpoint_every: int = 100  # steps between OUT/checkpoint.pt writes (a rerun resumes from it; 0: none)
 
 
 @dataclass
@@ -64,6 +66,9 @@ class MotionRecipe:
             raise UserError(f"batch_size must be >= 1 and steps >= 0, are {self.data.batch_size}, {self.train.steps}")
         if self.train.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"train.device must be auto, cpu or cuda, is {self.train.device!r}")
+        if not 0.0 <= self.data.real_share <= 1.0 or self.data.speaker_cap_minutes <= 0:
+            raise UserError(f"data.real_share must be in [0, 1] and data.speaker_cap_minutes > 0, are "
+                            f"{self.data.real_share}, {self.data.speaker_cap_minutes}")
         if self.model.n_coeffs < 1:
             raise UserError(f"model.n_coeffs must be >= 1, is {self.model.n_coeffs}")
 

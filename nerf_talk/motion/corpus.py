@@ -7,10 +7,18 @@ a corpus larger than RAM trains, and DataLoader workers share the page cache.
 
 Sources at a frame rate other than MODEL_FPS are brought to it once, when indexed: the features are recomputed from
 the dataset's audio.wav at MODEL_FPS and the motion is linearly interpolated to the new frame times.
+
+Speakers: several datasets may hold one person (GRID's speaker s1 is 50 one-minute files). `speaker_of` names each
+dataset's speaker (CORPUS_DIR/speakers.json maps names or glob patterns to speakers; otherwise each dataset is its
+own speaker). Per speaker, the motion is rescaled to the corpus's median amplitude (`normalise_speakers`: people and
+trackers differ in how far a mouth opens, which is the adapter's business, not the generic model's), and windows are
+drawn per speaker, not per frame (`WindowDataset.weights`), so one long-recorded speaker cannot become everyone's
+mouth.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -45,6 +53,7 @@ class Source:
     visemes: np.ndarray | None = None  # [N, V]
     mouth_opening: np.ndarray | None = None  # [N] real clips: the measured inner-lip gap / face size
     frames: np.ndarray | None = None  # [M] the frame indices this source may train on (None: all)
+    speaker: str = ""  # who speaks (speaker_of); synthetic sources leave it empty
 
     @property
     def n_frames(self) -> int:
@@ -58,6 +67,49 @@ def find_datasets(corpus_dir: str | Path) -> list[Path]:
         raise UserError(f"corpus folder {root} does not exist", "give a folder of preprocessed datasets.")
     found = [p.parent for pat in ("manifest.json", "*/manifest.json", "*/*/manifest.json") for p in root.glob(pat)]
     return sorted(set(found), key=lambda p: p.name)
+
+
+def speaker_of(name: str, speakers: dict[str, str]) -> str:
+    """The speaker of dataset `name` by `speakers` (a corpus's speakers.json: {dataset name or glob pattern:
+    speaker}, e.g. {"grid_s1_*": "grid_s1"}): its exact entry, else the first pattern it matches, else its own name
+    (a dataset nobody grouped is one speaker: interview_01 and interview_02 may well be two people)."""
+    if name in speakers:
+        return speakers[name]
+    return next((who for pattern, who in speakers.items() if fnmatch.fnmatchcase(name, pattern)), name)
+
+
+def read_speakers(corpus_dir: str | Path) -> dict[str, str]:
+    """CORPUS_DIR/speakers.json ({dataset name or glob pattern: speaker}) or {} when there is none."""
+    path = Path(corpus_dir) / "speakers.json"
+    if not path.exists():
+        return {}
+    try:
+        table = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON: {e}", 'write it as {"dataset name": "speaker", ...}') from e
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise UserError(f"{path} must map dataset names to speaker names", 'e.g. {"obama_a": "obama"}')
+    return table
+
+
+def normalise_speakers(real: list[Source]) -> dict[str, float]:
+    """Rescale every real source's motion (and mouth opening) so that each speaker's motion RMS over all their frames
+    equals the median over speakers; returns {speaker: gain}. Modifies the sources in place (motion becomes an
+    in-memory array)."""
+    sums: dict[str, list[float]] = {}
+    for s in real:
+        m = np.asarray(s.motion, np.float64)
+        acc = sums.setdefault(s.speaker, [0.0, 0.0])
+        acc[0] += float((m * m).sum())
+        acc[1] += m.size
+    rms = {k: math.sqrt(a / max(n, 1)) for k, (a, n) in sums.items()}
+    ref = float(np.median([v for v in rms.values() if v > 0])) if any(v > 0 for v in rms.values()) else 1.0
+    gains = {k: (ref / v if v > 0 else 1.0) for k, v in rms.items()}
+    for s in real:
+        g = gains[s.speaker]
+        s.motion = (np.asarray(s.motion, np.float32) * g).astype(np.float32)
+        s.mouth_opening = (np.asarray(s.mouth_opening, np.float32) * g).astype(np.float32)
+    return gains
 
 
 def load_real(path: Path, vocab: list[str], use_val_frames: bool = True) -> Source:
@@ -124,12 +176,11 @@ class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows over all sources. Item: dict of x [T, D], coeffs [T, C], blink [T], blink_mask [T]
     (1 where the blink target is real), real (0-d, 1 for real clips).
 
-    Windows start every window/2 frames; a real clip's windows are repeated `real_weight` times (rounded) so the
-    scarce real motion is not drowned by synthetic speech. Sources shorter than a window are padded with silence
-    features and neutral motion, weighted 0 where padded (`weight` [T])."""
+    Windows start every window/2 frames; how often each is drawn is `weights` (use with WeightedStream). Sources
+    shorter than a window are padded with silence features and neutral motion, weighted 0 where padded (`weight` [T])."""
 
     def __init__(self, sources: list[Source], basis: GenericMotionBasis, viseme_motion: np.ndarray, window: int,
-                 real_weight: float = 1.0, blur_frames: float = 1.2, blank_column: int = -1):
+                 blur_frames: float = 1.2, blank_column: int = -1):
         self.blank_column = blank_column  # the posteriorgram's "<blank>" column: what silence looks like there
         self.sources, self.basis, self.viseme_motion = sources, basis, viseme_motion
         self.window, self.blur = window, blur_frames
@@ -137,9 +188,31 @@ class WindowDataset(torch.utils.data.Dataset):
         for si, s in enumerate(sources):
             lo, hi = (0, s.n_frames) if s.frames is None or len(s.frames) == 0 else (int(s.frames.min()), int(s.frames.max()) + 1)
             starts = list(range(lo, max(lo + 1, hi - window + 1), max(1, window // 2)))
-            reps = max(1, int(round(real_weight))) if s.kind == "real" else 1
-            self.index += [(si, st) for st in starts] * reps
+            self.index += [(si, st) for st in starts]
         self._targets: dict[int, np.ndarray] = {}
+
+    def weights(self, real_share: float, speaker_cap_frames: float) -> np.ndarray:
+        """[len(self)] draw probabilities. Real windows get `real_share` of all draws (synthetic ones the rest, or all
+        when there is no synthetic speech); among real speakers, each gets a share proportional to its frame count
+        capped at `speaker_cap_frames`, spread evenly over its windows. So speakers under the cap are drawn per frame
+        as before, and one speaker with hours of video weighs like one with the cap."""
+        kinds = np.array([self.sources[si].kind == "real" for si, _ in self.index])
+        speakers = [self.sources[si].speaker for si, _ in self.index]
+        frames: dict[str, int] = {}
+        windows: dict[str, int] = {}
+        for s in self.sources:
+            if s.kind == "real":
+                frames[s.speaker] = frames.get(s.speaker, 0) + s.n_frames
+        for sp, real in zip(speakers, kinds):
+            if real:
+                windows[sp] = windows.get(sp, 0) + 1
+        share = {sp: min(n, speaker_cap_frames) for sp, n in frames.items()}
+        total = sum(share.values())
+        n_syn = int((~kinds).sum())
+        r = real_share if n_syn and kinds.any() else float(kinds.any())
+        w = np.array([r * share[sp] / total / windows[sp] if real else (1 - r) / max(n_syn, 1)
+                      for sp, real in zip(speakers, kinds)])
+        return w / w.sum()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -178,3 +251,17 @@ class WindowDataset(torch.utils.data.Dataset):
         return {"x": torch.from_numpy(x), "coeffs": torch.from_numpy(np.ascontiguousarray(coeffs)),
                 "blink": torch.from_numpy(blink), "blink_mask": torch.from_numpy(blink_mask),
                 "weight": torch.from_numpy(weight), "real": torch.tensor(float(s.kind == "real"))}
+
+
+class WeightedStream(torch.utils.data.Sampler):
+    """Endless indices drawn with replacement by `weights` (torch's WeightedRandomSampler draws all of num_samples at
+    once, which an endless stream cannot); a fixed seed per process, so DDP ranks draw different windows."""
+
+    def __init__(self, weights: np.ndarray, seed: int, chunk: int = 4096):
+        self.weights = torch.as_tensor(np.asarray(weights, np.float64))
+        self.seed, self.chunk = seed, chunk
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from torch.multinomial(self.weights, self.chunk, replacement=True, generator=g).tolist()

@@ -1,15 +1,24 @@
-"""Held-out evaluation of audio-to-motion on a preprocessed clip the model was not trained on.
+"""Held-out evaluation of audio-to-motion on a preprocessed clip the models were not trained on.
 
-evaluate_clip(model, dataset_dir, fit_fraction) splits the clip in time: the first `fit_fraction` of its frames fits
+evaluate_clip(models, dataset_dir, fit_fraction) splits the clip in time: the first `fit_fraction` of its frames fits
 the personal adapter and the baselines, the rest is the test part. On the test part, each method's predicted
-lower-face motion is compared with the real one:
-  opening_corr   Pearson correlation of mouth opening (metrics.mouth_opening) with the real one
+lower-face motion is compared with the real one (`score`):
+  opening_corr   Pearson correlation of the mouth opening (metrics.mouth_opening) with the real one, both high-passed
+                 at 1 s (metrics.highpass: slow posture drift would otherwise count as lip motion)
   landmark_err   mean landmark distance, % of face size (metrics.landmark_error)
   msf            offline mouth-sync figure of the prediction against the clip's audio (metrics.sync_figure)
-  bilabial       mean mouth opening on /p b m/ frames over the real speech median (< 1: lips closer than usual)
-Methods: "generic" (the model alone), "adapted" (model + adapter fitted on the first part), and two baselines fitted
-on the first part: "mean" (the person's mean motion, constant) and "energy_jaw" (each landmark coordinate a linear
-function of the smoothed speech level, i.e. a jaw that opens with loudness). "real" scores the true motion.
+  msf_shifted    the same with the motion shifted by +-5 and +-10 frames, the best of the four: the control a
+                 synchronised motion must beat
+  pbm_closed     share of /p b m/ frames with the lips closed (metrics.bilabial_closure's closed_fraction)
+  opening_std_ratio  spread of the predicted opening over the real one's
+  silence_open   mean opening in silence (frames over 200 ms from speech) over the real speech opening's spread
+  silence_move   mean frame-to-frame change of the opening in silence over the real one's in speech (0 = still)
+Methods: each generic model alone (by its name), "<name>+adapter" (the last model + the linear adapter fitted on the
+first part), "<name>+finetune" (what `nerf-talk fit` builds: the last model fine-tuned on the first part, early-stopped
+on that part's own tail, kept only if it wins there (motion.finetune), then the adapter), and three baselines fitted on the first part: "mean" (the person's mean motion, constant),
+"energy_jaw" (each landmark coordinate a quadratic function of the smoothed speech level: a jaw that opens with
+loudness), "ridge" (ridge regression of the motion on the model's own input features at -4..4 frames, its strength
+chosen by a two-fold split of the first part). "real" scores the true motion.
 
 sync_ranking(...) checks that the mouth-sync figure ranks the true audio/motion pair above the same pair time-shifted
 and above motion paired with other clips' audio.
@@ -26,16 +35,9 @@ from nerf_talk.motion import corpus as cp
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.adapter import fit_adapter
+from nerf_talk.motion.finetune import finetune
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
-from nerf_talk.motion.predict import close_bilabials, run_network, silence_gate
-
-
-def generic_coeffs(model: MotionModel, features: dict) -> np.ndarray:
-    """[N, C] the generic model's coefficients for per-frame features at MODEL_FPS, silence-gated and with the
-    bilabial closures, as in predict_motion."""
-    coeffs, _ = run_network(model, mf.input_features(features))
-    speech = mf.speech_mask(features)
-    return close_bilabials(model, (coeffs * silence_gate(speech)[:, None]).astype(np.float32), features, speech)
+from nerf_talk.motion.predict import motion_coeffs, silence_gate
 
 
 def _slice(features: dict, a: int, b: int) -> dict:
@@ -52,37 +54,87 @@ def energy_jaw(features: dict, motion_fit: np.ndarray, fit: slice, test: slice) 
     return (X[test] @ coef).reshape(-1, *motion_fit.shape[1:])
 
 
-def score(pred: np.ndarray, real: np.ndarray, points, features: dict, vocab) -> dict:
+def ridge_baseline(features: dict, motion_fit: np.ndarray, fit: slice, test: slice,
+                   context=(-4, -2, 0, 2, 4), alphas=(1.0, 10.0, 100.0, 1000.0)) -> np.ndarray:
+    """Baseline: the person's own ridge regression from input features (at the `context` frame offsets, z-scored on
+    the fit part) to their motion; motion [T, K, 3] on the test frames. The strength is the alpha of `alphas`
+    (times the frame count) that predicts the second half of the fit part best from its first half."""
+    x = mf.input_features(features)
+    n = len(x)
+    X = np.concatenate([x[np.clip(np.arange(n) + c, 0, n - 1)] for c in context], 1).astype(np.float64)
+    mu, sd = X[fit].mean(0), X[fit].std(0)
+    sd = np.where(sd > 1e-4, sd, np.inf)  # a column constant over the fit part carries nothing (and would explode)
+    X = (X - mu) / sd
+    y = motion_fit.reshape(len(motion_fit), -1).astype(np.float64)
+    ym = y.mean(0)
+
+    def solve(Xa, ya, alpha):
+        return np.linalg.solve(Xa.T @ Xa + alpha * len(Xa) * np.eye(Xa.shape[1]), Xa.T @ (ya - ym))
+
+    Xf = X[fit]
+    h = len(Xf) // 2
+    errs = [float(((Xf[h:] @ solve(Xf[:h], y[:h], a) + ym - y[h:]) ** 2).mean()) for a in alphas]
+    W = solve(Xf, y, alphas[int(np.argmin(errs))])
+    return (X[test] @ W + ym).reshape(-1, *motion_fit.shape[1:]).astype(np.float32)
+
+
+def score(pred: np.ndarray, real: np.ndarray, points, features: dict, vocab, speech: np.ndarray | None = None) -> dict:
+    """The figures of the module docstring for one predicted motion against the real one on the same frames;
+    `speech` [N] the voice activity the predictions were gated with (default: from `features`)."""
     o_pred, o_real = mx.mouth_opening(pred, points), mx.mouth_opening(real, points)
     closure = mx.bilabial_closure(o_pred, features, vocab)
-    real_closure = mx.bilabial_closure(o_real, features, vocab)
-    return {"opening_corr": mx.correlation(o_pred, o_real), "landmark_err": mx.landmark_error(pred, real),
-            "msf": mx.sync_figure(o_pred, features, vocab, MODEL_FPS),
-            "bilabial": closure["bilabial_mean"] / max(real_closure["speech_median"], 1e-6),
-            "opening_std_ratio": float(np.std(o_pred) / max(np.std(o_real), 1e-9))}
+    expected = mx.audio_openness(features, vocab)
+    speech = mf.speech_mask(features) if speech is None else np.asarray(speech, bool)
+    silent = silence_gate(speech) == 0
+    real_spread = max(float(np.std(o_real[speech])) if speech.sum() > 1 else float(np.std(o_real)), 1e-9)
+    steps = np.abs(np.diff(o_real))
+    real_step = max(float(steps[speech[1:]].mean() if speech[1:].sum() >= 5 else steps.mean()), 1e-9)
+    quiet = silent.sum() >= 5
+    return {"opening_corr": mx.correlation(mx.highpass(o_pred, MODEL_FPS), mx.highpass(o_real, MODEL_FPS)),
+            "landmark_err": mx.landmark_error(pred, real),
+            "msf": mx.sync_figure(o_pred, features, vocab, MODEL_FPS, expected=expected),
+            "msf_shifted": max(mx.sync_figure(o_pred, features, vocab, MODEL_FPS, lag, expected)
+                               for lag in (-10, -5, 5, 10)),
+            "pbm_closed": closure["closed_fraction"],
+            "opening_std_ratio": float(np.std(o_pred) / max(np.std(o_real), 1e-9)),
+            "silence_open": float(np.abs(o_pred[silent]).mean() / real_spread) if quiet else float("nan"),
+            "silence_move": float(np.abs(np.diff(o_pred))[silent[1:]].mean() / real_step) if quiet else float("nan")}
 
 
-def evaluate_clip(model: MotionModel, dataset_dir: str | Path, fit_fraction: float = 0.5) -> dict:
-    """{method: {figure: value}} on the test part of the clip; see the module docstring."""
-    src = cp.load_real(Path(dataset_dir), model.vocab)
+def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_fraction: float = 0.5) -> dict:
+    """{method: {figure: value}} on the test part of the clip; see the module docstring. `models` is an ordered
+    {name: generic model}; the last one is adapted."""
+    if not models:
+        raise ValueError("evaluate_clip needs at least one model")
+    last = list(models.values())[-1]
+    src = cp.load_real(Path(dataset_dir), last.vocab)
     feats = {k: np.asarray(v) for k, v in src.features.items()}
     motion = np.asarray(src.motion, np.float32)
     n = len(motion)
     k = int(n * fit_fraction)
     fit, test = slice(0, k), slice(k, n)
-    coeffs = generic_coeffs(model, feats)
-    adapter = fit_adapter(coeffs[fit], motion[fit], model.basis.points)
-    preds = {
-        "generic": model.basis.decode(coeffs[test]),
-        "adapted": adapter.apply(coeffs)[test],  # applied to the whole clip: the test part's first frames
-                                                 # see their real past (the adapter reads 4 past frames)
+    preds = {}
+    for name, model in models.items():
+        preds[name] = model.basis.decode(motion_coeffs(model, feats)[0][test])
+    coeffs = motion_coeffs(last, feats)[0]
+    adapter = fit_adapter(coeffs[fit], motion[fit], last.basis.points)
+    # applied to the whole clip: the test part's first frames see their real past (the adapter reads 4 past frames)
+    preds[f"{list(models)[-1]}+adapter"] = adapter.apply(coeffs)[test]
+    # What `nerf-talk fit` does: fine-tune on the first part (its own tail early-stops it), then the adapter.
+    tuned, ft_report = finetune(last, _slice(feats, 0, k), motion[fit], last.basis.points)
+    t_coeffs = motion_coeffs(tuned, feats)[0]
+    preds[f"{list(models)[-1]}+finetune"] = fit_adapter(t_coeffs[fit], motion[fit], last.basis.points).apply(t_coeffs)[test]
+    preds.update({
         "mean": np.broadcast_to(motion[fit].mean(0), motion[test].shape),
         "energy_jaw": energy_jaw(feats, motion[fit], fit, test),
+        "ridge": ridge_baseline(feats, motion[fit], fit, test),
         "real": motion[test],
-    }
+    })
     tf = _slice(feats, k, n)
-    out = {name: score(p, motion[test], model.basis.points, tf, model.vocab) for name, p in preds.items()}
-    out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info}
+    speech = mf.speech_mask(feats)[test]  # as motion_coeffs gated the predictions: judged on the whole clip
+    out = {name: score(p, motion[test], last.basis.points, tf, last.vocab, speech) for name, p in preds.items()}
+    out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info,
+                    "finetune": {key: v for key, v in ft_report.items() if key != "config"}}
     return out
 
 

@@ -103,6 +103,15 @@ def close_bilabials(model: MotionModel, coeffs: np.ndarray, features: dict[str, 
     return (coeffs * (1.0 - w) + w * closed).astype(np.float32)
 
 
+def motion_coeffs(model: MotionModel, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coeffs [M, C], blink probability [M], speech [M] bool) of per-frame features at MODEL_FPS: the network,
+    faded to the neutral face away from speech (silence_gate), with the bilabial closures (close_bilabials)."""
+    coeffs, blink = run_network(model, mf.input_features(features))
+    speech = mf.speech_mask(features)
+    coeffs = (coeffs * silence_gate(speech)[:, None]).astype(np.float32)
+    return close_bilabials(model, coeffs, features, speech), blink, speech
+
+
 def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps: float, adapter=None) -> dict:
     """Motion for every video frame of `audio` at `fps` (see the module docstring). Raises UserError for empty,
     too short (< audio_features.MIN_SECONDS) or non-finite audio, and for sample rates outside 4-192 kHz."""
@@ -110,10 +119,7 @@ def predict_motion(model: MotionModel, audio: np.ndarray, sample_rate: int, fps:
         raise UserError(f"fps must be > 0, is {fps}")
     a = to_mono16k(audio, sample_rate)
     feats = af.compute_features(a, MODEL_FPS)  # raises UserError for empty / short / non-finite audio
-    coeffs, blink = run_network(model, mf.input_features(feats))
-    speech = mf.speech_mask(feats)
-    coeffs = (coeffs * silence_gate(speech)[:, None]).astype(np.float32)  # [M, C] at MODEL_FPS
-    coeffs = close_bilabials(model, coeffs, feats, speech)
+    coeffs, blink, speech = motion_coeffs(model, feats)  # [M, C] at MODEL_FPS
     # The adapter reads past frames, so it runs at the model's rate; the motion is resampled afterwards.
     motion = adapter.apply(coeffs) if adapter is not None else model.basis.decode(coeffs)  # [M, K, 3]
     duration = len(a) / af.SAMPLE_RATE

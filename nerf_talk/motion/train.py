@@ -4,16 +4,18 @@
 
 One process: `nerf-talk train-motion CORPUS_DIR -o OUT`. Many GPUs or machines:
 `torchrun --nproc_per_node=8 -m nerf_talk.motion.train CORPUS_DIR OUT [--recipe R] [KEY=VALUE ...]`; each process
-reads WORLD_SIZE/RANK/LOCAL_RANK from the environment, draws its own shard of windows (DistributedSampler), and
+reads WORLD_SIZE/RANK/LOCAL_RANK from the environment, draws its own windows (corpus.WeightedStream, seeded per rank), and
 gradients are averaged by DistributedDataParallel. Every process fits the same basis from the same files
 (deterministic), so nothing but gradients has to travel. Rank 0 writes the model, the resolved recipe and
 tensorboard logs.
 
 Steps:
-  1. index the corpus (corpus.find_datasets, synthetic shards), minus data.holdout;
+  1. index the corpus (corpus.find_datasets, synthetic shards), minus data.holdout, skipping unreadable datasets;
+     rescale each speaker's motion to the median amplitude and weight draws per speaker (corpus.py);
   2. fit the generic basis (PCA of the real clips' lower-face motion) and the per-viseme mean motion (ridge
      regression of the real motion on the viseme posteriors of their own posteriorgrams);
   3. train the network on windows: MSE of basis coefficients + MSE of their frame differences + blink BCE.
+     OUT/checkpoint.pt is written every train.checkpoint_every steps; rerunning the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -43,18 +45,31 @@ MODEL_NAME = "audio2motion"
 
 
 def load_sources(corpus_dir: str | Path, cfg: MotionRecipe, vocab: list[str]) -> tuple[list[cp.Source], list[cp.Source]]:
-    """(real sources, synthetic sources) of the corpus, without the held-out datasets."""
-    real = []
+    """(real sources, synthetic sources) of the corpus, without the held-out datasets. A dataset that cannot be read
+    (preprocessing failed, e.g. no face found, or files damaged) is skipped with a warning naming it and why; the
+    summary says how many were used and skipped. Each real source's speaker is set (corpus.speaker_of)."""
+    speakers = cp.read_speakers(corpus_dir)
+    real, skipped = [], []
     for p in cp.find_datasets(corpus_dir):
         if p.name in cfg.data.holdout:
             log.info("holding out %s", p.name)
             continue
-        real.append(cp.load_real(p, vocab, cfg.data.use_val_frames))
+        try:
+            src = cp.load_real(p, vocab, cfg.data.use_val_frames)
+        except (UserError, OSError, ValueError, KeyError) as e:
+            log.warning("skipping %s: %s", p, str(e).splitlines()[0])
+            skipped.append(p.name)
+            continue
+        src.speaker = cp.speaker_of(p.name, speakers)
+        real.append(src)
+    log.info("corpus: %d usable datasets of %d speakers; %d skipped%s", len(real), len({s.speaker for s in real}),
+             len(skipped), f" ({', '.join(skipped)})" if skipped else "")
     syn_dir = Path(cfg.data.synthetic_dir) if cfg.data.synthetic_dir else Path(corpus_dir) / "synthetic"
     synthetic = [cp.load_synthetic(p) for p in sorted(syn_dir.glob("*.npz"))] if syn_dir.is_dir() else []
     if not real:
-        raise UserError(f"no preprocessed dataset found in {corpus_dir} (after holding out {cfg.data.holdout})",
-                        "run `nerf-talk preprocess VIDEO -o CORPUS_DIR/NAME` for each video first.")
+        what = f"{len(skipped)} could not be read (see the warnings above)" if skipped else "none found"
+        raise UserError(f"no usable preprocessed dataset in {corpus_dir}: {what} (held out: {cfg.data.holdout})",
+                        "run `nerf-talk preprocess VIDEO -o CORPUS_DIR/NAME` for each video of a visible face first.")
     return real, synthetic
 
 
@@ -105,16 +120,22 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
 
     vocab = af.phoneme_vocabulary()
     real, synthetic = load_sources(corpus_dir, cfg, vocab)
+    gains = cp.normalise_speakers(real)
     basis = GenericMotionBasis.fit([s.motion for s in real], list(_points(real, corpus_dir)), cfg.model.n_coeffs)
     viseme_motion = fit_viseme_motion(real, basis, vocab)
-    data = cp.WindowDataset(real + synthetic, basis, viseme_motion, cfg.data.window, cfg.data.real_weight,
-                            cfg.data.coarticulation_frames, blank_column=vocab.index(af.BLANK))
+    data = cp.WindowDataset(real + synthetic, basis, viseme_motion, cfg.data.window, cfg.data.coarticulation_frames,
+                            blank_column=vocab.index(af.BLANK))
+    draw = data.weights(cfg.data.real_share, cfg.data.speaker_cap_minutes * 60 * MODEL_FPS)
     log.info("corpus: %d real clips (%.1f min), %d synthetic utterances (%.1f min), %d windows",
              len(real), sum(s.n_frames for s in real) / MODEL_FPS / 60, len(synthetic),
              sum(s.n_frames for s in synthetic) / MODEL_FPS / 60, len(data))
 
-    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.train.seed) \
-        if world > 1 else torch.utils.data.RandomSampler(data, replacement=True, num_samples=10**9)
+    for sp in sorted(gains):
+        log.info("  speaker %s: %.1f min, amplitude x%.2f, %.1f %% of draws", sp,
+                 sum(s.n_frames for s in real if s.speaker == sp) / MODEL_FPS / 60, gains[sp],
+                 100 * sum(w for (si, _), w in zip(data.index, draw) if data.sources[si].speaker == sp
+                           and data.sources[si].kind == "real"))
+    sampler = cp.WeightedStream(draw, cfg.train.seed * 1000 + rank)
     loader = torch.utils.data.DataLoader(
         data, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers, drop_last=True,
         persistent_workers=cfg.data.workers > 0, pin_memory=device.type == "cuda")
@@ -133,24 +154,17 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "logs"))
-    step, epoch, t0 = 0, 0, time.time()
-    it = None
+    ckpt = out / "checkpoint.pt"
+    step, t0 = _resume(ckpt, cfg, net, opt), time.time()
+    it = iter(loader)
     bar = None
     if rank == 0 and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.train.steps, desc="train-motion")
+        bar = tqdm(total=cfg.train.steps, initial=step, desc="train-motion")
     net.train()
     while step < cfg.train.steps:
-        if it is None:
-            if world > 1:
-                sampler.set_epoch(epoch)
-            it = iter(loader)
-        try:
-            batch = next(it)
-        except StopIteration:
-            it, epoch = None, epoch + 1
-            continue
+        batch = next(it)  # the sampler is endless
         lr = _lr(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -178,7 +192,9 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
                 writer.add_scalar(f"train/{k}", float(v.detach()), step)
             writer.add_scalar("train/lr", lr, step)
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.4f}", pos=f"{float(loss_pos):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", pos=f"{float(loss_pos.detach()):.4f}")
+        if rank == 0 and cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+            _save_checkpoint(ckpt, cfg, net, opt, step)
     if bar is not None:
         bar.close()
 
@@ -187,16 +203,45 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
         meta = {"trained_on": {"real": [s.name for s in real], "synthetic_utterances": len(synthetic),
                                "real_minutes": sum(s.n_frames for s in real) / MODEL_FPS / 60,
                                "synthetic_minutes": sum(s.n_frames for s in synthetic) / MODEL_FPS / 60,
-                               "holdout": cfg.data.holdout},
+                               "holdout": cfg.data.holdout,
+                               "speakers": {sp: {"minutes": round(sum(s.n_frames for s in real if s.speaker == sp)
+                                                                  / MODEL_FPS / 60, 2),
+                                                 "amplitude_gain": round(g, 3)} for sp, g in sorted(gains.items())}},
                 "steps": step, "seconds": time.time() - t0, "world_size": world, "model_fps": MODEL_FPS,
                 "viseme_classes": list(vz.VISEMES), "recipe": cfg.to_dict()}
         net.eval()
         MotionModel(net.cpu(), basis, vocab, viseme_motion, meta).save(path)
         (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         writer.close()
+        ckpt.unlink(missing_ok=True)  # finished: a rerun starts afresh
     if world > 1:
         torch.distributed.barrier()
     return path
+
+
+def _save_checkpoint(path: Path, cfg: MotionRecipe, net: nn.Module, opt, step: int) -> None:
+    """Network, optimiser and step, written atomically (an interrupted write leaves the previous checkpoint)."""
+    tmp = path.with_suffix(".partial")
+    torch.save({"step": step, "recipe": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, cfg: MotionRecipe, net: nn.Module, opt) -> int:
+    """The step to start from: 0, or a checkpoint's step after loading its network and optimiser state. A checkpoint
+    of another recipe (other than train.steps) is refused rather than silently mixed in."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    mine, theirs = cfg.to_dict(), dict(state["recipe"])
+    mine["train"] = {k: v for k, v in mine["train"].items() if k != "steps"}
+    theirs["train"] = {k: v for k, v in theirs["train"].items() if k != "steps"}
+    if mine != theirs:
+        raise UserError(f"{path} was written by a run with another recipe",
+                        "train into a new output folder, or delete the checkpoint to start this one afresh.")
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    log.info("resuming from %s at step %d", path, state["step"])
+    return int(state["step"])
 
 
 def _points(real: list[cp.Source], corpus_dir) -> list[int]:
