@@ -6,6 +6,8 @@ per-frame costs of their own; `nerf-talk render` prints the end-to-end figure).
     .venv/bin/python bench/bench_render.py                             # a synthetic 128 px smoke avatar, made here
     git worktree add /tmp/before COMMIT                                # before/after in one run:
     .venv/bin/python bench/bench_render.py --avatar me.avatar --before /tmp/before
+    # when the avatar format changed in between: the same training directory exported by each checkout
+    .venv/bin/python bench/bench_render.py --avatar me.avatar --before /tmp/before --before-avatar me_old.avatar
 
 --before DIR times the same frames with the code of another checkout (run in a subprocess with DIR first on the
 import path: the renderer's public API, Avatar.load(...).renderer(size).render(pose, coeffs, eyes), is the same) and
@@ -132,6 +134,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--sizes", default="native,512", help="comma-separated heights; 'native' = the trained size")
     p.add_argument("--before", type=Path, help="a checkout of the code to compare with (e.g. a git worktree)")
+    p.add_argument("--before-avatar", type=Path, help="the avatar --before reads (default --avatar): the same "
+                   "training directory exported by that checkout, when the file format changed in between")
     p.add_argument("--check-frames", type=int, default=2, help="frames compared with the exact torch reference")
     p.add_argument("--tree", type=Path, help=argparse.SUPPRESS)  # (--before's subprocess: the code to import)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
@@ -144,7 +148,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         path = args.avatar or synthetic_avatar(Path(d))
-        before = run_before(args.before, path, args.sizes, args.frames) if args.before else None
+        before = (run_before(args.before, args.before_avatar or path, args.sizes, args.frames) if args.before
+                  else None)
         rows = bench(path, sizes, args.frames)
         diffs = max_difference(path, sizes, args.check_frames) if args.check_frames else [math.nan] * len(rows)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
