@@ -525,9 +525,10 @@ def personal_motion_model(ds, motion_model, frames: list[int], cfg=None):
     contiguous = frames == list(range(frames[0], frames[-1] + 1))
     first, last = (frames[0], frames[-1] + 1) if contiguous else (0, ds.n_frames)
     start, end = (int(round(f / ds.fps * MODEL_FPS)) for f in (first, last))
-    if too_short(end - start, cfg):  # decided before reading anything
-        log.info("motion: keeping the generic model: %s", too_short(end - start, cfg))
-        return motion_model, {"used": False, "reason": too_short(end - start, cfg)}
+    reason = too_short(end - start, cfg)
+    if reason:  # decided before reading anything
+        log.info("motion: keeping the generic model: %s", reason)
+        return motion_model, {"used": False, "reason": reason}
     src = cp.load_real(ds.root, motion_model.vocab)  # features and motion at the model's frame rate
     end = min(end, src.n_frames)
     feats = {k: np.asarray(v)[start:end] for k, v in src.features.items()}

@@ -28,6 +28,7 @@ from torch import nn
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
+from nerf_talk.motion.train import coefficient_loss
 
 
 @dataclass
@@ -78,8 +79,9 @@ def finetune(generic: MotionModel, features: dict, motion: np.ndarray, points,
     motion = np.asarray(motion, np.float32)
     n = min(len(motion), len(feats["energy"]))
     report = {"config": asdict(cfg), "frames": int(n)}
-    if too_short(n, cfg):
-        report.update(used=False, reason=too_short(n, cfg))
+    reason = too_short(n, cfg)
+    if reason:
+        report.update(used=False, reason=reason)
         return generic, report
     split = int(round(n * (1 - cfg.tail_fraction)))
     x = torch.from_numpy(mf.input_features({k: v[:n] for k, v in feats.items()}))  # [N, D]
@@ -110,9 +112,8 @@ def finetune(generic: MotionModel, features: dict, motion: np.ndarray, points,
         xb = torch.stack([x[s:s + win] for s in starts])
         yb = torch.stack([target[s:s + win] for s in starts])
         pred, _ = net(xb)
-        err = (pred - yb) / unit
-        loss = (err ** 2).mean() + cfg.velocity_weight * ((err[:, 1:] - err[:, :-1]) ** 2).mean()
-        loss = loss + cfg.anchor * sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor))
+        loss_pos, loss_vel = coefficient_loss(pred, yb, unit)
+        loss = loss_pos + cfg.velocity_weight * loss_vel + cfg.anchor * sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)

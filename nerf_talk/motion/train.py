@@ -33,6 +33,7 @@ from torch import nn
 
 from nerf_talk import audio_features as af
 from nerf_talk.errors import UserError
+from nerf_talk.media import write_atomic
 from nerf_talk.motion import corpus as cp
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import visemes as vz
@@ -171,11 +172,7 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         pred, blink_logit = ddp(batch["x"])  # [B, T, C], [B, T]
         w = batch["weight"][..., None]  # [B, T, 1]
-        err = (pred - batch["coeffs"]) / unit
-        loss_pos = (err ** 2 * w).sum() / (w.sum() * err.shape[-1]).clamp_min(1)
-        dw = w[:, 1:] * w[:, :-1]
-        derr = err[:, 1:] - err[:, :-1]
-        loss_vel = (derr ** 2 * dw).sum() / (dw.sum() * err.shape[-1]).clamp_min(1)
+        loss_pos, loss_vel = coefficient_loss(pred, batch["coeffs"], unit, w)
         bm = batch["blink_mask"]
         bce = nn.functional.binary_cross_entropy_with_logits(blink_logit, batch["blink"], reduction="none")
         loss_blink = (bce * bm).sum() / bm.sum().clamp_min(1)
@@ -219,11 +216,24 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
     return path
 
 
+def coefficient_loss(pred: torch.Tensor, target: torch.Tensor, unit: float, weight: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position, velocity) errors of predicted basis coefficients [B, T, C] against the target, in units of the
+    coefficients' typical scale: weighted mean squared error, and the same of their frame differences (it keeps the
+    motion crisp). weight [B, T, 1] (default all ones) masks frames without a target. Generic training and the
+    per-person fine-tune (motion.finetune) both minimise this."""
+    err = (pred - target) / unit
+    w = torch.ones_like(err[..., :1]) if weight is None else weight
+    loss_pos = (err ** 2 * w).sum() / (w.sum() * err.shape[-1]).clamp_min(1)
+    dw = w[:, 1:] * w[:, :-1]
+    derr = err[:, 1:] - err[:, :-1]
+    return loss_pos, (derr ** 2 * dw).sum() / (dw.sum() * err.shape[-1]).clamp_min(1)
+
+
 def _save_checkpoint(path: Path, cfg: MotionRecipe, net: nn.Module, opt, step: int) -> None:
     """Network, optimiser and step, written atomically (an interrupted write leaves the previous checkpoint)."""
-    tmp = path.with_suffix(".partial")
-    torch.save({"step": step, "recipe": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict()}, tmp)
-    tmp.replace(path)
+    state = {"step": step, "recipe": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _resume(path: Path, cfg: MotionRecipe, net: nn.Module, opt) -> int:
