@@ -36,6 +36,7 @@ CLIPS = {  # name: (video, separate audio or None)
     "obama": ("video/obama_450_20s.mp4", None),
     "lieu": ("video/lieu_256_60s.mp4", None),
     "reagan": ("video/reagan_256_26s_silent.mp4", "video/reagan_256_26s.wav"),
+    "news_anchor": ("corpus/validation/news_anchor_71s.mp4", None),
 }
 DEFAULT_SPEECH = "speech/en_female_18s.wav"
 
@@ -92,15 +93,24 @@ def row(r: dict) -> list[str]:
             f"{fmt(a['psnr'])} / {fmt(t['psnr'])}", f"{fmt(a['ssim'], 3)} / {fmt(t['ssim'], 3)}",
             f"{fmt(a['psnr_face'])} / {fmt(t['psnr_face'])}",
             f"{fmt(a.get('mouth_lmd'))} / {fmt(t.get('mouth_lmd'))}",
+            fmt(ref.get("tracker_noise", {}).get("mouth_lmd")),
             f"{fmt(a.get('mouth_opening_corr'), 3)} / {fmt(t.get('mouth_opening_corr'), 3)}",
             f"{fmt(c.get('msf'), 3)} (shifted {fmt(c.get('msf_shifted_max'), 3)})",
             fmt(ref.get('real_heldout', {}).get('msf'), 3), fmt(ref.get('real_clip', {}).get('msf'), 3),
-            fmt(c.get("bilabial_closed_fraction"), 2), f"{r['fit_s']:.0f}", fmt(e["timing"]["render_fps"], 2)]
+            fmt(c.get("bilabial_closed_fraction"), 2), blinks(t.get("blink")), f"{r['fit_s']:.0f}",
+            fmt(e["timing"]["render_fps"], 2)]
+
+
+def blinks(b: dict | None) -> str:
+    """Blink F1 of the tracked-motion render (driven by the clip's own eye signal), with the real blink count."""
+    if not b:
+        return "-"
+    return f"{fmt(b.get('f1'))} ({b.get('events_rendered', '?')} of {b.get('events_real', '?')} real)"
 
 
 HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "face PSNR dB A / T",
-          "mouth LMD % A / T", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
-          "/p b m/ closed", "fit s", "render FPS"]
+          "mouth LMD % A / T", "tracker noise LMD %", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
+          "/p b m/ closed", "blink F1 T", "fit s", "render FPS"]
 
 
 def main(argv=None) -> None:

@@ -52,8 +52,9 @@ KIND = "nerf_talk.avatar"
 # tensors are unchanged, so a version 3 avatar's training directory exports a version 4 file.
 # 5: the embedded motion model may be fine-tuned on the person (motion_finetune says whether and how it scored); a
 # version 3 or 4 training directory exports a version 5 file (the fine-tune runs at export).
-FORMAT_VERSION = 5
-REEXPORTABLE = (3, 4)  # older versions whose training directories `nerf-talk export` turns into this version
+# 6: the head field gained its landmark warp (train.model.FIELDS_VERSION 4: the hash grid holds the neutral face and
+# the tracked landmarks move samples to it); older weights hold one face per motion, so older files are fitted again.
+FORMAT_VERSION = 6
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -231,12 +232,9 @@ def validate_meta(meta: dict, where: str = "avatar") -> None:
         newer = _is_number(v, True) and v > FORMAT_VERSION
         if newer:
             hint = "update nerf_talk to read it."
-        elif v in REEXPORTABLE:
-            hint = ("export it again from its training directory: `nerf-talk export NAME.avatar.work/train -o "
-                    "NAME.avatar` (`nerf-talk fit` keeps it beside the avatar); without one, fit it again.")
         else:
-            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's motion-dependent mouth or its "
-                    "eye region, which re-exporting cannot add.")
+            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's landmark warp (lips, jaw and "
+                    "eyelids that follow the drive), which re-exporting cannot add.")
         raise AvatarError(f"{where} has avatar format version {json.dumps(v)[:20]}; this nerf_talk ({__version__}) "
                           f"reads version {FORMAT_VERSION}", hint)
     for key in REQUIRED_META:

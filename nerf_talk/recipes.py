@@ -30,14 +30,15 @@ def resolve_recipe(name: str | os.PathLike | None) -> Path:
 
 def hardware_phases() -> list[tuple[str, Path]]:
     """The training runs this machine does by default, each (name, recipe): on a GPU the full head recipe then the
-    torso recipe (which starts from the head's weights); on a CPU the small all-in-one smoke recipe, with a warning."""
+    torso recipe (which starts from the head's weights); on a CPU the all-in-one CPU recipe (256 px), with a note."""
     import torch
 
     if torch.cuda.is_available():
         return [("head", RECIPES / "head.toml"), ("torso", RECIPES / "torso.toml")]
-    log.warning("no GPU: using the small CPU recipe (recipes/smoke_cpu.toml, frames at a quarter size). It takes "
-                "minutes per 10 s of video on 2 cores and gives a rough avatar; a full one needs a GPU.")
-    return [("train", RECIPES / "smoke_cpu.toml")]
+    log.warning("no GPU: using the CPU recipe (recipes/cpu.toml: 256x256, about 15 minutes per minute of 512 px "
+                "video on 2 cores). `--recipe smoke_cpu` fits a rough 128 px avatar in a few minutes; a GPU fits "
+                "the full one.")
+    return [("train", RECIPES / "cpu.toml")]
 
 
 def fit_phases(recipe: str | os.PathLike | None) -> list[tuple[str, Path]]:

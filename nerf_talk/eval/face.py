@@ -73,6 +73,24 @@ def detect_sequence(frames, min_side: int = DETECT_MIN_SIDE, progress: str | Non
     return out
 
 
+# A static scene filmed twice differs by sensor noise and compression: Gaussian noise of this many grey levels, then
+# JPEG at this quality (what a phone's H.264/HEVC keyframe leaves of fine detail, roughly).
+STATIC_NOISE_GREY, STATIC_JPEG_QUALITY = 2.0, 90
+
+
+def static_copies(frames: np.ndarray, seed: int = 0) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> the same frames as a second shot of the same still scene (sensor noise, re-encoding):
+    the landmarks re-detected on them differ from the originals' by the tracker's own noise, the floor under any
+    landmark figure of a render."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(frames)
+    for i, f in enumerate(frames):
+        noisy = np.clip(f.astype(np.float32) + rng.normal(0, STATIC_NOISE_GREY, f.shape), 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, STATIC_JPEG_QUALITY])
+        out[i] = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else noisy
+    return out
+
+
 def face_signals(lm: np.ndarray, geo: FaceGeometry) -> dict:
     """From landmarks [N, 478, 3] (nan rows: not found): head-frame landmarks in face-size units `head` [N, 478, 3],
     `mouth_opening` [N] (inner-lip gap over face size, as the dataset's mouth_opening.npy), `eye_openness` [N, 2]

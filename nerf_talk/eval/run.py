@@ -289,6 +289,11 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
         sigs = {k: fc.face_signals(v, geo) for k, v in lms.items()}
     face_px = fc.face_size_pixels(lms["real"]) if geo is not None else math.nan
     res["face_size_pixels"] = face_px
+    if geo is not None:  # the floor under the landmark figures: the tracker on the same frames shot again
+        again = fc.detect_sequence(fc.static_copies(real, seed), progress="landmarks (tracker noise)" if progress
+                                   else None)
+        res["reference"]["tracker_noise"] = landmark_scores(sigs["real"], lms["real"], fc.face_signals(again, geo),
+                                                            again, face_px)
     for name in drives:
         r = image_scores(real, renders[name], labels)
         if geo is not None:
@@ -329,6 +334,9 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
     res["timing"] = {"render_fps": render_n / max(render_s, 1e-9), "frames_rendered": render_n,
                      "render_seconds": render_s, "device": str(avatar.device)}
 
+    if sigs:  # the per-frame curves behind the figures, for plots across evaluations (before/after)
+        res["signals"] = {"frames": val, "tracking_mouth_opening": ds.load_array("mouth_opening")[val],
+                          **{f"{k}_{q}": sigs[k][q] for k in ("real", *drives) for q in ("mouth_opening", "blink")}}
     files = write_plots(out, res, sigs, val, ds)
     sbs = [real, renders["audio"], renders["tracked"]]
     files.append(write_side_by_side_png(out / "side_by_side.png", [f[len(val) // 2] for f in sbs]))

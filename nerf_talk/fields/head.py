@@ -32,11 +32,16 @@ from torch import nn
 from cuda_ext import HashGrid, HashGridConfig
 from nerf_talk.config import HeadConfig
 from nerf_talk.fields.mlp import mlp
+from nerf_talk.fields.warp import FaceWarp
 
 N_EYE = 3  # left openness, right openness, blink
 MOUTH_FEATHER = 0.2  # share of the mouth box's size (per axis, per side) over which the motion residual fades out
 EYE_FEATHER = 0.2  # the same for the eye code in the eye box
 NO_BOX = [-1e3, -1e3, -1e3, 1e3, 1e3, 1e3]  # "everywhere" (metres): a field built without an eye box
+# The occupancy grid probes motions this far (metres) around the mouth box: the warp moves the chin and lower lip
+# below and in front of where they rest (a jaw drop of 1-1.5 cm at the chin in speech), into cells that the neutral
+# face leaves empty.
+PROBE_GROW = 0.02
 
 
 @dataclass
@@ -131,16 +136,20 @@ class HeadField(nn.Module):
         nn.init.zeros_(self.mouth_mlp[-1].bias)
         # Per-frame latents start at 0 = the code every unseen frame gets.
         self.latents = nn.Parameter(torch.zeros(max(n_frames, 1), cfg.latent_dim))
+        # The tracked landmarks move samples back to the neutral face (identity until filled: FaceWarp).
+        self.warp = FaceWarp(n_motion)
 
     def normalize(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] head frame -> [N, 3] in [0, 1]
         lo, hi = self.aabb[:3], self.aabb[3:]
         return (positions - lo) / (hi - lo)
 
-    def get_density(self, positions: torch.Tensor, motion: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [N, 3] (head frame), motion [N, K] (or [1, K] shared) coefficients of each sample's frame (None:
-        the motion-free field) -> density [N] (1/metre), geometry features [N, geo_features]."""
-        x = self.normalize(positions)
+    def get_density(self, positions: torch.Tensor, motion: torch.Tensor | None = None,
+                    eyes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N, 3] (head frame), motion [N, K] (or [1, K] shared) coefficients and eyes [N, 3] (or [1, 3]) of
+        each sample's frame (None: the neutral face) -> density [N] (1/metre), geometry features [N, geo_features].
+        The positions are warped to the neutral face first (FaceWarp); the mouth residual then adds what the warp
+        cannot make (the interior between parted lips)."""
+        x = self.normalize(self.warp(positions, motion, eyes))
         inside = ((x >= 0) & (x <= 1)).all(-1)
         enc = self.grid(x.clamp(0, 1))
         h = self.density_mlp(enc)
@@ -190,16 +199,19 @@ class HeadField(nn.Module):
         return torch.sigmoid(self.color_mlp(torch.cat(parts, -1)))
 
     def density_fn(self, positions: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
-        """[N, 3] -> [N], for the occupancy grid: the motion-free density, and in the mouth box the largest density
-        over `probes` [M, K] (motion coefficients spanning the person's range): there the density depends on the
-        motion, and a cell empty for the motion-free field may be filled by an open mouth. (Marking the whole box
+        """[N, 3] -> [N], for the occupancy grid: the neutral face's density, and in and around the mouth box the
+        largest density over `probes` [M, K] (motion coefficients spanning the person's range): there the density
+        depends on the motion (warp and residual), and a cell empty for the neutral face may be filled by an open
+        mouth. (Marking the whole box
         occupied instead would keep its untrained fog in every render, tinted frame by frame by the motion.)"""
         sigma, _ = self.get_density(positions)
-        idx = torch.nonzero(self.in_mouth_region(positions)).reshape(-1)
+        grow = PROBE_GROW
+        idx = torch.nonzero(((positions >= self.mouth_box[:3] - grow) & (positions <= self.mouth_box[3:] + grow))
+                            .all(-1)).reshape(-1)
         if probes is None or not idx.numel():
             return sigma
         x = positions[idx]
         best = sigma[idx]
         for m in probes:
-            best = torch.maximum(best, self.get_density(x, m.expand(len(x), -1))[0])
+            best = torch.maximum(best, self.get_density(x, m[None])[0])
         return sigma.index_put((idx,), best)

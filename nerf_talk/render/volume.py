@@ -64,7 +64,7 @@ def head_radiance_fn(field, codes) -> RadianceFn:
 
     def fn(positions: torch.Tensor, ray_indices: torch.Tensor):
         c = codes.index(ray_indices)
-        sigma, geo = field.get_density(positions, c.motion)  # motion shapes the mouth's density (HeadField)
+        sigma, geo = field.get_density(positions, c.motion, c.eyes)  # the drive moves lips, jaw and lids (HeadField)
         return sigma, field.get_outputs(positions, geo, c)
 
     return fn
@@ -81,7 +81,7 @@ def render_rays_inference(
     rays_o: torch.Tensor,  # [R, 3]
     rays_d: torch.Tensor,  # [R, 3] unit length
     grid: OccupancyGrid,
-    field,  # get_density(positions, motion) -> (density, geo); get_outputs(positions, geo, codes) -> rgb
+    field,  # get_density(positions, motion, eyes) -> (density, geo); get_outputs(positions, geo, codes) -> rgb
     codes,  # HeadCodes: per ray, or one row shared by all rays
     step_size: float,
     max_samples: int,
@@ -105,7 +105,7 @@ def render_rays_inference(
     sigmas, geos = [], []
     for c0 in range(0, n_samples, chunk):
         c = codes.index(ray_idx[c0:c0 + chunk])
-        sigma, geo = field.get_density(positions[c0:c0 + chunk], c.motion)  # motion shapes the mouth's density
+        sigma, geo = field.get_density(positions[c0:c0 + chunk], c.motion, c.eyes)  # the drive moves lips and lids
         sigmas.append(sigma)
         geos.append(geo)
     weights, opacity = composite_weights(torch.cat(sigmas), s.t_starts, s.t_ends, s.packed_info, early_stop_eps,

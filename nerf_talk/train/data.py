@@ -13,9 +13,12 @@ import torch
 
 from nerf_talk.config import DataConfig
 from nerf_talk.errors import UserError
+from nerf_talk.fields.warp import FaceWarp
 from nerf_talk.motion.basis import PersonalMotionBasis
 from nerf_talk.render.cameras import Intrinsics
 from preprocess.dataset import Dataset, frame_name
+from preprocess.face_motion import to_head_frame
+from preprocess.mesh_topology import RIGID
 from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
 
 # The eye rays are drawn around the eye label, grown by this share of the image height (2 px at 128 px): a closed eye
@@ -121,6 +124,7 @@ class TrainData:
         eyes = ds.load_array("eye_openness").astype(np.float32)
         blink = ds.load_array("blink").astype(np.float32)
         self.eyes = torch.from_numpy(np.concatenate([eyes, blink[:, None]], 1))  # [N, 3]
+        self.warp = self._warp_tensors(eyes)
         bg = ds.read_image("background.png", cv2.IMREAD_COLOR)
         h, w = self.size
         bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_AREA) if bg.shape[:2] != (h, w) else bg
@@ -128,6 +132,18 @@ class TrainData:
         self.store = FrameStore(ds, self.size, cfg.cache_mb)
         self.row_of = torch.full((self.n_frames,), -1, dtype=torch.long)
         self.row_of[torch.tensor(self.train_frames)] = torch.arange(len(self.train_frames))
+
+    def _warp_tensors(self, openness: np.ndarray) -> dict[str, torch.Tensor]:
+        """The head field's landmark warp (fields.FaceWarp) from this dataset's tracking: the landmarks mapped into
+        the head frame as the face_motion step mapped them."""
+        ds = self.ds
+        pose = ds.step_result("pose")
+        weights = pose.get("rigid_weights")
+        head = to_head_frame(ds.load_array("landmarks_3d").astype(np.float64), self.template.astype(np.float64),
+                             tuple(pose.get("rigid_points", RIGID)), None if weights is None else np.asarray(weights))
+        neutral = ds.load_array("neutral_face", expect_rows=False).astype(np.float64)
+        return FaceWarp.tracking_tensors(neutral, float(ds.step_result("face_motion")["face_size_m"]), self.basis,
+                                         head, openness, self.train_frames)
 
     def mean_image(self) -> torch.Tensor:  # [H, W, 3] float: the baseline a trained avatar must beat
         acc = torch.zeros(*self.size, 3, dtype=torch.float64)

@@ -18,9 +18,11 @@ from nerf_talk.motion.basis import PersonalMotionBasis
 from nerf_talk.train.data import RayBatch, TrainData
 
 # The layout of the model's weights. 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box);
-# 3: the head field gained `eye_box` (the eye code acts only there). The trainer stamps it into a training directory's
-# avatar.json and export refuses a directory with another one (older weights lack what the fields now need).
-FIELDS_VERSION = 3
+# 3: the head field gained `eye_box` (the eye code acts only there); 4: the head field gained its landmark warp
+# (`head.warp.*`: the tracked lips, jaw and lids move samples back to the neutral face, so the hash grid holds the
+# neutral face). The trainer stamps it into a training directory's avatar.json and export refuses a directory with
+# another one (older weights lack what the fields now need).
+FIELDS_VERSION = 4
 
 
 @dataclass
@@ -38,6 +40,9 @@ class ModelShapes:
     basis: PersonalMotionBasis  # the person's lower-face motion basis
     pose_mean: torch.Tensor  # [3] mean camera position of the training frames (head frame)
     pose_scale: torch.Tensor  # [1] their mean distance from the head
+    # The landmark warp's buffers (fields.FaceWarp.tracking_tensors), from the dataset's tracking. None: left at the
+    # identity for load_state_dict to fill (an avatar file stores them with the weights).
+    warp: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def from_data(cls, cfg: TrainConfig, data: TrainData) -> "ModelShapes":
@@ -45,7 +50,7 @@ class ModelShapes:
         return cls(head_box(data.template, cfg.head.box_padding, cfg.head.neck_extension),
                    mouth_region(data.template), eye_region(data.template), data.basis.components.shape[0],
                    len(data.train_frames), data.background, data.basis, train_pos.mean(0),
-                   train_pos.norm(dim=-1).mean().reshape(1))
+                   train_pos.norm(dim=-1).mean().reshape(1), data.warp)
 
 
 class AvatarModel(nn.Module):
@@ -55,6 +60,8 @@ class AvatarModel(nn.Module):
         backend = cfg.backend
         self.head = HeadField(cfg.head, shapes.aabb, shapes.n_motion, shapes.n_latents, shapes.mouth_box, backend,
                               shapes.eye_box)
+        for name, value in (shapes.warp or {}).items():
+            getattr(self.head.warp, name).copy_(value)
         self.grid = OccupancyGrid(shapes.aabb, cfg.render.grid_resolution)
         self.torso = TorsoField(cfg.torso, backend=backend)
         self.background = Background(shapes.background)

@@ -16,7 +16,7 @@ from preprocess.mesh_topology import LOWER_FACE
 
 RADIUS = 0.1  # metres: the head sphere
 DISTANCE = 0.6  # metres from the camera to the head's centre
-N_MOTION_POINTS = 20
+FACE_SIZE = RADIUS  # metres: the synthetic face's size (the unit of its lower-face motion)
 
 
 def _rot_y(deg: float) -> np.ndarray:
@@ -86,7 +86,6 @@ def make_synthetic_dataset(root: str | Path, n_frames: int = 40, size: int = 48,
     yaw, mouth, eyes = frame_params(n_frames)
     poses = np.zeros((n_frames, 4, 4), np.float32)
     rng = np.random.default_rng(0)
-    directions = rng.normal(size=(N_MOTION_POINTS, 3)) * 0.02
     for name in ("frames", "parsing", "torso"):
         (ds.root / name).mkdir(exist_ok=True)
     for i in range(n_frames):
@@ -110,8 +109,18 @@ def make_synthetic_dataset(root: str | Path, n_frames: int = 40, size: int = 48,
     ny = rng.uniform(0.3, 0.6, len(lower))
     sphere[lower] = np.stack([nx, ny, -np.sqrt(1 - nx**2 - ny**2)], 1)
     ds.save_array("head_template", (sphere * RADIUS).astype(np.float32))
-    motion = mouth[:, None, None] * directions[None] + rng.normal(size=(n_frames, N_MOTION_POINTS, 3)) * 1e-4
+    # The "lower lip" points (just below the mouth's top edge) move down as the mouth patch's lower edge does (0.25
+    # radius when fully open); the "jaw" points further down stay, as the sphere's silhouette does in the images.
+    # The tracking is these landmarks, with a little noise.
+    directions = np.zeros((len(lower), 3))
+    directions[(ny > 0.33) & (ny < 0.45), 1] = 0.25 * RADIUS / FACE_SIZE
+    motion = mouth[:, None, None] * directions[None] + rng.normal(size=(n_frames, len(lower), 3)) * 1e-4
     ds.save_array("lower_face_motion", motion.astype(np.float32))
+    template = (sphere * RADIUS).astype(np.float32)
+    landmarks = np.repeat(template[None], n_frames, 0)
+    landmarks[:, lower] += motion * FACE_SIZE
+    ds.save_array("landmarks_3d", landmarks.astype(np.float32))  # already in the head frame (similarity = identity)
+    ds.save_array("neutral_face", template)
     ds.save_array("eye_openness", np.stack([eyes, eyes], 1).astype(np.float32))
     ds.save_array("blink", (1.0 - eyes).astype(np.float32))
     ds.save_array("mouth_opening", mouth.astype(np.float32))
@@ -121,7 +130,8 @@ def make_synthetic_dataset(root: str | Path, n_frames: int = 40, size: int = 48,
     ds.save_manifest({
         "kind": KIND, "format_version": FORMAT_VERSION, "fps": 25.0, "size": size,
         "source": {"path": "synthetic", "fingerprint": "synthetic"},
-        "steps": {"ingest": {"result": {"n_frames": n_frames}}, "pose": {"result": {"intrinsics": intr}}},
+        "steps": {"ingest": {"result": {"n_frames": n_frames}}, "pose": {"result": {"intrinsics": intr}},
+                  "face_motion": {"result": {"face_size_m": FACE_SIZE}}},
     })
     return ds
 

@@ -1,0 +1,166 @@
+"""The face's landmark warp: per frame, the tracked lips, jaw and eyelids move sample points back to the neutral face.
+
+The head field holds one face, the neutral one (canonical space). A frame's lower-face motion coefficients decode to
+the displacement of every lip and jaw landmark from the neutral face (the person's PCA basis, times the face size);
+its eye openness gives the eyelid landmarks' displacement (a per-point linear fit of displacement on openness over the
+training frames). A sample at x in the frame is looked up at x - D(x), where D interpolates the landmarks'
+displacements around their displaced positions (normalised Gaussian weights, fading to 0 a few sigma away from every
+landmark). So a mouth opens and an eye closes by construction, including openings never seen in training: the hash
+grid does not have to learn one face per motion. What the warp cannot make (the dark mouth interior and teeth that
+appear between parted lips) is left to the head field's motion-conditioned mouth residual.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
+
+EYE_POINTS = LEFT_EYE_LOOP + RIGHT_EYE_LOOP
+EYE_SIDE = (0,) * len(LEFT_EYE_LOOP) + (1,) * len(RIGHT_EYE_LOOP)  # which openness (left, right) moves each point
+# Each loop starts at a corner, runs along the lower lid to the other corner (index 8), then along the upper lid.
+# 1: upper lid, 0: lower lid, 2: a corner (both).
+EYE_LID = tuple(2 if i in (0, 8) else int(i > 8) for loop in (LEFT_EYE_LOOP, RIGHT_EYE_LOOP) for i in range(len(loop)))
+# Over how much height (metres) a sample between the two lids switches from following the upper lid to the lower:
+# the lash line of a closed eye is an edge, not a blend.
+LID_SWITCH = 0.00025
+# Interpolation widths (metres). Lower face 8 mm: about the spacing of the lip and jaw landmarks, and lip thickness,
+# so a point between the lips follows both and a point 2-3 cm from the mouth (cheek, nose) barely moves. Eyes 3 mm:
+# the lid's landmarks are 3-4 mm apart and a closing lid travels ~8 mm over the eye; a wider kernel dragged the brow.
+LOWER_SIGMA, EYE_SIGMA = 0.008, 0.003
+# Fade: the normalised weight is sum(w d) / (sum(w) + FADE); FADE = exp(-4.5) halves the displacement 3 sigma from
+# the nearest landmark and leaves nothing at 4-5 sigma, so the warp has no edge and the rest of the head is untouched.
+FADE = float(np.exp(-4.5))
+# Sigmas beyond every landmark where the displacement is taken as 0 (the sample is not even looked at): there the
+# faded weight leaves under 3 % of the nearest landmark's displacement (0.3 mm of a 1 cm jaw drop).
+REACH = 4.0
+
+
+def shepard(x: torch.Tensor, ctrl: torch.Tensor, disp: torch.Tensor, sigma: float,
+            dist: torch.Tensor | None = None) -> torch.Tensor:
+    """Displacement at x [N, 3] from control points ctrl [P, 3] moved by disp [P, 3]: Gaussian-weighted mean of disp,
+    faded far from every point. `dist`: the [N, P] distances, if known."""
+    w = torch.exp(-(torch.cdist(x, ctrl) if dist is None else dist).square() / (2 * sigma**2))  # [N, P]
+    return (w @ disp) / (w.sum(-1, keepdim=True) + FADE)
+
+
+def two_sided(x: torch.Tensor, ctrl: torch.Tensor, disp: torch.Tensor, sigma: float, side: torch.Tensor
+              ) -> torch.Tensor:
+    """Like `shepard`, for a closing gap: the points of side 1 (upper lid) and side 0 (lower lid) are interpolated
+    apart (side 2, the corners, belong to both), and a sample follows the upper lid when it lies above (smaller y
+    than) the midpoint of the two lids' nearest points. Blended over both, the middle of a closed eye (1-2 mm above
+    the closed lid line) followed the lower lid half-way and was looked up in the open eye's iris: a rendered blink
+    stayed open."""
+    dist = torch.cdist(x, ctrl)
+    # Nearest in the face's plane (x, y): the lids close along y over an eyeball that lies 3-4 mm behind their
+    # edges; in 3D the eyeball's front was nearer the lower lid's edge than the upper one's even above a closed lid.
+    plane = torch.cdist(x[:, :2], ctrl[:, :2])
+    out, lid_y = [], []
+    for s in (1, 0):
+        cols = torch.nonzero((side == s) | (side == 2)).reshape(-1)
+        out.append(shepard(x, ctrl[cols], disp[cols], sigma, dist[:, cols]))
+        lid_y.append(ctrl[cols][plane[:, cols].argmin(-1), 1])
+    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / LID_SWITCH)[:, None]
+    return upper * out[0] + (1 - upper) * out[1]
+
+
+class FaceWarp(nn.Module):
+    """Buffers only (nothing learnt): where the landmarks are on the neutral face and how the drive moves them.
+    All zeros (the default) is the identity warp; `from_tracking` fills them from a dataset's tracking."""
+
+    def __init__(self, n_motion: int) -> None:
+        super().__init__()
+        k, e = len(LOWER_FACE), len(EYE_POINTS)
+        self.register_buffer("lower_rest", torch.zeros(k, 3))  # neutral positions (head frame, metres)
+        self.register_buffer("lower_offset", torch.zeros(k, 3))  # displacement at motion coefficients 0
+        self.register_buffer("lower_basis", torch.zeros(n_motion, k, 3))  # displacement per unit coefficient
+        self.register_buffer("eye_rest", torch.zeros(e, 3))
+        self.register_buffer("eye_offset", torch.zeros(e, 3))  # displacement = offset + slope * openness (own side)
+        self.register_buffer("eye_slope", torch.zeros(e, 3))
+        self.register_buffer("eye_side", torch.tensor(EYE_SIDE, dtype=torch.long))
+        self.register_buffer("eye_lid", torch.tensor(EYE_LID, dtype=torch.long))
+
+    @staticmethod
+    def tracking_tensors(neutral: np.ndarray, face_size: float, basis, head: np.ndarray, openness: np.ndarray,
+                         frames: list[int]) -> dict[str, torch.Tensor]:
+        """The buffers from a dataset's tracking: neutral face [478, 3] (head frame), its face size (metres: the
+        lower-face motion's unit), the person's PersonalMotionBasis, every frame's landmarks in the head frame
+        [N, 478, 3] and eye openness [N, 2]; fitted on `frames` (the training frames)."""
+        k = len(LOWER_FACE)
+        scale = basis.scale[:, None] * basis.components  # [C, K*3] per unit coefficient
+        out = {"lower_rest": neutral[list(LOWER_FACE)], "lower_offset": basis.mean.numpy().reshape(k, 3) * face_size,
+               "lower_basis": scale.numpy().reshape(-1, k, 3) * face_size, "eye_rest": neutral[list(EYE_POINTS)]}
+        disp = head[frames][:, list(EYE_POINTS)] - neutral[list(EYE_POINTS)]  # [F, E, 3]
+        off, slope = np.zeros((len(EYE_POINTS), 3)), np.zeros((len(EYE_POINTS), 3))
+        for j, side in enumerate(EYE_SIDE):
+            o = openness[frames, side].astype(np.float64)
+            a = np.stack([np.ones_like(o), o], 1)  # least squares: disp = offset + slope * openness
+            coef, *_ = np.linalg.lstsq(a, disp[:, j], rcond=None)
+            off[j], slope[j] = coef
+        out.update(eye_offset=off, eye_slope=slope)
+        return {n: torch.as_tensor(np.asarray(v), dtype=torch.float32) for n, v in out.items()}
+
+    def region(self, rest: torch.Tensor, reach: torch.Tensor | float) -> torch.Tensor:  # [6] box
+        return torch.cat([rest.min(0).values - reach, rest.max(0).values + reach])
+
+    @staticmethod
+    def _inside(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(((x >= box[:3]) & (x <= box[3:])).all(-1)).reshape(-1)
+
+    def lower_displacement(self, motion: torch.Tensor) -> torch.Tensor:  # [M, C] -> [M, K, 3]
+        return self.lower_offset + torch.einsum("mc,ckd->mkd", motion.to(self.lower_basis.dtype), self.lower_basis)
+
+    def eye_displacement(self, eyes: torch.Tensor) -> torch.Tensor:  # [M, 3] -> [M, E, 3]
+        o = eyes[:, :2].to(self.eye_slope.dtype)[:, self.eye_side]  # [M, E]
+        return self.eye_offset + o[..., None] * self.eye_slope
+
+    def _warp_by(self, x: torch.Tensor, rest: torch.Tensor, disp: torch.Tensor, rows: torch.Tensor | None,
+                 sigma: float, lid: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, 3] minus the displacement interpolated from `rest` moved by `disp` [U, P, 3]: one set for every
+        sample (U = 1, rows None) or sample i's set disp[rows[i]]; `lid`: each point's side (two_sided), or None."""
+        if not bool(disp.abs().max() > 0):
+            return x
+        reach = REACH * sigma + disp.abs().amax(dim=(0, 1))
+        idx = self._inside(x, self.region(rest, reach))
+        if not idx.numel():
+            return x
+        moved = rest + disp
+        interpolate = shepard if lid is None else (lambda *a: two_sided(*a, lid))
+        if rows is None:
+            return x.index_add(0, idx, -interpolate(x[idx], moved[0], disp[0], sigma).to(x.dtype))
+        # Frame by frame (a training batch holds a few): one distance matrix against that frame's landmarks each,
+        # not a copy of the landmarks per sample (which took 30 % of a CPU training step).
+        d = x.new_zeros(len(idx), 3)
+        r = rows[idx]
+        for u in torch.unique(r).tolist():
+            sel = torch.nonzero(r == u).reshape(-1)
+            d[sel] = interpolate(x[idx[sel]], moved[u], disp[u], sigma).to(x.dtype)
+        return x.index_add(0, idx, -d)
+
+    @staticmethod
+    def _distinct(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[N, D] per-sample codes -> (distinct rows [U, D], row of each sample [N]); a shared [1, D] stays as is.
+        A training batch holds a few frames, so the landmarks are decoded a few times, not once per sample. Rows
+        are told apart by one float64 projection (torch.unique over rows, `dim=0`, took half of a CPU training
+        step); two different frames' codes meeting on it would need an exact float64 coincidence."""
+        if codes.shape[0] == 1:
+            return codes, None
+        weights = torch.arange(1, codes.shape[1] + 1, dtype=torch.float64, device=codes.device).sqrt().reciprocal()
+        _, rows = torch.unique(codes.double() @ weights, return_inverse=True)
+        first = torch.zeros(int(rows.max()) + 1, dtype=torch.long, device=codes.device)
+        first.scatter_(0, rows, torch.arange(len(rows), device=codes.device))
+        return codes[first], rows
+
+    def forward(self, x: torch.Tensor, motion: torch.Tensor | None, eyes: torch.Tensor | None) -> torch.Tensor:
+        """Sample positions x [N, 3] in a frame -> their positions on the neutral face [N, 3]. motion [N, C] or
+        [1, C] (None: the neutral mouth), eyes [N, 3] or [1, 3] (None: the neutral eyes)."""
+        with torch.no_grad():  # the warp follows the tracking; nothing in it is learnt
+            if motion is not None:
+                m, rows = self._distinct(motion)
+                x = self._warp_by(x, self.lower_rest, self.lower_displacement(m), rows, LOWER_SIGMA)
+            if eyes is not None:
+                e, rows = self._distinct(eyes)
+                x = self._warp_by(x, self.eye_rest, self.eye_displacement(e), rows, EYE_SIGMA, self.eye_lid)
+        return x

@@ -1,0 +1,142 @@
+"""The landmark warp (nerf_talk/fields/warp.py): the drive moves the neutral face's lips, jaw and lids."""
+
+import numpy as np
+import pytest
+import torch
+
+from nerf_talk.fields.warp import EYE_POINTS, LOWER_SIGMA, FaceWarp
+from nerf_talk.motion.basis import PersonalMotionBasis
+from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, UPPER_LIP_INNER
+
+
+def _face(seed=0):
+    """A neutral face of 478 points spread 2 cm apart around a 10 cm head (rest positions only matter locally)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-0.05, 0.05, (478, 3))
+
+
+def _warp(n_frames=60, seed=0):
+    """A FaceWarp from a fake tracking: the lower face moves along one random direction (the 'jaw'), the left upper
+    lid points move down 8 mm as the left eye closes."""
+    rng = np.random.default_rng(seed)
+    neutral = _face(seed)
+    # metres at unit opening: neighbouring landmarks move alike (5 mm down), with a little of their own (0.5 mm)
+    jaw = np.array([0.0, 0.005, 0.0]) + rng.normal(size=(len(LOWER_FACE), 3)) * 0.0005
+    opening = rng.uniform(0, 1, n_frames)
+    face_size = 0.1
+    motion = opening[:, None, None] * jaw[None] / face_size  # face-size units, as face_motion writes it
+    basis = PersonalMotionBasis.fit(motion.astype(np.float32), 4)
+    openness = np.stack([rng.uniform(0, 1.2, n_frames), np.ones(n_frames)], 1)
+    head = np.repeat(neutral[None], n_frames, 0)
+    head[:, list(LOWER_FACE)] += opening[:, None, None] * jaw[None]
+    left = [EYE_POINTS.index(p) for p in LEFT_EYE_LOOP]
+    head[:, [EYE_POINTS[j] for j in left], 1] += (1 - openness[:, :1]) * 0.008
+    w = FaceWarp(len(basis.components))
+    for k, v in FaceWarp.tracking_tensors(neutral, face_size, basis, head, openness, list(range(n_frames))).items():
+        getattr(w, k).copy_(v)
+    return w, neutral, jaw, basis, face_size
+
+
+def test_the_zero_warp_is_the_identity():
+    x = torch.rand(100, 3) * 0.1
+    w = FaceWarp(4)
+    assert torch.equal(w(x, torch.randn(100, 4), torch.rand(100, 3)), x)
+
+
+def test_a_displaced_landmark_maps_back_to_its_neutral_position():
+    w, neutral, jaw, basis, face_size = _warp()
+    motion = torch.as_tensor(basis.coefficients((1.0 * jaw / face_size)[None].astype(np.float32)))  # fully open
+    j = list(LOWER_FACE).index(UPPER_LIP_INNER)
+    moved = torch.tensor(neutral[UPPER_LIP_INNER] + jaw[j], dtype=torch.float32)[None]
+    back = w(moved, motion, None)[0]
+    rest = torch.tensor(neutral[UPPER_LIP_INNER], dtype=torch.float32)
+    # Interpolation with the neighbours and the fade keep it from being exact: within a fifth of the displacement.
+    assert float((back - rest).norm()) < float(np.linalg.norm(jaw[j])) / 5
+    # The neutral motion (the tracked coefficients of the neutral face) leaves the face where it is.
+    neutral_motion = torch.as_tensor(basis.coefficients(np.zeros((1, len(LOWER_FACE), 3), np.float32)))
+    rest_pts = torch.tensor(neutral[list(LOWER_FACE)], dtype=torch.float32)
+    assert float((w(rest_pts, neutral_motion, None) - rest_pts).abs().max()) < 1e-4
+
+
+def test_far_points_do_not_move_and_shared_codes_equal_per_sample_codes():
+    w, neutral, jaw, basis, face_size = _warp()
+    motion = torch.as_tensor(basis.coefficients((jaw / face_size)[None].astype(np.float32)))
+    lo = torch.tensor(neutral[list(LOWER_FACE)].min(0) - 6 * LOWER_SIGMA, dtype=torch.float32)
+    far = lo[None] - torch.rand(50, 3) * 0.05
+    assert torch.equal(w(far, motion, None), far)
+    x = torch.tensor(neutral[list(LOWER_FACE)], dtype=torch.float32) + torch.randn(len(LOWER_FACE), 3) * 0.003
+    shared = w(x, motion, None)
+    per_sample = w(x, motion.expand(len(x), -1).contiguous(), None)
+    assert torch.allclose(shared, per_sample, atol=1e-6)
+    # Two frames in one batch: each sample follows its own frame.
+    two = torch.cat([motion, motion * 0])
+    rows = torch.arange(len(x)) % 2
+    mixed = w(x, two[rows], None)
+    assert torch.allclose(mixed[rows == 0], shared[rows == 0], atol=1e-6)
+    assert torch.allclose(mixed[rows == 1], w(x[rows == 1], motion * 0, None), atol=1e-6)
+
+
+def _eye_warp():
+    """A FaceWarp of one left eye: corners 15 mm either side, lids 5 mm above and below the centre line; as the eye
+    closes (openness 1 -> 0) the upper lid comes down 8 mm and the lower goes up 2 mm (at the middle), so the closed
+    lid line lies 3 mm below the centre."""
+    n = 40
+    neutral = np.zeros((478, 3))
+    neutral[:] = [0.0, -0.05, 0.0]  # every other point far above the eye
+    loop = list(LEFT_EYE_LOOP)
+    xs = np.concatenate([np.linspace(0.015, -0.015, 9), np.linspace(-0.015, 0.015, 9)[1:-1]])
+    shape = 1 - (xs / 0.015) ** 2
+    lower = np.arange(16) < 9
+    neutral[loop, 0] = xs
+    neutral[loop, 1] = np.where(lower, 0.005, -0.005) * shape
+    openness = np.stack([np.linspace(0, 1.2, n), np.ones(n)], 1)
+    head = np.repeat(neutral[None], n, 0)
+    travel = np.where(lower, -0.002, 0.008) * shape  # +y is down
+    head[:, loop, 1] += (1 - openness[:, :1]) * travel
+    basis = PersonalMotionBasis.fit(np.random.default_rng(0).normal(size=(n, len(LOWER_FACE), 3)).astype(np.float32), 2)
+    w = FaceWarp(2)
+    for k, v in FaceWarp.tracking_tensors(neutral, 0.1, basis, head, openness, list(range(n))).items():
+        getattr(w, k).copy_(v)
+    w.lower_basis.zero_()
+    w.lower_offset.zero_()
+    return w
+
+
+def test_a_closing_eye_is_covered_by_its_upper_lid():
+    w = _eye_warp()
+    closed, open_ = torch.tensor([[0.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    # The fit recovered the travel (down = +y as openness falls): -8 mm per unit at the upper lid's middle, +2 mm
+    # at the lower's.
+    assert abs(float(w.eye_slope[EYE_POINTS.index(LEFT_EYE_LOOP[12]), 1]) + 0.008) < 1e-4
+    assert abs(float(w.eye_slope[EYE_POINTS.index(LEFT_EYE_LOOP[4]), 1]) - 0.002) < 1e-4
+    # The open eye stays where it is.
+    eye = torch.tensor([[0.0, y, 0.0] for y in (-0.004, -0.001, 0.002, 0.004)])
+    assert float((w(eye, None, open_) - eye).abs().max()) < 1e-4
+    # Closed: a point of the open eye above the closed lid line (y < 3 mm) is looked up on the upper lid's skin,
+    # above where the open lid's edge was (y < -5 mm); one below the line follows the lower lid (looked up lower).
+    above = torch.tensor([[0.0, -0.001, 0.0], [0.0, 0.002, 0.0]])
+    assert (w(above, None, closed)[:, 1] < -0.005).all()
+    below = torch.tensor([[0.0, 0.0045, 0.0]])
+    assert float(w(below, None, closed)[0, 1]) > 0.0055
+    # Far from the eye (4 cm below), nothing moves; the other eye's openness moves nothing of this one.
+    far = torch.tensor([[0.0, 0.04, 0.0]])
+    assert torch.equal(w(far, None, closed), far)
+    assert float((w(eye, None, torch.tensor([[1.0, 0.0, 1.0]])) - eye).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_the_head_field_looks_the_warped_point_up(n):
+    from nerf_talk.config import HeadConfig
+    from nerf_talk.fields import HeadField
+
+    w, neutral, jaw, basis, face_size = _warp()
+    cfg = HeadConfig(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, hidden=8,
+                     motion_code=4, latent_dim=0)
+    field = HeadField(cfg, [-0.1, -0.1, -0.1, 0.1, 0.1, 0.1], len(basis.components), 5, backend="torch")
+    field.warp.load_state_dict(w.state_dict())
+    torch.nn.init.uniform_(field.grid.table, -1, 1)
+    x = torch.tensor(neutral[list(LOWER_FACE)][:n] + jaw[:n], dtype=torch.float32)
+    motion = torch.as_tensor(basis.coefficients((jaw / face_size)[None].astype(np.float32)))
+    sigma, _ = field.get_density(x, motion)
+    assert torch.allclose(sigma, field.get_density(w(x, motion, None))[0], rtol=1e-5)
+    assert not torch.allclose(sigma, field.get_density(x)[0])
