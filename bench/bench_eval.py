@@ -97,7 +97,8 @@ def row(r: dict) -> list[str]:
             f"{fmt(a.get('mouth_opening_corr'), 3)} / {fmt(t.get('mouth_opening_corr'), 3)}",
             f"{fmt(c.get('msf'), 3)} (shifted {fmt(c.get('msf_shifted_max'), 3)})",
             fmt(ref.get('real_heldout', {}).get('msf'), 3), fmt(ref.get('real_clip', {}).get('msf'), 3),
-            fmt(c.get("bilabial_closed_fraction"), 2), blinks(t.get("blink")), f"{r['fit_s']:.0f}",
+            fmt(c.get("bilabial_closed_fraction"), 2), blinks(t.get("blink")), fmt(t.get("seam", {}).get("ratio")),
+            f"{r['fit_s']:.0f}",
             fmt(e["timing"]["render_fps"], 2)]
 
 
@@ -110,7 +111,7 @@ def blinks(b: dict | None) -> str:
 
 HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "face PSNR dB A / T",
           "mouth LMD % A / T", "tracker noise LMD %", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
-          "/p b m/ closed", "blink F1 T", "fit s", "render FPS"]
+          "/p b m/ closed", "blink F1 T", "seam ratio T", "fit s", "render FPS"]
 
 
 def main(argv=None) -> None:

@@ -109,6 +109,25 @@ def test_region_flicker_separates_motion_from_flicker():
     assert mx.region_flicker(flick, keep) == pytest.approx(6.0, abs=0.3)
 
 
+def test_seam_band_and_energy_see_a_line_at_the_jaw():
+    from preprocess.labels import Label
+
+    lab = np.full((1, 40, 40), int(Label.BACKGROUND), np.uint8)
+    lab[0, 5:20, 10:30] = Label.FACE
+    lab[0, 20:40, 5:35] = Label.NECK
+    band = mx.seam_band(lab, (Label.FACE,), (Label.NECK, Label.TORSO), 2)
+    rows = np.nonzero(band[0].any(1))[0]
+    assert rows.min() >= 17 and rows.max() <= 22  # only along the face/neck boundary (rows 19-20), +-2
+    assert not band[0, :, :6].any()  # not where the neck meets the background
+    smooth = cv2.resize(smooth_image(), (40, 40), interpolation=cv2.INTER_AREA)[None]
+    seam = smooth.copy()
+    seam[0, 20, 10:30] = 255  # a bright line along the jaw
+    assert mx.seam_energy(seam, band) > 1.5 * mx.seam_energy(smooth, band)
+    blurred = cv2.GaussianBlur(smooth[0], (0, 0), 2)[None]  # a render that smears the boundary scores lower
+    assert mx.seam_energy(blurred, band) < 0.7 * mx.seam_energy(smooth, band)
+    assert math.isnan(mx.seam_energy(smooth, np.zeros_like(band)))
+
+
 def test_blink_agreement():
     n = 60
     real = np.zeros(n)

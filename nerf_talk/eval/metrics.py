@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from nerf_talk.motion.metrics import bilabial_closure, correlation, sync_figure, audio_openness
@@ -179,6 +180,36 @@ def region_flicker(frames: np.ndarray, keep: np.ndarray) -> float:
         return math.nan
     scale = 255.0 if np.asarray(frames).dtype == np.uint8 else 1.0
     return total / count * (255.0 / scale)
+
+
+def seam_band(labels: np.ndarray, head, body, half_width: int) -> np.ndarray:
+    """[N, H, W] bool: the pixels within `half_width` of where a `head` label (face, hair, ...) meets a `body` label
+    (neck, torso) in label maps [N, H, W]: where a head/torso seam would show."""
+    head_lut, body_lut = np.zeros(256, bool), np.zeros(256, bool)
+    head_lut[[int(c) for c in head]] = True
+    body_lut[[int(c) for c in body]] = True
+    k3, kb = np.ones((3, 3), np.uint8), np.ones((2 * half_width + 1,) * 2, np.uint8)
+    out = np.zeros(labels.shape, bool)
+    for i, lab in enumerate(labels):
+        h, b = head_lut[lab].astype(np.uint8), body_lut[lab].astype(np.uint8)
+        edge = (cv2.dilate(h, k3) & b) | (cv2.dilate(b, k3) & h)
+        out[i] = cv2.dilate(edge, kb).astype(bool)
+    return out
+
+
+def seam_energy(frames: np.ndarray, band: np.ndarray) -> float:
+    """Mean image-gradient magnitude (Sobel on grey, grey levels per pixel) of frames [N, H, W, 3] over `band`
+    [N, H, W]: a seam (an edge or a bright line the real frames do not have) raises it; a blurred boundary lowers
+    it. nan when the band is empty."""
+    total, count = 0.0, 0
+    for f, m in zip(frames, band):
+        if not m.any():
+            continue
+        g = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mag = np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
+        total += float(mag[m].sum())
+        count += int(m.sum())
+    return total / count if count else math.nan
 
 
 def fill_gaps(x: np.ndarray) -> np.ndarray:

@@ -28,11 +28,13 @@ from nerf_talk.errors import UserError
 from nerf_talk.eval import face as fc
 from nerf_talk.eval import metrics as mx
 from nerf_talk.media import write_atomic
-from preprocess.labels import MOUTH_LABELS, Label
+from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
 
 log = logging.getLogger("nerf_talk.eval")
 
 FACE_LABELS = (Label.FACE, Label.BROWS, Label.EYES, Label.LIPS, Label.MOUTH, Label.TEETH)  # the face, no hair
+BODY_LABELS = (Label.NECK, Label.TORSO)
+SEAM_HALF_WIDTH = 0.01  # of the frame height: the seam band reaches this far each side of the head/body boundary
 MIN_HELDOUT = 3  # frames: temporal figures need triples
 MIN_CROSS_SECONDS = 2.0  # the sync figure high-passes at 1 s; shorter speech leaves nothing to correlate
 HEAD_ZONE_SCALE = 1.4  # the face mesh's hull, grown about its centre: forehead to crown, ears, chin to jaw shadow
@@ -294,8 +296,12 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
                                    else None)
         res["reference"]["tracker_noise"] = landmark_scores(sigs["real"], lms["real"], fc.face_signals(again, geo),
                                                             again, face_px)
+    band = mx.seam_band(labels, HEAD_LABELS, BODY_LABELS, max(1, round(SEAM_HALF_WIDTH * h)))
+    seam_real = mx.seam_energy(real, band)
     for name in drives:
         r = image_scores(real, renders[name], labels)
+        seam = mx.seam_energy(renders[name], band)
+        r["seam"] = {"rendered": seam, "real": seam_real, "ratio": seam / seam_real if seam_real > 0 else math.nan}
         if geo is not None:
             r.update(landmark_scores(sigs["real"], lms["real"], sigs[name], lms[name], face_px))
             if feats is not None:
