@@ -68,6 +68,13 @@ SKIN_SIGMA = 3.0  # Mahalanobis radius (in chromaticity standard deviations) whe
 SKIN_DARK, SKIN_BRIGHT = 0.3, 1.6  # brightness (R+G+B) bounds as fractions of the face skin's median
 SKIN_THRESHOLD = 0.25  # on the spatially and temporally smoothed score
 SKIN_EMA = 0.5
+# The neck label, smoothed over time like the skin score: weight of the current frame's neck mask in a running mean,
+# and the mean's hysteresis (a pixel becomes neck above the first, stops being neck below the second). Per frame, the
+# skin test and its closing changed 14 % of the neck's area from one frame to the next on a phone clip
+# (corpus/validation/phone_vertical_hevc_10s), with notches coming and going; a plain threshold at 0.5 still passes
+# a patch that flips every other frame (its mean swings 0.39-0.61).
+NECK_EMA = 0.35
+NECK_ON, NECK_OFF = 0.65, 0.35
 WARM_UP = 16  # frames a later segment is labelled ahead of its start, to settle the smoothed masks (not written)
 SEGMENT_SIDE = 256  # the selfie model's input side: frames are shrunk to it here (area-averaged) rather than by mediapipe
 
@@ -175,13 +182,32 @@ def skin_score(img: np.ndarray, lm: np.ndarray, scale: float = SKIN_SCALE, small
     return cv2.GaussianBlur(score.astype(np.float32), (0, 0), 1.5)
 
 
+class NeckSmoother:
+    """The neck label over a sequence: a running mean of each frame's neck mask with hysteresis (NECK_EMA, NECK_ON,
+    NECK_OFF), started from the first frame's mask."""
+
+    def __init__(self) -> None:
+        self.mean: np.ndarray | None = None
+        self.state: np.ndarray | None = None
+
+    def __call__(self, neck: np.ndarray) -> np.ndarray:  # [H, W] bool -> [H, W] bool
+        if self.mean is None or self.mean.shape != neck.shape:
+            self.mean, self.state = neck.astype(np.float32), neck.copy()
+            return neck
+        self.mean *= 1 - NECK_EMA
+        self.mean += NECK_EMA * neck
+        self.state = (self.mean > NECK_ON) | (self.state & (self.mean > NECK_OFF))
+        return self.state
+
+
 def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: float | None = None,
-                skin: np.ndarray | None = None) -> np.ndarray:
+                skin: np.ndarray | None = None, smoother: NeckSmoother | None = None) -> np.ndarray:
     """uint8 [H, W] label map of one frame.
 
     img: [H, W, 3] RGB uint8; person: [H, W] bool person mask; lm: [478, >=2] landmarks in pixels;
     neck_len: chin-to-neck-base distance in pixels (None: NECK_DEFAULT face heights);
-    skin: the skin score (skin_score, any size; None: computed from this frame alone).
+    skin: the skin score (skin_score, any size; None: computed from this frame alone);
+    smoother: the sequence's NeckSmoother (None: this frame's neck alone).
     """
     shape = img.shape[:2]
     lm = np.asarray(lm, np.float32)[:, :2]
@@ -230,7 +256,10 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
     neck = _close_in_box(neck, band, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
     under_jaw = np.zeros(shape, np.uint8)
     _fill(under_jaw, neck_polygon(lm, NECK_SHADOW * fh), 1)
-    labels[band & (neck | under_jaw.astype(bool))] = Label.NECK
+    neck = band & (neck | under_jaw.astype(bool))
+    if smoother is not None:
+        neck = band & smoother(neck)
+    labels[band & fill_spans(neck | (band & under_jaw.astype(bool)))] = Label.NECK
 
     # Head from the mesh, which wins over the segmentation inside the face (a mesh polygon is the better evidence).
     labels[oval] = Label.FACE
@@ -259,6 +288,35 @@ def label_frame(img: np.ndarray, person: np.ndarray, lm: np.ndarray, neck_len: f
             teeth = mouth & (hsv[..., 1] < TEETH_SAT * s_ref) & (hsv[..., 2] > TEETH_VAL * v_ref)
             box[teeth] = Label.TEETH
     return labels
+
+
+def _fill_rows(mask: np.ndarray) -> np.ndarray:  # each row filled between its leftmost and rightmost pixel
+    rows = np.nonzero(mask.any(1))[0]
+    if not len(rows):
+        return mask
+    sub = mask[rows]
+    left = sub.argmax(1)
+    right = sub.shape[1] - 1 - sub[:, ::-1].argmax(1)
+    cols = np.arange(mask.shape[1])
+    out = mask.copy()
+    out[rows] = (cols >= left[:, None]) & (cols <= right[:, None])
+    return out
+
+
+def fill_spans(mask: np.ndarray) -> np.ndarray:
+    """The mask's sizeable pieces filled along rows, then along columns: a neck is one column of skin under the jaw,
+    so a patch of collar, shadow or hair inside it (enclosed, or cutting in from one side between neck pixels of the
+    same row or column) is neck, not an island of torso."""
+    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if not len(ys):
+        return mask
+    box = np.s_[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]  # the neck's box only: a small part of the frame
+    _, cc, stats, _ = cv2.connectedComponentsWithStats(mask[box].astype(np.uint8), connectivity=8)
+    # Specks (under a tenth of the largest piece) would draw whole rows across the band.
+    area = stats[1:, cv2.CC_STAT_AREA]
+    out = np.zeros_like(mask)
+    out[box] = _fill_rows(_fill_rows(np.isin(cc, 1 + np.nonzero(area >= 0.1 * area.max())[0])).T).T
+    return out
 
 
 def _close_in_box(mask: np.ndarray, support: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -426,13 +484,14 @@ def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int,
     """
     first = max(0, start - warm_up)
     m = stop - start
-    figures = {"changed": np.full(m, np.nan), "coverage": np.zeros(m), "agreement": np.zeros(m),
-               "empty": np.zeros(m, bool)}
+    figures = {"changed": np.full(m, np.nan), "neck_changed": np.full(m, np.nan), "neck_area": np.zeros(m),
+               "coverage": np.zeros(m), "agreement": np.zeros(m), "empty": np.zeros(m, bool)}
     head_lut = np.zeros(256, bool)
     head_lut[np.array([int(x) for x in HEAD_LABELS], np.uint8)] = True
     person_model = PersonMask()
     prev = None
     skin = None  # the skin score, smoothed over time like the person mask
+    smoother = NeckSmoother()  # the neck mask, smoothed over time
     # Reading (JPEG decode) and writing (PNG encode) release the GIL: overlap them with the per-frame work.
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -444,7 +503,7 @@ def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int,
                 person = soft > PERSON_THRESHOLD
                 sk = skin_score(img, lm[i], small=small)
                 skin = sk if skin is None else SKIN_EMA * sk + (1 - SKIN_EMA) * skin
-                labels = label_frame(img, person, lm[i], float(neck_len[i]), skin)
+                labels = label_frame(img, person, lm[i], float(neck_len[i]), skin, smoother)
                 if i >= start:
                     k = i - start
                     oval = loop_mask(labels.shape, lm[i], mt.FACE_OVAL_LOOP)
@@ -452,8 +511,11 @@ def label_segment(ds: Dataset, lm: np.ndarray, neck_len: np.ndarray, start: int,
                     figures["coverage"][k] = head_lut[labels[oval]].mean() if oval.any() else 0.0
                     figures["agreement"][k] = person[oval].sum() / oval_px
                     figures["empty"][k] = person.sum() < EMPTY_PERSON * oval_px
+                    neck = labels == Label.NECK
+                    figures["neck_area"][k] = np.count_nonzero(neck)
                     if prev is not None:
                         figures["changed"][k] = np.count_nonzero(labels != prev) / labels.size
+                        figures["neck_changed"][k] = np.count_nonzero(neck != (prev == Label.NECK))
                     writes.append(pool.submit(write_image_file, Path(out_dir) / frame_name(i, "png"), labels))
                 prev = labels
             for w in writes:
@@ -479,10 +541,15 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
                 "with the camera steady.",
             )
     changed = fig["changed"][np.isfinite(fig["changed"])]
+    neck_changed = fig["neck_changed"][np.isfinite(fig["neck_changed"])]
+    neck_area = float(np.mean(fig["neck_area"]))
     if empty_fraction > 0.05:
         log.warning("person mask nearly empty in %.0f%% of the frames", 100 * empty_fraction)
     return {
         "flicker": float(np.mean(changed)) if len(changed) else 0.0,
+        # pixels whose neck label changes from one frame to the next, in % of the mean neck area
+        "neck_flicker_percent": 100 * float(np.mean(neck_changed)) / neck_area if len(neck_changed) and neck_area
+        else 0.0,
         "face_coverage": float(np.mean(fig["coverage"])),
         "segmentation_face_agreement": float(np.mean(fig["agreement"])),
         "empty_person_fraction": empty_fraction,
@@ -493,7 +560,7 @@ def run(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="parsing",
-    version=3,
+    version=4,
     requires=("landmarks",),
     outputs=("parsing/",),
     run=run,

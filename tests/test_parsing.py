@@ -13,7 +13,7 @@ from nerf_talk.errors import UserError
 from preprocess import mesh_topology as mt
 from preprocess.dataset import FORMAT_VERSION, KIND, Dataset, frame_name
 from preprocess.labels import HEAD_LABELS, PALETTE, Label
-from preprocess.parsing import colorize, label_frame, overlay_labels
+from preprocess.parsing import NeckSmoother, colorize, fill_spans, label_frame, overlay_labels
 
 S = 256  # synthetic image side
 SKIN, CAVITY, TEETH_RGB = (200, 150, 120), (60, 15, 20), (235, 235, 225)
@@ -92,6 +92,41 @@ def test_face_parts_and_whole_oval_are_head_labels():
         assert (labels[_inside(lm, loop)] == Label.EYES).mean() > 0.9
     for loop in (mt.LEFT_BROW_LOOP, mt.RIGHT_BROW_LOOP):
         assert (labels[_inside(lm, loop)] == Label.BROWS).mean() > 0.9
+
+
+def test_a_collar_patch_or_a_shadow_inside_the_neck_is_neck():
+    neck = np.zeros((40, 40), bool)
+    neck[5:35, 12:28] = True
+    neck[15:20, 17:22] = False  # enclosed: a shadow
+    neck[25:30, 20:28] = False  # cutting in from the side: a collar's corner
+    neck[2, 2] = True  # a speck far away
+    out = fill_spans(neck)
+    assert out[5:35, 12:28].all() and not out[2, 2] and out.sum() == 30 * 16
+
+
+def test_the_neck_label_is_steadier_over_time():
+    """A neck whose skin test flickers (a shadow at its edge comes and goes, frame by frame) keeps its shape when
+    labelled as a sequence; a shadow enclosed by the neck is neck either way."""
+    lm, img, person, _, _ = synthetic_face()
+    frames = []
+    for k in range(8):
+        f = img.copy()
+        f[172:178, 126:132] = (20, 20, 20)  # a dark mole in the middle: not skin by colour, enclosed
+        if k % 2:
+            f[182:192, 108:124] = (20, 20, 20)  # a shadow at the neck's edge: not skin, not enclosed
+        frames.append(f)
+
+    def necks(sequence: bool):
+        smoother = NeckSmoother() if sequence else None
+        return [label_frame(f, person, lm, smoother=smoother) == Label.NECK for f in frames]
+
+    def flicker(ns):
+        return np.mean([np.count_nonzero(a ^ b) for a, b in zip(ns, ns[1:])]) / np.mean([n.sum() for n in ns])
+
+    alone, steady = necks(False), necks(True)
+    assert flicker(alone) > 0.02 and flicker(steady) < 0.2 * flicker(alone)
+    for n in alone + steady:
+        assert n[175, 129]
 
 
 def test_neck_lies_below_the_chin_within_the_jaw_and_torso_below_it():
