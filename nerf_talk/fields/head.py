@@ -165,8 +165,9 @@ class HeadField(nn.Module):
         sigma = torch.exp(raw.clamp(-15.0, 15.0)) * inside
         return sigma, h[:, 1:]
 
-    def in_mouth_region(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] bool
-        return ((positions >= self.mouth_box[:3]) & (positions <= self.mouth_box[3:])).all(-1)
+    def in_mouth_region(self, positions: torch.Tensor, grow: float = 0.0) -> torch.Tensor:  # [N, 3] -> [N] bool
+        """Inside the mouth box, grown by `grow` metres on every side."""
+        return ((positions >= self.mouth_box[:3] - grow) & (positions <= self.mouth_box[3:] + grow)).all(-1)
 
     def mouth_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
         """The mouth box's feathered weight (box_weight): a residual cut off at a hard face draws the box's outline
@@ -205,9 +206,7 @@ class HeadField(nn.Module):
         mouth. (Marking the whole box
         occupied instead would keep its untrained fog in every render, tinted frame by frame by the motion.)"""
         sigma, _ = self.get_density(positions)
-        grow = PROBE_GROW
-        idx = torch.nonzero(((positions >= self.mouth_box[:3] - grow) & (positions <= self.mouth_box[3:] + grow))
-                            .all(-1)).reshape(-1)
+        idx = torch.nonzero(self.in_mouth_region(positions, PROBE_GROW)).reshape(-1)
         if probes is None or not idx.numel():
             return sigma
         x = positions[idx]
