@@ -1,4 +1,4 @@
-"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching and volume compositing.
+"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching, volume compositing and the point warp.
 
 Written once as host/device templates in ``csrc/*.h``, compiled for the CPU (C++ with OpenMP) and for CUDA, wrapped
 in autograd functions, with a pure-PyTorch reference (``_torch_impl``). Layering and build: docs/cuda_ext.md.
@@ -12,6 +12,7 @@ from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_ho
 from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
+from .warp import warp_points
 
 __all__ = [
     "BACKENDS",
@@ -31,4 +32,5 @@ __all__ = [
     "pack_bitfield",
     "packed_info_from_ray_indices",
     "set_backend",
+    "warp_points",
 ]

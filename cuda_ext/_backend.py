@@ -31,10 +31,12 @@ import torch
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = {
-    "cpu": ["bindings.cpp", "hashgrid_cpu.cpp", "march_cpu.cpp", "composite_cpu.cpp"],
-    "cuda": ["bindings.cpp", "hashgrid.cu", "march.cu", "composite.cu"],
+    "cpu": ["bindings.cpp", "hashgrid_cpu.cpp", "march_cpu.cpp", "composite_cpu.cpp", "warp_cpu.cpp"],
+    "cuda": ["bindings.cpp", "hashgrid.cu", "march.cu", "composite.cu", "warp.cu"],
 }
-CPU_CFLAGS = ["-O3", "-fopenmp"]
+# -fno-trapping-math lets the compiler vectorise float -> int conversions (the point warp's exp: 9 instead of 20 ms
+# for 66k points x 71 control points on one core); it changes no result (no reassociation, no contraction).
+CPU_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 CPU_LDFLAGS = ["-fopenmp"]
 CUDA_CFLAGS = ["-O3", "-DNT_WITH_CUDA"]
 CUDA_NVCC_FLAGS = ["-O3", "-DNT_WITH_CUDA"]

@@ -203,3 +203,40 @@ def composite_weights(
     weights = torch.zeros_like(sigmas)
     weights[idx[keep]] = w[keep]
     return weights, opacity_so_far[:, -1]
+
+
+def _warp_one_sided(x, ctrl, disp, sigma, reach_z, fade, dist=None):
+    squash = x.new_tensor([1.0, 1.0, 1.0 / reach_z])
+    if dist is None:
+        dist = torch.cdist(x * squash, ctrl * squash)
+    w = torch.exp(-dist.square() / (2 * sigma**2))
+    return (w @ disp) / (w.sum(-1, keepdim=True) + fade)
+
+
+def _warp_two_sided(x, ctrl, disp, sigma, sides, reach_z, fade, switch_width):
+    squash = x.new_tensor([1.0, 1.0, 1.0 / reach_z])
+    dist = torch.cdist(x * squash, ctrl * squash)
+    plane = torch.cdist(x[:, :2], ctrl[:, :2])
+    out, lid_y = [], []
+    for s in (1, 0):
+        cols = torch.nonzero((sides == s) | (sides == 2)).reshape(-1)
+        out.append(_warp_one_sided(x, ctrl[cols], disp[cols], sigma, reach_z, fade, dist[:, cols]))
+        lid_y.append(ctrl[cols][plane[:, cols].argmin(-1), 1])
+    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / switch_width)[:, None]
+    return upper * out[0] + (1 - upper) * out[1]
+
+
+def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0.0, switch_width=1.0, box=None):
+    """Point warp by control points (see csrc/warp.h): dense distance matrices, control set by control set."""
+    idx = torch.arange(x.shape[0], device=x.device)
+    if box is not None:
+        box = box.to(x.dtype)
+        idx = torch.nonzero(((x >= box[:3]) & (x <= box[3:])).all(-1)).reshape(-1)
+    d = x.new_zeros(len(idx), 3)
+    r = torch.zeros_like(idx) if rows is None else rows[idx]
+    for u in torch.unique(r).tolist():
+        sel = torch.nonzero(r == u).reshape(-1)
+        p = x[idx[sel]]
+        d[sel] = (_warp_one_sided(p, ctrl[u], disp[u], sigma, reach_z, fade) if sides is None else
+                  _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width))
+    return x.index_add(0, idx, -d)

@@ -7,6 +7,7 @@
 
 #include "hashgrid.h"
 #include "march.h"
+#include "warp.h"
 
 namespace nt {
 namespace cpu {
@@ -50,6 +51,12 @@ void composite_backward(const T* sigmas, const T* rgbs, const T* t_starts, const
 template <typename T>
 void composite_weights(const T* sigmas, const T* t_starts, const T* t_ends, const int64_t* packed_info,
                        int64_t n_rays, T early_stop_eps, T skip_budget, T* weights, T* opacity, int n_threads);
+
+// Point warp (warp.h): out [n, 3] from x [n, 3]; point i uses control set rows[i] (or set 0 when rows is null) of
+// ctrl and disp [sets, 3, n_ctrl] (coordinate-major); masks [2, n_ctrl] (upper, lower side) or null: one-sided.
+template <typename T>
+void warp_points(const T* x, const T* ctrl, const T* disp, const int64_t* rows, const T* masks, int64_t n,
+                 const WarpParams& p, T* out, int n_threads);
 
 }  // namespace cpu
 }  // namespace nt

@@ -10,6 +10,7 @@
 
 #include "hashgrid.h"
 #include "march.h"
+#include "warp.h"
 
 namespace nt {
 namespace cuda {
@@ -48,6 +49,10 @@ cudaError_t composite_backward(const float* sigmas, const float* rgbs, const flo
 cudaError_t composite_weights(const float* sigmas, const float* t_starts, const float* t_ends,
                               const int64_t* packed_info, int64_t n_rays, float early_stop_eps, float skip_budget,
                               float* weights, float* opacity, cudaStream_t stream);
+
+// Point warp (warp.h), as the CPU launcher.
+cudaError_t warp_points(const float* x, const float* ctrl, const float* disp, const int64_t* rows,
+                        const float* masks, int64_t n, const WarpParams& p, float* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace nt

@@ -429,6 +429,66 @@ std::vector<Tensor> composite_weights(const Tensor& sigmas, const Tensor& t_star
   return {weights, opacity};
 }
 
+// ----------------------------------------------------------------------------------------------------------------
+// Point warp by control points (warp.h)
+
+// x [N, 3]; ctrl, disp [U, 3, P] (coordinate-major); rows [N] int64 in [0, U) or empty (every point uses set 0);
+// masks [2, P] (1 where a point belongs to the upper, then the lower side) or empty (one-sided); box: 6 numbers (lo,
+// hi) or none. Returns x - D(x) [N, 3]. The caller checks that rows lie in [0, U) (cuda_ext/warp.py).
+Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, const Tensor& rows, const Tensor& masks,
+                   double sigma, double reach_z, double fade, double switch_width, const std::vector<double>& box) {
+  NT_CHECK_INPUT(x, "x");
+  NT_CHECK_INPUT(ctrl, "ctrl");
+  NT_CHECK_INPUT(disp, "disp");
+  check_float_dtype(x, "x");
+  NT_CHECK_DTYPE(ctrl, "ctrl", x.scalar_type());
+  NT_CHECK_DTYPE(disp, "disp", x.scalar_type());
+  NT_CHECK_SHAPE(x.dim() == 2 && x.size(1) == 3, "x", x, "[N, 3]");
+  NT_CHECK_SHAPE(ctrl.dim() == 3 && ctrl.size(1) == 3 && ctrl.size(0) >= 1, "ctrl", ctrl, "[U >= 1, 3, P]");
+  NT_CHECK_SHAPE(disp.sizes() == ctrl.sizes(), "disp", disp, shape_str(ctrl));
+  const int64_t n = x.size(0), U = ctrl.size(0), P = ctrl.size(2);
+  if (rows.numel() > 0) {
+    NT_CHECK_INPUT(rows, "rows");
+    NT_CHECK_DTYPE(rows, "rows", at::kLong);
+    NT_CHECK_SHAPE(rows.dim() == 1 && rows.size(0) == n, "rows", rows, "[N]");
+  } else {
+    TORCH_CHECK(U == 1 || n == 0, "rows are needed to choose among ", U, " control sets");
+  }
+  if (masks.numel() > 0) {
+    NT_CHECK_INPUT(masks, "masks");
+    NT_CHECK_DTYPE(masks, "masks", x.scalar_type());
+    NT_CHECK_SHAPE(masks.dim() == 2 && masks.size(0) == 2 && masks.size(1) == P, "masks", masks, "[2, P]");
+  }
+  TORCH_CHECK(sigma > 0 && reach_z > 0 && fade >= 0, "sigma and reach_z must be > 0 and fade >= 0, are ", sigma, ", ",
+              reach_z, ", ", fade);
+  TORCH_CHECK(masks.numel() == 0 || switch_width > 0, "switch_width must be > 0, is ", switch_width);
+  TORCH_CHECK(box.empty() || box.size() == 6, "box must hold 6 numbers (lo, hi) or none, got ", box.size());
+  nt::WarpParams p{};
+  p.n_ctrl = P;
+  p.inv_two_sigma2 = 1.0 / (2.0 * sigma * sigma);
+  p.inv_reach_z2 = 1.0 / (reach_z * reach_z);
+  p.fade = fade;
+  p.switch_width = switch_width;
+  p.has_box = box.empty() ? 0 : 1;
+  for (size_t k = 0; k < box.size(); ++k) p.box[k] = box[k];
+  Tensor out = at::empty_like(x);
+  if (n == 0) return out;
+  const int64_t* rows_ptr = rows.numel() > 0 ? rows.data_ptr<int64_t>() : nullptr;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(x.device());
+  NT_CHECK_LAUNCH(nt::cuda::warp_points(x.data_ptr<float>(), ctrl.data_ptr<float>(), disp.data_ptr<float>(),
+                                        rows_ptr, masks.numel() > 0 ? masks.data_ptr<float>() : nullptr, n, p,
+                                        out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_points", [&] {
+    nt::cpu::warp_points<scalar_t>(x.data_ptr<scalar_t>(), ctrl.data_ptr<scalar_t>(), disp.data_ptr<scalar_t>(),
+                                   rows_ptr, masks.numel() > 0 ? masks.data_ptr<scalar_t>() : nullptr, n, p,
+                                   out.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -445,4 +505,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
   m.def("composite_weights", &composite_weights);
+  m.def("warp_points", &warp_points);
 }

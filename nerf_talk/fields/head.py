@@ -137,7 +137,7 @@ class HeadField(nn.Module):
         # Per-frame latents start at 0 = the code every unseen frame gets.
         self.latents = nn.Parameter(torch.zeros(max(n_frames, 1), cfg.latent_dim))
         # The tracked landmarks move samples back to the neutral face (identity until filled: FaceWarp).
-        self.warp = FaceWarp(n_motion)
+        self.warp = FaceWarp(n_motion, backend)
 
     def normalize(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] head frame -> [N, 3] in [0, 1]
         lo, hi = self.aabb[:3], self.aabb[3:]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cuda_ext.warp import warp_points
 from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
 EYE_POINTS = LEFT_EYE_LOOP + RIGHT_EYE_LOOP
@@ -23,8 +24,13 @@ EYE_SIDE = (0,) * len(LEFT_EYE_LOOP) + (1,) * len(RIGHT_EYE_LOOP)  # which openn
 # Each loop starts at a corner, runs along the lower lid to the other corner (index 8), then along the upper lid.
 # 1: upper lid, 0: lower lid, 2: a corner (both).
 EYE_LID = tuple(2 if i in (0, 8) else int(i > 8) for loop in (LEFT_EYE_LOOP, RIGHT_EYE_LOOP) for i in range(len(loop)))
-# Over how much height (metres) a sample between the two lids switches from following the upper lid to the lower:
-# the lash line of a closed eye is an edge, not a blend.
+# The lids are interpolated apart (cuda_ext.warp_points, two-sided): a sample follows the upper lid when it lies above
+# the midpoint of the two lids' nearest points in the face's plane (x, y). Blended over both, the middle of a closed
+# eye (1-2 mm above the closed lid line) followed the lower lid half-way and was looked up in the open eye's iris: a
+# rendered blink stayed open. Nearest in the plane, not in 3D: the lids close along y over an eyeball that lies 3-4 mm
+# behind their edges, and in 3D the eyeball's front was nearer the lower lid's edge even above a closed lid.
+# LID_SWITCH: over how much height (metres) a sample between the lids switches from the upper lid to the lower: the
+# lash line of a closed eye is an edge, not a blend.
 LID_SWITCH = 0.00025
 # Interpolation widths (metres). Lower face 8 mm: about the spacing of the lip and jaw landmarks, and lip thickness,
 # so a point between the lips follows both and a point 2-3 cm from the mouth (cheek, nose) barely moves. Eyes 3 mm:
@@ -43,45 +49,13 @@ DEPTH_REACH = 4.0
 REACH = 4.0
 
 
-def squash(p: torch.Tensor) -> torch.Tensor:  # [..., 3]: depth shrunk, so a round kernel reaches further in z
-    return p * p.new_tensor([1.0, 1.0, 1.0 / DEPTH_REACH])
-
-
-def shepard(x: torch.Tensor, ctrl: torch.Tensor, disp: torch.Tensor, sigma: float,
-            dist: torch.Tensor | None = None) -> torch.Tensor:
-    """Displacement at x [N, 3] from control points ctrl [P, 3] moved by disp [P, 3]: Gaussian-weighted mean of disp,
-    faded far from every point (sigma across the face, DEPTH_REACH x sigma in depth). `dist`: the [N, P] squashed
-    distances, if known."""
-    w = torch.exp(-(torch.cdist(squash(x), squash(ctrl)) if dist is None else dist).square() / (2 * sigma**2))
-    return (w @ disp) / (w.sum(-1, keepdim=True) + FADE)
-
-
-def two_sided(x: torch.Tensor, ctrl: torch.Tensor, disp: torch.Tensor, sigma: float, side: torch.Tensor
-              ) -> torch.Tensor:
-    """Like `shepard`, for a closing gap: the points of side 1 (upper lid) and side 0 (lower lid) are interpolated
-    apart (side 2, the corners, belong to both), and a sample follows the upper lid when it lies above (smaller y
-    than) the midpoint of the two lids' nearest points. Blended over both, the middle of a closed eye (1-2 mm above
-    the closed lid line) followed the lower lid half-way and was looked up in the open eye's iris: a rendered blink
-    stayed open."""
-    dist = torch.cdist(squash(x), squash(ctrl))
-    # Nearest in the face's plane (x, y): the lids close along y over an eyeball that lies 3-4 mm behind their
-    # edges; in 3D the eyeball's front was nearer the lower lid's edge than the upper one's even above a closed lid.
-    plane = torch.cdist(x[:, :2], ctrl[:, :2])
-    out, lid_y = [], []
-    for s in (1, 0):
-        cols = torch.nonzero((side == s) | (side == 2)).reshape(-1)
-        out.append(shepard(x, ctrl[cols], disp[cols], sigma, dist[:, cols]))
-        lid_y.append(ctrl[cols][plane[:, cols].argmin(-1), 1])
-    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / LID_SWITCH)[:, None]
-    return upper * out[0] + (1 - upper) * out[1]
-
-
 class FaceWarp(nn.Module):
     """Buffers only (nothing learnt): where the landmarks are on the neutral face and how the drive moves them.
     All zeros (the default) is the identity warp; `from_tracking` fills them from a dataset's tracking."""
 
-    def __init__(self, n_motion: int) -> None:
+    def __init__(self, n_motion: int, backend: str | None = None) -> None:
         super().__init__()
+        self.backend = backend  # cuda_ext's, as the hash grids'
         k, e = len(LOWER_FACE), len(EYE_POINTS)
         self.register_buffer("lower_rest", torch.zeros(k, 3))  # neutral positions (head frame, metres)
         self.register_buffer("lower_offset", torch.zeros(k, 3))  # displacement at motion coefficients 0
@@ -115,10 +89,6 @@ class FaceWarp(nn.Module):
     def region(self, rest: torch.Tensor, reach: torch.Tensor | float) -> torch.Tensor:  # [6] box
         return torch.cat([rest.min(0).values - reach, rest.max(0).values + reach])
 
-    @staticmethod
-    def _inside(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        return torch.nonzero(((x >= box[:3]) & (x <= box[3:])).all(-1)).reshape(-1)
-
     def lower_displacement(self, motion: torch.Tensor) -> torch.Tensor:  # [M, C] -> [M, K, 3]
         return self.lower_offset + torch.einsum("mc,ckd->mkd", motion.to(self.lower_basis.dtype), self.lower_basis)
 
@@ -129,25 +99,12 @@ class FaceWarp(nn.Module):
     def _warp_by(self, x: torch.Tensor, rest: torch.Tensor, disp: torch.Tensor, rows: torch.Tensor | None,
                  sigma: float, lid: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, 3] minus the displacement interpolated from `rest` moved by `disp` [U, P, 3]: one set for every
-        sample (U = 1, rows None) or sample i's set disp[rows[i]]; `lid`: each point's side (two_sided), or None."""
+        sample (U = 1, rows None) or sample i's set disp[rows[i]]; `lid`: each point's lid (two-sided), or None."""
         if not bool(disp.abs().max() > 0):
             return x
         reach = REACH * sigma * x.new_tensor([1.0, 1.0, DEPTH_REACH]) + disp.abs().amax(dim=(0, 1))
-        idx = self._inside(x, self.region(rest, reach))
-        if not idx.numel():
-            return x
-        moved = rest + disp
-        interpolate = shepard if lid is None else (lambda *a: two_sided(*a, lid))
-        if rows is None:
-            return x.index_add(0, idx, -interpolate(x[idx], moved[0], disp[0], sigma).to(x.dtype))
-        # Frame by frame (a training batch holds a few): one distance matrix against that frame's landmarks each,
-        # not a copy of the landmarks per sample (which took 30 % of a CPU training step).
-        d = x.new_zeros(len(idx), 3)
-        r = rows[idx]
-        for u in torch.unique(r).tolist():
-            sel = torch.nonzero(r == u).reshape(-1)
-            d[sel] = interpolate(x[idx[sel]], moved[u], disp[u], sigma).to(x.dtype)
-        return x.index_add(0, idx, -d)
+        return warp_points(x, rest + disp, disp, sigma, rows=rows, sides=lid, reach_z=DEPTH_REACH, fade=FADE,
+                           switch_width=LID_SWITCH, box=self.region(rest, reach), backend=self.backend)
 
     @staticmethod
     def _distinct(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

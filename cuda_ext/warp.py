@@ -1,0 +1,61 @@
+"""Point warp by scattered control points: every point moves back by a Gaussian-weighted, faded mean of the control
+points' displacements (csrc/warp.h). The head field's landmark warp (nerf_talk/fields/warp.py) is built on it."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _torch_impl
+
+
+def warp_points(
+    x: torch.Tensor,  # [N, 3]
+    ctrl: torch.Tensor,  # [U, P, 3] control points where they are (moved)
+    disp: torch.Tensor,  # [U, P, 3] their displacements
+    sigma: float,
+    rows: torch.Tensor | None = None,  # [N] int: the control set of each point; None: set 0 for all (U must be 1)
+    sides: torch.Tensor | None = None,  # [P] int: 1 upper, 0 lower, 2 both (two-sided warp); None: one-sided
+    reach_z: float = 1.0,
+    fade: float = 0.0,
+    switch_width: float = 1.0,
+    box: torch.Tensor | None = None,  # [6] lo, hi: points outside are returned unchanged
+    backend: str | None = None,
+) -> torch.Tensor:  # [N, 3]: x - D(x)
+    """x - D(x), D(x) = sum_p w_p d_p / (sum_p w_p + fade), w_p = exp(-|S(x - c_p)|^2 / (2 sigma^2)) with S scaling z
+    by 1 / reach_z. Two-sided (`sides`): the upper (1) and lower (0) points, corners (2) in both, give two
+    displacements, and a point follows the upper one when it lies above (smaller y than) the midpoint of the two sides'
+    points nearest to it in (x, y), switching over `switch_width`. No gradients (the warp follows given data)."""
+    if x.dim() != 2 or x.shape[1] != 3:
+        raise ValueError(f"x must have shape [N, 3], got {list(x.shape)}")
+    if ctrl.dim() != 3 or ctrl.shape[2] != 3 or ctrl.shape[0] < 1 or disp.shape != ctrl.shape:
+        raise ValueError(f"ctrl and disp must have one shape [U >= 1, P, 3], got {list(ctrl.shape)} and "
+                         f"{list(disp.shape)}")
+    n_sets = ctrl.shape[0]
+    if rows is None:
+        if n_sets != 1 and x.shape[0]:
+            raise ValueError(f"rows are needed to choose among {n_sets} control sets")
+    else:
+        if rows.shape != (x.shape[0],):
+            raise ValueError(f"rows must have shape [{x.shape[0]}], got {list(rows.shape)}")
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_sets):
+            raise ValueError(f"rows must lie in [0, {n_sets}), got [{int(rows.min())}, {int(rows.max())}]")
+    if sides is not None and sides.shape != (ctrl.shape[1],):
+        raise ValueError(f"sides must have shape [{ctrl.shape[1]}], got {list(sides.shape)}")
+    name = _backend.resolve(backend, x.device)
+    with torch.no_grad():
+        if name == "torch":
+            return _torch_impl.warp_points(x, ctrl.to(x.dtype), disp.to(x.dtype), sigma, rows, sides, reach_z, fade,
+                                           switch_width, box)
+        dtype = torch.float32 if name == "cuda" else x.dtype
+        # The kernels take control sets coordinate-major ([U, 3, P]: the CPU loop vectorises over the points) and the
+        # sides as two membership masks (upper, lower).
+        masks = (torch.empty(0, dtype=dtype, device=x.device) if sides is None else
+                 torch.stack([(sides == 1) | (sides == 2), (sides == 0) | (sides == 2)]).to(dtype))
+        out = _backend.module_for(name).warp_points(
+            x.to(dtype).contiguous(), ctrl.to(dtype).transpose(1, 2).contiguous(),
+            disp.to(dtype).transpose(1, 2).contiguous(),
+            torch.empty(0, dtype=torch.long, device=x.device) if rows is None else rows.long().contiguous(),
+            masks.contiguous(),
+            float(sigma), float(reach_z), float(fade), float(switch_width),
+            [] if box is None else [float(v) for v in box.tolist()])
+    return out.to(x.dtype)
