@@ -66,31 +66,57 @@ NT_HD float exp_nonpositive(float v) {
 }
 NT_HD double exp_nonpositive(double v) { return v < double(kWeightCut) ? 0.0 : exp(v); }
 
-// Weight sum and weighted displacement of one point (x0, x1, x2) over one control set; ctrl and disp [3][n_ctrl]
-// (coordinate-major, so that the host loop vectorises over control points); mask [n_ctrl] (1 for the points of one
-// side, else 0) or null for all points.
+// Weight sums and weighted displacements of one point (x0, x1, x2) over one control set; ctrl and disp [3][n_ctrl]
+// (coordinate-major, so that the host loop vectorises over the control points). One-sided (masks null): sums[0..3]
+// over all points. Two-sided (masks [2][n_ctrl]: 1 for the upper side's points, then the lower side's): sums[0..3]
+// over the upper side and sums[4..7] over the lower side, from one exp per point.
 template <typename T>
 NT_HD void warp_sums(const T x0, const T x1, const T x2, const T* __restrict__ ctrl, const T* __restrict__ disp,
-                     const T* __restrict__ mask, int64_t n_ctrl, T inv2s2, T invz2, T* sums) {
+                     const T* __restrict__ masks, int64_t n_ctrl, T inv2s2, T invz2, T* sums) {
   const T *cx = ctrl, *cy = ctrl + n_ctrl, *cz = ctrl + 2 * n_ctrl;
   const T *dx_ = disp, *dy_ = disp + n_ctrl, *dz_ = disp + 2 * n_ctrl;
-  T sw = T(0), s0 = T(0), s1 = T(0), s2 = T(0);
+  T sw = T(0), s0 = T(0), s1 = T(0), s2 = T(0), tw = T(0), t0 = T(0), t1 = T(0), t2 = T(0);
+  if (masks == nullptr) {
 #if !defined(__CUDA_ARCH__)
 #pragma omp simd reduction(+ : sw, s0, s1, s2)
 #endif
-  for (int64_t j = 0; j < n_ctrl; ++j) {
-    const T dx = x0 - cx[j], dy = x1 - cy[j], dz = x2 - cz[j];
-    T w = exp_nonpositive(-(dx * dx + dy * dy + dz * dz * invz2) * inv2s2);
-    if (mask != nullptr) w *= mask[j];
-    sw += w;
-    s0 += w * dx_[j];
-    s1 += w * dy_[j];
-    s2 += w * dz_[j];
+    for (int64_t j = 0; j < n_ctrl; ++j) {
+      const T dx = x0 - cx[j], dy = x1 - cy[j], dz = x2 - cz[j];
+      const T w = exp_nonpositive(-(dx * dx + dy * dy + dz * dz * invz2) * inv2s2);
+      sw += w;
+      s0 += w * dx_[j];
+      s1 += w * dy_[j];
+      s2 += w * dz_[j];
+    }
+  } else {
+    const T *up = masks, *lo = masks + n_ctrl;
+#if !defined(__CUDA_ARCH__)
+#pragma omp simd reduction(+ : sw, s0, s1, s2, tw, t0, t1, t2)
+#endif
+    for (int64_t j = 0; j < n_ctrl; ++j) {
+      const T dx = x0 - cx[j], dy = x1 - cy[j], dz = x2 - cz[j];
+      const T w = exp_nonpositive(-(dx * dx + dy * dy + dz * dz * invz2) * inv2s2);
+      const T wu = w * up[j], wl = w * lo[j];
+      sw += wu;
+      s0 += wu * dx_[j];
+      s1 += wu * dy_[j];
+      s2 += wu * dz_[j];
+      tw += wl;
+      t0 += wl * dx_[j];
+      t1 += wl * dy_[j];
+      t2 += wl * dz_[j];
+    }
   }
   sums[0] = sw;
   sums[1] = s0;
   sums[2] = s1;
   sums[3] = s2;
+  if (masks != nullptr) {
+    sums[4] = tw;
+    sums[5] = t0;
+    sums[6] = t1;
+    sums[7] = t2;
+  }
 }
 
 // One point: out = x - D(x). masks: null (one-sided) or [2][n_ctrl], the upper side's points then the lower side's.
@@ -113,21 +139,20 @@ NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const
     warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, s);
     for (int c = 0; c < 3; ++c) d[c] = s[c + 1] / (s[0] + fade);
   } else {
-    // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height.
+    // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height and x offset.
     T nearest[2] = {T(1e30), T(1e30)}, side_y[2] = {T(0), T(0)}, side_dx[2] = {T(0), T(0)};
     for (int64_t j = 0; j < n; ++j) {
       const T dx = x0 - ctrl[j], dy = x1 - ctrl[n + j], plane = dx * dx + dy * dy;
-      for (int k = 0; k < 2; ++k) {
-        if (masks[k * n + j] > T(0) && plane < nearest[k]) {
-          nearest[k] = plane;
-          side_y[k] = ctrl[n + j];
-          side_dx[k] = dx < T(0) ? -dx : dx;
-        }
+      for (int k = 0; k < 2; ++k) {  // selects, not branches: which point is nearest is unpredictable
+        const bool better = (masks[k * n + j] > T(0)) & (plane < nearest[k]);
+        nearest[k] = better ? plane : nearest[k];
+        side_y[k] = better ? ctrl[n + j] : side_y[k];
+        side_dx[k] = better ? (dx < T(0) ? -dx : dx) : side_dx[k];
       }
     }
-    T up[4], lo[4];
-    warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, up);
-    warp_sums(x0, x1, x2, ctrl, disp, masks + n, n, inv2s2, invz2, lo);
+    T sums[8];
+    warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, sums);
+    const T *up = sums, *lo = sums + 4;
     const T width = T(p.switch_width) + T(p.switch_growth) * (nearest[0] <= nearest[1] ? side_dx[0] : side_dx[1]);
     const T u = T(1) / (T(1) + exp_(-((side_y[0] + side_y[1]) * T(0.5) - x1) / width));
     for (int c = 0; c < 3; ++c) d[c] = u * (up[c + 1] / (up[0] + fade)) + (T(1) - u) * (lo[c + 1] / (lo[0] + fade));
