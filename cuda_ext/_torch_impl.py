@@ -213,24 +213,20 @@ def _warp_one_sided(x, ctrl, disp, sigma, reach_z, fade, dist=None):
     return (w @ disp) / (w.sum(-1, keepdim=True) + fade)
 
 
-def _warp_two_sided(x, ctrl, disp, sigma, sides, reach_z, fade, switch_width, switch_growth):
+def _warp_two_sided(x, ctrl, disp, sigma, sides, reach_z, fade, switch_width):
     squash = x.new_tensor([1.0, 1.0, 1.0 / reach_z])
     dist = torch.cdist(x * squash, ctrl * squash)
     plane = torch.cdist(x[:, :2], ctrl[:, :2])
-    out, lid_y, near = [], [], []
+    out, lid_y = [], []
     for s in (1, 0):
         cols = torch.nonzero((sides == s) | (sides == 2)).reshape(-1)
         out.append(_warp_one_sided(x, ctrl[cols], disp[cols], sigma, reach_z, fade, dist[:, cols]))
-        d, j = plane[:, cols].min(-1)
-        lid_y.append(ctrl[cols][j, 1])
-        near.append((d, (x[:, 0] - ctrl[cols][j, 0]).abs()))
-    width = switch_width + switch_growth * torch.where(near[0][0] <= near[1][0], near[0][1], near[1][1])
-    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / width)[:, None]
+        lid_y.append(ctrl[cols][plane[:, cols].argmin(-1), 1])
+    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / switch_width)[:, None]
     return upper * out[0] + (1 - upper) * out[1]
 
 
-def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0.0, switch_width=1.0, switch_growth=0.0,
-                box=None):
+def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0.0, switch_width=1.0, box=None):
     """Point warp by control points (see csrc/warp.h): dense distance matrices, control set by control set."""
     idx = torch.arange(x.shape[0], device=x.device)
     if box is not None:
@@ -242,6 +238,5 @@ def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0
         sel = torch.nonzero(r == u).reshape(-1)
         p = x[idx[sel]]
         d[sel] = (_warp_one_sided(p, ctrl[u], disp[u], sigma, reach_z, fade) if sides is None else
-                  _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width,
-                                  switch_growth))
+                  _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width))
     return x.index_add(0, idx, -d)

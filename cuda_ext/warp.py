@@ -18,15 +18,13 @@ def warp_points(
     reach_z: float = 1.0,
     fade: float = 0.0,
     switch_width: float = 1.0,
-    switch_growth: float = 0.0,
     box: torch.Tensor | None = None,  # [6] lo, hi: points outside are returned unchanged
     backend: str | None = None,
 ) -> torch.Tensor:  # [N, 3]: x - D(x)
     """x - D(x), D(x) = sum_p w_p d_p / (sum_p w_p + fade), w_p = exp(-|S(x - c_p)|^2 / (2 sigma^2)) with S scaling z
     by 1 / reach_z. Two-sided (`sides`): the upper (1) and lower (0) points, corners (2) in both, give two
     displacements, and a point follows the upper one when it lies above (smaller y than) the midpoint of the two sides'
-    points nearest to it in (x, y), switching over `switch_width` plus `switch_growth` times its x offset from the
-nearer of those two points (sharp inside a gap, soft beyond its ends). No gradients (the warp follows given data)."""
+    points nearest to it in (x, y), switching over `switch_width`. No gradients (the warp follows given data)."""
     if x.dim() != 2 or x.shape[1] != 3:
         raise ValueError(f"x must have shape [N, 3], got {list(x.shape)}")
     if ctrl.dim() != 3 or ctrl.shape[2] != 3 or ctrl.shape[0] < 1 or disp.shape != ctrl.shape:
@@ -47,7 +45,7 @@ nearer of those two points (sharp inside a gap, soft beyond its ends). No gradie
     with torch.no_grad():
         if name == "torch":
             return _torch_impl.warp_points(x, ctrl.to(x.dtype), disp.to(x.dtype), sigma, rows, sides, reach_z, fade,
-                                           switch_width, switch_growth, box)
+                                           switch_width, box)
         dtype = torch.float32 if name == "cuda" else x.dtype
         # The kernels take control sets coordinate-major ([U, 3, P]: the CPU loop vectorises over the points) and the
         # sides as two membership masks (upper, lower).
@@ -58,6 +56,6 @@ nearer of those two points (sharp inside a gap, soft beyond its ends). No gradie
             disp.to(dtype).transpose(1, 2).contiguous(),
             torch.empty(0, dtype=torch.long, device=x.device) if rows is None else rows.long().contiguous(),
             masks.contiguous(),
-            float(sigma), float(reach_z), float(fade), float(switch_width), float(switch_growth),
+            float(sigma), float(reach_z), float(fade), float(switch_width),
             [] if box is None else [float(v) for v in box.tolist()])
     return out.to(x.dtype)

@@ -54,9 +54,7 @@ KIND = "nerf_talk.avatar"
 # version 3 or 4 training directory exports a version 5 file (the fine-tune runs at export).
 # 6: the head field gained its landmark warp (train.model.FIELDS_VERSION 4: the hash grid holds the neutral face and
 # the tracked landmarks move samples to it); older weights hold one face per motion, so older files are fitted again.
-# 7: the warp interpolates the upper lip apart from the lower lip and jaw (train.model.FIELDS_VERSION 5): a version 6
-# hash grid learnt its neutral face under the blended warp, so those files are fitted again too.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 6
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -235,8 +233,8 @@ def validate_meta(meta: dict, where: str = "avatar") -> None:
         if newer:
             hint = "update nerf_talk to read it."
         else:
-            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's current landmark warp (lips, "
-                    "jaw and eyelids that follow the drive, the lips moved apart), which re-exporting cannot add.")
+            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's landmark warp (lips, jaw and "
+                    "eyelids that follow the drive), which re-exporting cannot add.")
         raise AvatarError(f"{where} has avatar format version {json.dumps(v)[:20]}; this nerf_talk ({__version__}) "
                           f"reads version {FORMAT_VERSION}", hint)
     for key in REQUIRED_META:

@@ -436,8 +436,7 @@ std::vector<Tensor> composite_weights(const Tensor& sigmas, const Tensor& t_star
 // masks [2, P] (1 where a point belongs to the upper, then the lower side) or empty (one-sided); box: 6 numbers (lo,
 // hi) or none. Returns x - D(x) [N, 3]. The caller checks that rows lie in [0, U) (cuda_ext/warp.py).
 Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, const Tensor& rows, const Tensor& masks,
-                   double sigma, double reach_z, double fade, double switch_width, double switch_growth,
-                   const std::vector<double>& box) {
+                   double sigma, double reach_z, double fade, double switch_width, const std::vector<double>& box) {
   NT_CHECK_INPUT(x, "x");
   NT_CHECK_INPUT(ctrl, "ctrl");
   NT_CHECK_INPUT(disp, "disp");
@@ -462,8 +461,7 @@ Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, cons
   }
   TORCH_CHECK(sigma > 0 && reach_z > 0 && fade >= 0, "sigma and reach_z must be > 0 and fade >= 0, are ", sigma, ", ",
               reach_z, ", ", fade);
-  TORCH_CHECK(masks.numel() == 0 || (switch_width > 0 && switch_growth >= 0),
-              "switch_width must be > 0 and switch_growth >= 0, are ", switch_width, " and ", switch_growth);
+  TORCH_CHECK(masks.numel() == 0 || switch_width > 0, "switch_width must be > 0, is ", switch_width);
   TORCH_CHECK(box.empty() || box.size() == 6, "box must hold 6 numbers (lo, hi) or none, got ", box.size());
   nt::WarpParams p{};
   p.n_ctrl = P;
@@ -471,7 +469,6 @@ Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, cons
   p.inv_reach_z2 = 1.0 / (reach_z * reach_z);
   p.fade = fade;
   p.switch_width = switch_width;
-  p.switch_growth = switch_growth;
   p.has_box = box.empty() ? 0 : 1;
   for (size_t k = 0; k < box.size(); ++k) p.box[k] = box[k];
   Tensor out = at::empty_like(x);

@@ -8,10 +8,7 @@
 // Two-sided (masks given: which points belong to the upper side, which to the lower; a point may belong to both):
 // the two sides give two displacements D_1 and D_0, and x follows the upper one when it lies above (smaller y than)
 // the midpoint of the two sides' points nearest to it in the (x, y) plane: D = u D_1 + (1 - u) D_0,
-// u = sigmoid((y_mid - x_y) / width), width = switch_width + switch_growth * |x offset to the nearer of the two|.
-// A closing gap (an eyelid, parting lips) is then an edge, not a blend; with switch_growth > 0 the edge softens
-// sideways beyond the gap's ends (a cheek beside the mouth stretches rather than tears), and stays sharp inside the
-// gap, however wide it opens.
+// u = sigmoid((y_mid - x_y) / switch_width). A closing gap (an eyelid) is then an edge, not a blend.
 //
 // Points outside `box` (lo[3], hi[3]), when given, are returned unchanged without looking at the control points.
 #pragma once
@@ -25,8 +22,7 @@ struct WarpParams {
   double inv_two_sigma2;   // 1 / (2 sigma^2)
   double inv_reach_z2;     // 1 / reach_z^2
   double fade;
-  double switch_width;     // two-sided only: the switch's width at the sides' points,
-  double switch_growth;    // plus this much per metre of x offset from the nearer side's nearest point
+  double switch_width;     // two-sided only
   int has_box;
   double box[6];           // lo x y z, hi x y z
 };
@@ -139,22 +135,20 @@ NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const
     warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, s);
     for (int c = 0; c < 3; ++c) d[c] = s[c + 1] / (s[0] + fade);
   } else {
-    // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height and x offset.
-    T nearest[2] = {T(1e30), T(1e30)}, side_y[2] = {T(0), T(0)}, side_dx[2] = {T(0), T(0)};
+    // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height.
+    T nearest[2] = {T(1e30), T(1e30)}, side_y[2] = {T(0), T(0)};
     for (int64_t j = 0; j < n; ++j) {
       const T dx = x0 - ctrl[j], dy = x1 - ctrl[n + j], plane = dx * dx + dy * dy;
       for (int k = 0; k < 2; ++k) {  // selects, not branches: which point is nearest is unpredictable
         const bool better = (masks[k * n + j] > T(0)) & (plane < nearest[k]);
         nearest[k] = better ? plane : nearest[k];
         side_y[k] = better ? ctrl[n + j] : side_y[k];
-        side_dx[k] = better ? (dx < T(0) ? -dx : dx) : side_dx[k];
       }
     }
     T sums[8];
     warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, sums);
     const T *up = sums, *lo = sums + 4;
-    const T width = T(p.switch_width) + T(p.switch_growth) * (nearest[0] <= nearest[1] ? side_dx[0] : side_dx[1]);
-    const T u = T(1) / (T(1) + exp_(-((side_y[0] + side_y[1]) * T(0.5) - x1) / width));
+    const T u = T(1) / (T(1) + exp_(-((side_y[0] + side_y[1]) * T(0.5) - x1) / T(p.switch_width)));
     for (int c = 0; c < 3; ++c) d[c] = u * (up[c + 1] / (up[0] + fade)) + (T(1) - u) * (lo[c + 1] / (lo[0] + fade));
   }
   out[0] = x0 - d[0];

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cuda_ext.warp import warp_points
-from preprocess.mesh_topology import LEFT_EYE_LOOP, LIPS_INNER_LOOP, LIPS_OUTER_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
+from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
 EYE_POINTS = LEFT_EYE_LOOP + RIGHT_EYE_LOOP
 EYE_SIDE = (0,) * len(LEFT_EYE_LOOP) + (1,) * len(RIGHT_EYE_LOOP)  # which openness (left, right) moves each point
@@ -32,18 +32,6 @@ EYE_LID = tuple(2 if i in (0, 8) else int(i > 8) for loop in (LEFT_EYE_LOOP, RIG
 # LID_SWITCH: over how much height (metres) a sample between the lids switches from the upper lid to the lower: the
 # lash line of a closed eye is an edge, not a blend.
 LID_SWITCH = 0.00025
-# The lips are interpolated apart the same way: the upper lip's points (1) against the lower lip's and the jaw's (0),
-# the corners in both. Blended, a sample between parted lips followed both: on reagan's widest held-out opening the
-# inner lower lip was looked up 2.5-3.7 mm short of its tracked 12-15 mm drop and the upper lip 1 mm short, so the
-# rendered gap was ~78 % of the tracked one (tracked-motion opening correlation 0.69); split, ~88 %. Beyond the
-# corners the switch widens by LIP_SWITCH_GROWTH per metre of sideways offset from the nearest lip point (a cheek
-# 2 cm beside the mouth blends over ~1 cm: it stretches, it does not tear along the line of the lips).
-LIP_SWITCH, LIP_SWITCH_GROWTH = 0.00025, 0.5
-# Each lip loop starts at the upper middle, runs to one corner (index 5), along the lower lip, to the other corner
-# (index 15) and back along the upper lip.
-_LIP_SIDE = {p: 2 if i in (5, 15) else int(not 5 < i < 15) for loop in (LIPS_INNER_LOOP, LIPS_OUTER_LOOP)
-             for i, p in enumerate(loop)}
-LOWER_SIDE = tuple(_LIP_SIDE.get(p, 0) for p in LOWER_FACE)  # jaw points: the lower side
 # Interpolation widths (metres). Lower face 8 mm: about the spacing of the lip and jaw landmarks, and lip thickness,
 # so a point between the lips follows both and a point 2-3 cm from the mouth (cheek, nose) barely moves. Eyes 3 mm:
 # the lid's landmarks are 3-4 mm apart and a closing lid travels ~8 mm over the eye; a wider kernel dragged the brow.
@@ -77,7 +65,6 @@ class FaceWarp(nn.Module):
         self.register_buffer("eye_slope", torch.zeros(e, 3))
         self.register_buffer("eye_side", torch.tensor(EYE_SIDE, dtype=torch.long))
         self.register_buffer("eye_lid", torch.tensor(EYE_LID, dtype=torch.long))
-        self.register_buffer("lower_side", torch.tensor(LOWER_SIDE, dtype=torch.long), persistent=False)
 
     @staticmethod
     def tracking_tensors(neutral: np.ndarray, face_size: float, basis, head: np.ndarray, openness: np.ndarray,
@@ -110,15 +97,14 @@ class FaceWarp(nn.Module):
         return self.eye_offset + o[..., None] * self.eye_slope
 
     def _warp_by(self, x: torch.Tensor, rest: torch.Tensor, disp: torch.Tensor, rows: torch.Tensor | None,
-                 sigma: float, lid: torch.Tensor, switch: float, growth: float) -> torch.Tensor:
+                 sigma: float, lid: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, 3] minus the displacement interpolated from `rest` moved by `disp` [U, P, 3]: one set for every
-        sample (U = 1, rows None) or sample i's set disp[rows[i]]; `lid`: each point's side (upper 1, lower 0, both 2),
-        the two sides interpolated apart (cuda_ext.warp_points) with that switch width and growth."""
+        sample (U = 1, rows None) or sample i's set disp[rows[i]]; `lid`: each point's lid (two-sided), or None."""
         if not bool(disp.abs().max() > 0):
             return x
         reach = REACH * sigma * x.new_tensor([1.0, 1.0, DEPTH_REACH]) + disp.abs().amax(dim=(0, 1))
         return warp_points(x, rest + disp, disp, sigma, rows=rows, sides=lid, reach_z=DEPTH_REACH, fade=FADE,
-                           switch_width=switch, switch_growth=growth, box=self.region(rest, reach), backend=self.backend)
+                           switch_width=LID_SWITCH, box=self.region(rest, reach), backend=self.backend)
 
     @staticmethod
     def _distinct(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -140,10 +126,8 @@ class FaceWarp(nn.Module):
         with torch.no_grad():  # the warp follows the tracking; nothing in it is learnt
             if motion is not None:
                 m, rows = self._distinct(motion)
-                x = self._warp_by(x, self.lower_rest, self.lower_displacement(m), rows, LOWER_SIGMA, self.lower_side,
-                                  LIP_SWITCH, LIP_SWITCH_GROWTH)
+                x = self._warp_by(x, self.lower_rest, self.lower_displacement(m), rows, LOWER_SIGMA)
             if eyes is not None:
                 e, rows = self._distinct(eyes)
-                x = self._warp_by(x, self.eye_rest, self.eye_displacement(e), rows, EYE_SIGMA, self.eye_lid, LID_SWITCH,
-                                  0.0)
+                x = self._warp_by(x, self.eye_rest, self.eye_displacement(e), rows, EYE_SIGMA, self.eye_lid)
         return x

@@ -20,10 +20,9 @@ from nerf_talk.train.data import RayBatch, TrainData
 # The layout of the model's weights. 2: the head field gained `mouth_mlp` (motion-dependent density in the mouth box);
 # 3: the head field gained `eye_box` (the eye code acts only there); 4: the head field gained its landmark warp
 # (`head.warp.*`: the tracked lips, jaw and lids move samples back to the neutral face, so the hash grid holds the
-# neutral face); 5: the warp interpolates the upper lip apart from the lower lip and jaw (same tensors, another
-# neutral face learnt). The trainer stamps it into a training directory's avatar.json and export refuses a directory with
+# neutral face). The trainer stamps it into a training directory's avatar.json and export refuses a directory with
 # another one (older weights lack what the fields now need).
-FIELDS_VERSION = 5
+FIELDS_VERSION = 4
 
 
 @dataclass

@@ -23,8 +23,7 @@ def _case(n=3000, n_sets=3, n_ctrl=20, dtype=torch.float32, seed=0):
     return x, ctrl, disp, rows, sides
 
 
-# float32: a few ulps of 4 cm coordinates (1e-7 m), summation order and the sigmoid switch differing from torch
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-15), (torch.float32, 1e-7)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-15), (torch.float32, 2e-8)])
 @pytest.mark.parametrize("two_sided", [False, True])
 @pytest.mark.parametrize("with_rows", [False, True])
 def test_cpu_kernel_matches_reference(dtype, tol, two_sided, with_rows):
@@ -33,7 +32,6 @@ def test_cpu_kernel_matches_reference(dtype, tol, two_sided, with_rows):
         ctrl, disp, rows = ctrl[:1], disp[:1], None
     box = torch.tensor([-0.03, -0.02, -0.04, 0.03, 0.025, 0.04])
     kw = dict(rows=rows, sides=sides if two_sided else None, reach_z=4.0, fade=math.exp(-4.5), switch_width=2.5e-4,
-              switch_growth=0.5,
               box=box)
     out = warp_points(x, ctrl, disp, 0.008, backend="cpu", **kw)
     ref = warp_points(x, ctrl, disp, 0.008, backend="torch", **kw)
@@ -81,20 +79,3 @@ def test_bad_inputs_name_the_problem():
         warp_points(x[:, :2], ctrl, disp, 0.008, rows=rows, backend="cpu")
     empty = warp_points(x[:0], ctrl, disp, 0.008, rows=rows[:0], backend="cpu")
     assert empty.shape == (0, 3)
-
-
-def test_the_switch_softens_away_from_the_gap():
-    """Parted lips: the upper side moved up 4 mm, the lower side down 6 mm. In the gap a point follows one side only,
-    however far it is from both lips; 2 cm beside the gap's end (switch_growth 0.5: a 1 cm wide switch) it blends."""
-    ctrl = torch.tensor([[[0.0, -0.004, 0.0], [0.0, 0.006, 0.0]]])
-    disp = torch.tensor([[[0.0, -0.004, 0.0], [0.0, 0.006, 0.0]]])
-    sides = torch.tensor([1, 0])
-    x = torch.tensor([[0.0, -0.001, 0.0], [0.02, -0.001, 0.0]])  # 2 mm above the midpoint (y = 1 mm)
-    for backend in ("cpu", "torch"):
-        kw = dict(sides=sides, reach_z=4.0, fade=1e-6, switch_width=2.5e-4, backend=backend)
-        sharp = warp_points(x, ctrl, disp, 0.02, switch_growth=0.0, **kw)
-        soft = warp_points(x, ctrl, disp, 0.02, switch_growth=0.5, **kw)
-        near, far = x[:, 1] - soft[:, 1], x[:, 1] - sharp[:, 1]
-        assert abs(float(near[0]) + 0.004) < 2e-4, backend  # in the gap (3-7 mm from the lips): the upper side only
-        # beside the gap: the upper side only with a sharp switch, a blend of the two with the soft one
-        assert abs(float(far[1]) - float(near[0])) < 5e-4 and float(near[1]) > float(far[1]) + 0.002, backend
