@@ -111,9 +111,12 @@ def test_a_signal_during_render_leaves_no_file_and_offers_no_resume(fit_result, 
 
     out = tmp_path / "long.mp4"
     text = "This sentence is long enough that the render is still writing frames when the signal comes. " * 3
+    # As from a terminal: SIGINT at its default even when the suite runs as a background job (which inherits
+    # SIG_IGN for it, and Python then leaves Ctrl-C ignored, as POSIX asks of background jobs).
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from nerf_talk.cli import main; sys.exit(main())",
                              "render", str(fit_result["avatar"]), "--text", text, "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.monotonic()
         while not list(tmp_path.glob(f".*{TEMP_MARK}*")):  # the video is being written
