@@ -102,15 +102,11 @@ def bench(avatar_path: Path, sizes: list[int | None], frames: int) -> list[dict]
 
 def max_difference(avatar_path: Path, sizes: list[int | None], frames: int) -> list[float]:
     """Per size: the largest |fast - exact torch reference| over `frames` frames' float pixels."""
-    from cuda_ext import HashGrid
     from nerf_talk.api import Avatar
     from nerf_talk.render.video import FrameRenderer
 
     fast, ref = Avatar.load(avatar_path), Avatar.load(avatar_path)
-    ref.model.cfg.backend = "torch"
-    for m in ref.model.modules():
-        if isinstance(m, HashGrid):
-            m.backend = "torch"
+    ref.model.use_backend("torch")
     out = []
     for size in sizes:
         r = fast.renderer(size)

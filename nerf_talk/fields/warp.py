@@ -51,7 +51,7 @@ REACH = 4.0
 
 class FaceWarp(nn.Module):
     """Buffers only (nothing learnt): where the landmarks are on the neutral face and how the drive moves them.
-    All zeros (the default) is the identity warp; `from_tracking` fills them from a dataset's tracking."""
+    All zeros (the default) is the identity warp; `tracking_tensors` computes them from a dataset's tracking."""
 
     def __init__(self, n_motion: int, backend: str | None = None) -> None:
         super().__init__()

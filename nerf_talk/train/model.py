@@ -72,6 +72,13 @@ class AvatarModel(nn.Module):
         self.register_buffer("pose_mean", shapes.pose_mean.clone())
         self.register_buffer("pose_scale", shapes.pose_scale.clone())
 
+    def use_backend(self, name: str) -> None:
+        """Run every kernel of the model on cuda_ext backend `name` (auto | cuda | cpu | torch): marching and
+        compositing (through cfg.backend), the hash grids and the landmark warp (each keeps its own)."""
+        self.cfg.backend = name
+        for m in (self.head.grid, self.torso.grid, self.head.warp):
+            m.backend = name
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
