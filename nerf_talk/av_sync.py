@@ -16,9 +16,19 @@ parabola through its neighbours.
 Confidence is the peak's margin over the best score more than 3 frames away, scaled so that 1 means a margin of 0.3.
 On the shared clips the true pairs give margins of 0.32-0.42; mismatched audio, noise or time-reversed audio give
 under 0.07 (measured on obama, lieu, reagan crossed with each other).
+
+Drift (`measure_sync`): some files' sound runs at a slightly different rate from their pictures, so the offset grows
+along the clip. The corpus's GRID files (sentences joined end to end) drift by 0.5 frame per 3 s sentence: 10 frames
+(0.4 s) by the end of a minute, which no single offset can fix. On clips of 40 s or more the offset is measured in
+20 s windows (hop 10 s) and a straight line is fitted to them. A line that changes by two frames or more over the
+clip, far from flat (slope over 3 standard errors) and close to its windows, is then checked on the whole clip: with
+the drift taken out, the offset must be measured more confidently than without. Then the audio is resampled as well
+as shifted.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -30,6 +40,28 @@ N_FOLDS = 5
 MARGIN_FOR_FULL_CONFIDENCE = 0.3
 PEAK_EXCLUSION_FRAMES = 3  # the runner-up must be this far from the peak to count as a rival
 MIN_SECONDS = 4.0  # below this there are too few syllables to tell lags apart
+DRIFT_WINDOW_S, DRIFT_HOP_S = 20.0, 10.0  # a GRID window of 20 s gives confidence 0.4-0.8 (one in five under 0.4)
+MIN_DRIFT_WINDOWS = 3  # windows needed to fit a line
+# A window's offset is used for the line from this confidence on: inside a drifting window the peak is smeared (GRID:
+# windows at 0.04-0.5 still sit on the line). The line itself is then checked on the whole clip.
+DRIFT_WINDOW_MIN_CONFIDENCE = 0.1
+DRIFT_MIN_FRAMES = 2.0  # a drift worth correcting changes the offset by at least this much over the clip (80 ms)
+DRIFT_MAX_RESIDUAL_FRAMES = 1.5  # windows further than this (RMS) from the line: not a steady drift
+
+
+@dataclass(frozen=True)
+class SyncEstimate:
+    """How the sound lies relative to the mouth: at video time t (s) the sound of the mouth is at audio time
+    t + offset_s + drift * t. confidence in [0, 1]; `windows` are (centre s, offset s, confidence) of the windowed
+    measurement (empty for clips too short to look for drift)."""
+
+    offset_s: float
+    drift: float
+    confidence: float
+    windows: tuple[tuple[float, float, float], ...] = ()
+
+    def offset_at(self, t_s):
+        return self.offset_s + self.drift * np.asarray(t_s)
 
 
 def measure_offset(
@@ -56,6 +88,74 @@ def measure_offset(
     denom = a - 2.0 * b + c
     frac = 0.5 * (a - c) / denom if denom < 0 else 0.0
     return float((lags[i] + np.clip(frac, -0.5, 0.5)) / fps), confidence
+
+
+def measure_sync(
+    mouth_opening: np.ndarray, features: dict[str, np.ndarray], fps: float, min_confidence: float = 0.4,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> SyncEstimate:
+    """Offset and drift (module docstring). Without a steady drift this is measure_offset's constant offset
+    (drift 0); with one, the line through the confident windows and their mean confidence."""
+    offset, confidence = measure_offset(mouth_opening, features, fps, max_offset_s)
+    n = min(len(mouth_opening), len(features["mel"]))
+    win, hop = int(round(DRIFT_WINDOW_S * fps)), int(round(DRIFT_HOP_S * fps))
+    if n < win + 2 * hop:
+        return SyncEstimate(offset, 0.0, confidence)
+    windows = []
+    for start in range(0, n - win + 1, hop):
+        end = start + win if start + win + hop <= n else n  # the last window takes the rest
+        o, c = measure_offset(mouth_opening[start:end], {"mel": features["mel"][start:end]}, fps, max_offset_s)
+        windows.append(((start + end) / 2.0 / fps, o, c))
+        if end == n:
+            break
+    constant = SyncEstimate(offset, 0.0, confidence, tuple(windows))
+    used = [(t, o, c) for t, o, c in windows if c >= DRIFT_WINDOW_MIN_CONFIDENCE]
+    if len(used) < MIN_DRIFT_WINDOWS:
+        return constant
+    t, o, c = (np.array(v, np.float64) for v in zip(*used))
+    # A window that holds little clear speech can land anywhere (GRID's grid_s1_03 opens with one at -10 frames
+    # among -4 to -10 along the line), and one such window tilts a least-squares line: take the line through two
+    # windows that most others agree with (within DRIFT_MAX_RESIDUAL_FRAMES), then refit on those.
+    tol = DRIFT_MAX_RESIDUAL_FRAMES / fps
+    best = None
+    for i in range(len(t)):
+        for j in range(i + 1, len(t)):
+            slope = (o[j] - o[i]) / (t[j] - t[i])
+            inliers = np.abs(o - (o[i] + slope * (t - t[i]))) <= tol
+            key = (int(inliers.sum()), float(c[inliers].sum()))
+            if best is None or key > best[0]:
+                best = (key, inliers)
+    inliers = best[1]
+    if inliers.sum() < max(MIN_DRIFT_WINDOWS, int(np.ceil(2 * len(t) / 3))):
+        return constant
+    t, o, c = t[inliers], o[inliers], c[inliers]
+    a, b, resid, rms_frames = _fit_line(t, o, c, fps)
+    # Standard error of the slope from the residuals (floored at a quarter frame: four collinear points are luck).
+    sigma = max(float(np.sqrt((resid ** 2).sum() / max(len(t) - 2, 1))), 0.25 / fps)
+    se = sigma / np.sqrt(((t - t.mean()) ** 2).sum())
+    # abs(b) * n: the change over the clip in frames (b s/s over n / fps s, times fps).
+    steady = abs(b) * n >= DRIFT_MIN_FRAMES and abs(b) > 3.0 * se and rms_frames <= DRIFT_MAX_RESIDUAL_FRAMES
+    if not steady:
+        return constant
+    # The check that counts: with the drift taken out of the audio, the whole clip must agree on one offset more
+    # surely than it did as it was. Its offset and confidence are the answer.
+    k = np.arange(n, dtype=np.float64)
+    at = np.clip(k + b * k, 0, n - 1)  # frame k's sound, less the constant part of the offset
+    mel = np.asarray(features["mel"], np.float64)[:n]
+    dedrifted = np.stack([np.interp(at, k, col) for col in mel.T], 1)
+    offset2, confidence2 = measure_offset(mouth_opening[:n], {"mel": dedrifted}, fps, max_offset_s)
+    if confidence2 < min_confidence or confidence2 <= confidence:
+        return constant
+    return SyncEstimate(offset2, float(b), confidence2, tuple(windows))
+
+
+def _fit_line(t, o, c, fps) -> tuple[float, float, np.ndarray, float]:
+    """Weighted (by confidence) line o = a + b t; (a, b, residuals, weighted RMS residual in frames)."""
+    A = np.stack([np.ones_like(t), t], 1)
+    sw = np.sqrt(c)
+    (a, b), *_ = np.linalg.lstsq(A * sw[:, None], o * sw, rcond=None)
+    resid = o - A @ (a, b)
+    return float(a), float(b), resid, float(np.sqrt(np.average(resid ** 2, weights=c)) * fps)
 
 
 def sync_curve(

@@ -2,7 +2,7 @@
 
 Reads audio_source.wav (ingest: 16 kHz mono, sample 0 = frame 0 as the file had it) and mouth_opening.npy
 (face_motion). Measures how late the sound is relative to the mouth (nerf_talk.av_sync) unless --audio-offset gives
-it, shifts the audio by that much, and writes
+it, shifts the audio by that much (and, where the offset drifts steadily along the clip, resamples it), and writes
   audio.wav            16 kHz mono, exactly n_frames / fps seconds, in sync with the frames
   audio_ppg.npy        [N, P] float32 phoneme posteriorgram (columns: result["phoneme_vocabulary"])
   audio_mel.npy        [N, 80] float32 log-mel
@@ -17,12 +17,14 @@ that use both cores are over, beside the background and torso steps; `run` then 
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from nerf_talk import audio_features as af
 from nerf_talk import media
-from nerf_talk.av_sync import measure_offset
+from nerf_talk.av_sync import SyncEstimate, measure_sync
 from nerf_talk.errors import UserError
 from preprocess import parallel
 from preprocess.config import PreprocessConfig
@@ -49,6 +51,17 @@ def shift_audio(audio: np.ndarray, offset_s: float, n_samples: int, rate: int = 
     return np.ascontiguousarray(out[:n_samples], dtype=np.float32)
 
 
+def align_audio(audio: np.ndarray, sync: SyncEstimate, n_samples: int, rate: int = media.AUDIO_RATE) -> np.ndarray:
+    """The audio in step with the frames: sample k of the result is the source at k/rate + sync.offset_at(k/rate).
+    Without drift this is shift_audio; with it the audio is resampled by 1 + drift first (polyphase, band-limited)."""
+    if sync.drift == 0.0:
+        return shift_audio(audio, sync.offset_s, n_samples, rate)
+    stretch = 1.0 + sync.drift  # source seconds per video second
+    ratio = Fraction(1.0 / stretch).limit_denominator(2000)  # 1e-6 of the rate: 0.1 frame over 3 hours
+    resampled = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+    return shift_audio(resampled, sync.offset_s / stretch, n_samples, rate)
+
+
 def _ahead_key(ds: Dataset) -> tuple:
     return ("audio_features", str(ds.root))
 
@@ -71,32 +84,39 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
     audio = media.read_audio(src)
     mouth = ds.load_array("mouth_opening")
 
-    estimate_s, confidence = None, None
+    estimate_s, confidence, drift = None, None, 0.0
     if cfg.audio_offset is not None:
         offset_s, measured = float(cfg.audio_offset), False
         log.info("audio offset set to %+.3f s (not measured)", offset_s)
     else:
         # Only the log-mel is needed to measure: the posteriorgram waits until the audio is in place.
         probe = af.compute_features(audio, fps, n, include=("mel",))
-        estimate_s, confidence = measure_offset(mouth, probe, fps)
+        found = measure_sync(mouth, probe, fps, MIN_CONFIDENCE)
+        estimate_s, confidence = found.offset_s, found.confidence
         measured = confidence >= MIN_CONFIDENCE
         offset_s = estimate_s if measured else 0.0
+        drift = found.drift if measured else 0.0
+        if drift:
+            log.warning(
+                "the audio drifts against the pictures: %+.3f s at the start, %+.3f s at the end (%+.2f %% rate); "
+                "resampling it to follow the lips", offset_s, float(found.offset_at(n / fps)), 100 * drift,
+            )
         if not measured:
             log.warning(
                 "the audio/lip offset could not be measured reliably (estimate %+.3f s, confidence %.2f): "
                 "leaving the audio as it is; if the lips look out of sync, pass --audio-offset SECONDS",
                 estimate_s, confidence,
             )
-        elif abs(offset_s) > LARGE_OFFSET_S:
+        elif abs(offset_s) > LARGE_OFFSET_S and not drift:
             log.warning(
                 "the audio is %+.3f s off the lips (confidence %.2f); correcting it. Check the report, and pass "
                 "--audio-offset SECONDS if this is wrong", offset_s, confidence,
             )
-        else:
+        elif not drift:
             log.info("audio/lip offset %+.3f s (confidence %.2f): corrected", offset_s, confidence)
 
     n_samples = int(round(n * media.AUDIO_RATE / fps))
-    synced = shift_audio(audio, offset_s, n_samples)
+    synced = align_audio(audio, SyncEstimate(offset_s, drift, confidence or 0.0), n_samples)
     media.write_wav(ds.path("audio.wav"), synced)  # atomic
     feats = af.compute_features(synced, fps, n)
     for name, arr in feats.items():
@@ -112,6 +132,7 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
     return {
         "offset_s": round(offset_s, 4),
         "offset_measured": measured,
+        "drift": round(drift, 6),
         "offset_estimate_s": None if estimate_s is None else round(estimate_s, 4),
         "offset_confidence": None if confidence is None else round(confidence, 3),
         "speech_fraction": round(speech_fraction, 3),
@@ -123,11 +144,11 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="audio_features",
-    version=1,
+    version=2,  # 2: the offset's drift along the clip is measured and corrected
     requires=("ingest", "face_motion"),
     outputs=("audio.wav", "audio_ppg.npy", "audio_mel.npy", "audio_pitch.npy", "audio_energy.npy"),
     run=run,
-    describe="measure and correct the audio/lip offset, compute per-frame audio features",
+    describe="measure and correct the audio/lip offset and drift, compute per-frame audio features",
     uses=("audio_offset",),
     prefetch=prefetch,
 )

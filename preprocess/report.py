@@ -131,6 +131,9 @@ def _html(ds: Dataset, figures: dict, timings: dict) -> str:
         f"landmarks tracked in {figures.get('landmarks', {}).get('tracked_fraction', 0):.0%} of frames; "
         f"audio offset {figures.get('audio_features', {}).get('offset_s', 0):+.3f} s"
     )
+    drift = figures.get("audio_features", {}).get("drift", 0.0)
+    if drift:
+        headline += f" at the start, drifting {drift * ds.n_frames / ds.fps:+.3f} s by the end (audio resampled)"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>nerf_talk dataset report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} img{{max-width:100%}}
 td{{vertical-align:top;border-bottom:1px solid #ddd}} pre{{margin:0;font-size:11px}}</style></head><body>

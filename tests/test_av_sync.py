@@ -15,7 +15,7 @@ import pytest
 
 from nerf_talk import audio_features as af
 from nerf_talk import media
-from nerf_talk.av_sync import measure_offset
+from nerf_talk.av_sync import SyncEstimate, measure_offset, measure_sync
 from support import shared_file
 
 FPS = 25.0
@@ -95,6 +95,54 @@ def test_unrelated_audio_or_motion_gives_low_confidence():
     assert offset_of(mouth_obama[:50], clip("obama")[1][: 2 * af.SAMPLE_RATE]) == (0.0, 0.0)
 
 
+# -------------------------------------------------------------------------------------------------- drift
+def drifting(audio: np.ndarray, up: int = 124, down: int = 125) -> np.ndarray:
+    """The soundtrack played 0.8 % fast (as GRID's joined files are): each second of pictures holds 0.992 s of
+    sound, so the offset falls by 8 ms per second, 0.48 s over lieu's minute."""
+    from scipy.signal import resample_poly
+
+    return resample_poly(audio, up, down).astype(np.float32)
+
+
+def sync_of(mouth: np.ndarray, audio: np.ndarray) -> SyncEstimate:
+    return measure_sync(mouth, af.compute_features(audio, FPS, len(mouth), include=("mel",)), FPS)
+
+
+def test_a_steady_drift_is_measured_and_a_steady_clip_has_none():
+    mouth, audio = clip("lieu")
+    steady = sync_of(mouth, audio)
+    assert steady.drift == 0.0 and abs(steady.offset_s - KNOWN["lieu"][2]) <= 1.0 / FPS
+    assert len(steady.windows) >= 4  # a minute is long enough to look
+    found = sync_of(mouth, drifting(audio))
+    # mouth at t sounds at (t + 0.08) * 124 / 125 = t + 0.079 - 0.008 t in the drifting track
+    print(f"\nlieu, drifting: offset {found.offset_s:+.3f} s, drift {found.drift:+.5f}, confidence "
+          f"{found.confidence:.2f}; windows {[(round(t), round(o * FPS, 1)) for t, o, _ in found.windows]}")
+    assert found.drift == pytest.approx(-0.008, abs=0.0015)
+    assert abs(found.offset_s - 0.079) <= 1.0 / FPS and found.confidence >= 0.4
+    # Unrelated audio of the same length finds no drift.
+    _, other = clip("obama")
+    other = np.tile(other, 4)[: len(audio)]
+    assert sync_of(mouth, other).drift == 0.0
+
+
+def test_align_audio_moves_every_sample_where_the_drift_says():
+    from preprocess.audio_features import align_audio
+
+    rate = af.SAMPLE_RATE
+    clicks = np.zeros(40 * rate, np.float32)
+    at = np.array([2.0, 10.0, 20.0, 30.0, 38.0])  # source seconds
+    clicks[(at * rate).astype(int)] = 1.0
+    sync = SyncEstimate(offset_s=0.1, drift=-0.008, confidence=1.0)
+    out = align_audio(clicks, sync, 40 * rate)
+    assert out.dtype == np.float32 and len(out) == 40 * rate
+    # video time t holds the source at t + 0.1 - 0.008 t: a click at s lands at (s - 0.1) / 0.992
+    peaks = np.sort(np.argsort(np.abs(out))[-len(at):]) / rate
+    assert peaks == pytest.approx((at - 0.1) / 0.992, abs=2.0 / rate)
+    # No drift: the plain shift, sample for sample.
+    plain = align_audio(clicks, SyncEstimate(0.1, 0.0, 1.0), 40 * rate)
+    assert np.array_equal(plain[: 30 * rate], clicks[int(0.1 * rate): int(0.1 * rate) + 30 * rate])
+
+
 # -------------------------------------------------------------------------------------------------- the step
 def make_dataset(root, mouth: np.ndarray, audio: np.ndarray):
     """A dataset directory as ingest and face_motion leave it, holding only what the audio step reads."""
@@ -138,6 +186,24 @@ def test_step_corrects_a_delayed_soundtrack(tmp_path):
     # The written audio is back in sync with the lips.
     synced = media.read_audio(ds.path("audio.wav"))
     assert abs(offset_of(mouth, synced)[0] - KNOWN["reagan"][2]) <= 1.0 / FPS
+
+
+def test_step_corrects_a_drifting_soundtrack(tmp_path, caplog):
+    from preprocess.audio_features import STEP
+    from preprocess.config import PreprocessConfig
+
+    mouth, audio = clip("lieu")
+    ds = make_dataset(tmp_path / "ds", mouth, drifting(audio))
+    with caplog.at_level("WARNING", logger="nerf_talk.preprocess"):
+        res = json.loads(json.dumps(STEP.run(ds, PreprocessConfig())))
+    assert "drifts against the pictures" in caplog.text
+    assert res["offset_measured"] and res["drift"] == pytest.approx(-0.008, abs=0.0015)
+    # What is written is in step with the lips all along: no drift left, no offset left.
+    after = sync_of(mouth, media.read_audio(ds.path("audio.wav")))
+    print(f"\nafter the step: offset {after.offset_s * 1000:+.1f} ms, drift {after.drift}, windows "
+          f"{[(round(t), round(o * FPS, 1)) for t, o, _ in after.windows]}")
+    assert after.drift == 0.0 and abs(after.offset_s) <= 1.0 / FPS
+    assert all(abs(o) <= 1.0 / FPS for _, o, c in after.windows if c >= 0.4)
 
 
 def test_step_uses_a_given_offset_and_falls_back_to_zero_when_unsure(tmp_path, caplog):
