@@ -136,6 +136,27 @@ def test_speakers_weighted_and_normalised():
     assert np.corrcoef(draws, w)[0, 1] > 0.9
 
 
+def test_synthetic_targets_lead_their_phonemes():
+    """data.synthetic_lead_frames moves the synthetic mouth earlier than the phoneme timings, closures included."""
+    n, C = 40, 3
+    motion = np.zeros((vz.N_VISEMES, C))
+    motion[vz.V["open"]] = [1.0, 0.5, -0.2]
+    visemes = np.zeros((n, vz.N_VISEMES))
+    visemes[:, vz.V["sil"]] = 1.0
+    visemes[15:25] = 0.0
+    visemes[15:25, vz.V["open"]] = 1.0
+    visemes[25:28] = 0.0
+    visemes[25:28, vz.V["bilabial"]] = 1.0
+    exact = cp.synthetic_targets(visemes, motion, blur_frames=1.2)
+    lead = cp.synthetic_targets(visemes, motion, blur_frames=1.2, lead_frames=1.0)
+    assert lead.shape == exact.shape and lead.dtype == np.float32
+    np.testing.assert_allclose(lead[:-1], exact[1:], atol=1e-6)  # one frame earlier
+    np.testing.assert_allclose(lead[-1], exact[-1], atol=1e-6)  # the end is held
+    half = cp.synthetic_targets(visemes, motion, blur_frames=1.2, lead_frames=0.5)
+    np.testing.assert_allclose(half[:-1], (exact[:-1] + exact[1:]) / 2, atol=1e-6)
+    assert np.allclose(lead[24:27], motion[vz.V["bilabial"]])  # the closure comes a frame early too
+
+
 def test_unreadable_datasets_skipped_then_refused(corpus, tmp_path, caplog):
     """A dataset whose preprocessing failed (no face: no motion written) is skipped with a line; nothing usable left
     is a clear error."""

@@ -30,6 +30,9 @@ class MotionDataConfig:
     use_val_frames: bool = True  # also train on each dataset's split.json "val" frames (the renderer's hold-out)
     synthetic_dir: str = ""  # folder of synthetic shards (*.npz); "" = CORPUS_DIR/synthetic when it exists
     coarticulation_frames: float = 1.2  # std (frames) of the Gaussian blur of synthetic viseme targets
+    # Synthetic targets moved this many frames earlier than the phoneme timings: real lips lead their sound. On GRID
+    # (drift-corrected), the shipped model trained on exact timings lags the real lips by 0.85 frame (34 ms).
+    synthetic_lead_frames: float = 0.0
 
 
 @dataclass

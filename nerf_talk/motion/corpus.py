@@ -160,15 +160,21 @@ def load_synthetic(path: Path) -> Source:
     return Source(path.stem, "synthetic", feats, mf.utterance_stats(feats), visemes=vis)
 
 
-def synthetic_targets(visemes: np.ndarray, viseme_motion: np.ndarray, blur_frames: float) -> np.ndarray:
+def synthetic_targets(visemes: np.ndarray, viseme_motion: np.ndarray, blur_frames: float,
+                      lead_frames: float = 0.0) -> np.ndarray:
     """[N, C] motion coefficients of a viseme track [N, V]: per-viseme means blended by frame shares, blurred in time
     (coarticulation: a mouth moves towards the next shape before it arrives), then held at the bilabial shape
-    wherever a /p b m/ covers half a frame or more, so the blur cannot open a closure."""
+    wherever a /p b m/ covers half a frame or more, so the blur cannot open a closure; finally moved `lead_frames`
+    earlier (linear interpolation, ends held): real lips lead the sound they make."""
     coeffs = np.asarray(visemes, np.float64) @ np.asarray(viseme_motion, np.float64)
     if blur_frames > 0:
         coeffs = gaussian_filter1d(coeffs, blur_frames, axis=0, mode="nearest")
     closed = visemes[:, vz.V["bilabial"]] >= 0.5
     coeffs[closed] = viseme_motion[vz.V["bilabial"]]
+    if lead_frames:
+        t = np.arange(len(coeffs), dtype=np.float64)
+        at = np.clip(t + lead_frames, 0, len(coeffs) - 1)
+        coeffs = np.stack([np.interp(at, t, col) for col in coeffs.T], 1)
     return coeffs.astype(np.float32)
 
 
@@ -180,10 +186,10 @@ class WindowDataset(torch.utils.data.Dataset):
     shorter than a window are padded with silence features and neutral motion, weighted 0 where padded (`weight` [T])."""
 
     def __init__(self, sources: list[Source], basis: GenericMotionBasis, viseme_motion: np.ndarray, window: int,
-                 blur_frames: float = 1.2, blank_column: int = -1):
+                 blur_frames: float = 1.2, blank_column: int = -1, lead_frames: float = 0.0):
         self.blank_column = blank_column  # the posteriorgram's "<blank>" column: what silence looks like there
         self.sources, self.basis, self.viseme_motion = sources, basis, viseme_motion
-        self.window, self.blur = window, blur_frames
+        self.window, self.blur, self.lead = window, blur_frames, lead_frames
         self.index: list[tuple[int, int]] = []
         for si, s in enumerate(sources):
             lo, hi = (0, s.n_frames) if s.frames is None or len(s.frames) == 0 else (int(s.frames.min()), int(s.frames.max()) + 1)
@@ -223,7 +229,8 @@ class WindowDataset(torch.utils.data.Dataset):
             if s.kind == "real":
                 self._targets[si] = self.basis.encode(np.asarray(s.motion)).astype(np.float32)
             else:
-                self._targets[si] = synthetic_targets(np.asarray(s.visemes), self.viseme_motion, self.blur)
+                self._targets[si] = synthetic_targets(np.asarray(s.visemes), self.viseme_motion, self.blur,
+                                                      self.lead)
         return self._targets[si]
 
     def __getitem__(self, i: int) -> dict:

@@ -125,7 +125,7 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
     basis = GenericMotionBasis.fit([s.motion for s in real], list(_points(real, corpus_dir)), cfg.model.n_coeffs)
     viseme_motion = fit_viseme_motion(real, basis, vocab)
     data = cp.WindowDataset(real + synthetic, basis, viseme_motion, cfg.data.window, cfg.data.coarticulation_frames,
-                            blank_column=vocab.index(af.BLANK))
+                            blank_column=vocab.index(af.BLANK), lead_frames=cfg.data.synthetic_lead_frames)
     draw = data.weights(cfg.data.real_share, cfg.data.speaker_cap_minutes * 60 * MODEL_FPS)
     log.info("corpus: %d real clips (%.1f min), %d synthetic utterances (%.1f min), %d windows",
              len(real), sum(s.n_frames for s in real) / MODEL_FPS / 60, len(synthetic),
