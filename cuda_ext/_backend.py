@@ -7,7 +7,7 @@ tensors' device, falling back to the reference with one warning when it cannot b
 Nothing is compiled at import: the first op that needs an extension builds it with ninja
 (``torch.utils.cpp_extension.load``) into ``$NERF_TALK_CACHE/cuda_ext/<kind>-<hash>`` (default
 ``~/.cache/nerf_talk/cuda_ext/...``), the hash covering the sources, the flags and the torch version, so a build is
-reused until one of them changes. Concurrent builders are serialised by torch's lock file in that directory.
+reused until one of them changes. Concurrent builders are serialised by an flock in that directory (`_build_lock`).
 
 The CUDA build uses the toolkit that ``find_cuda_home`` finds, not torch's guess (which takes the parent of whatever
 ``nvcc`` is on PATH, wrong when that is a wrapper script or a symlink farm such as /usr/local/bin).
@@ -15,6 +15,8 @@ The CUDA build uses the toolkit that ``find_cuda_home`` finds, not torch's guess
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -161,6 +163,22 @@ def _summary(error: Exception) -> str:
     return " | ".join([f"{type(error).__name__}: {lines[0] if lines else ''}", *errors])
 
 
+@contextlib.contextmanager
+def _build_lock(directory: Path):
+    """Serialise builders of one directory with a lock the OS drops when its holder dies.
+
+    torch's own lock is a plain file (`lock`) that a process killed while loading (Ctrl-C twice, SIGKILL, a test's
+    timeout) leaves behind, and every later load then waits on it forever: CI hung so, after a test killed a run at
+    start-up. Every builder of ours takes this flock first, so a torch lock found while holding it is stale."""
+    with open(directory / "build.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load(kind: str, verbose: bool = False) -> ModuleType:
     """Returns the compiled extension `kind` ("cpu" or "cuda"), building it on first use. Raises BuildError."""
     if kind not in SOURCES:
@@ -185,10 +203,10 @@ def load(kind: str, verbose: bool = False) -> ModuleType:
                 verbose=verbose,
             )
             # (copies: torch appends its own flags to the lists it is given)
-            if kind == "cpu":
-                module = jit_load(extra_cflags=list(CPU_CFLAGS), extra_ldflags=list(CPU_LDFLAGS), **common)
-            else:
-                module = jit_load(extra_cflags=list(CUDA_CFLAGS), extra_cuda_cflags=list(CUDA_NVCC_FLAGS), **common)
+            flags = (dict(extra_cflags=list(CPU_CFLAGS), extra_ldflags=list(CPU_LDFLAGS)) if kind == "cpu" else
+                     dict(extra_cflags=list(CUDA_CFLAGS), extra_cuda_cflags=list(CUDA_NVCC_FLAGS)))
+            with _build_lock(directory):
+                module = jit_load(**flags, **common)
         except BuildError as e:
             _errors[kind] = str(e)
             raise

@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def test_cpu_extension_builds_into_the_cache_and_is_reused():
     directory = _backend.build_dir("cpu")
     assert directory.parent == _backend.cache_root()
     assert any(p.suffix == ".so" for p in directory.iterdir())
+
+
+def test_a_lock_left_by_a_killed_builder_does_not_hang_the_next_one():
+    """torch's `lock` file survives a process killed while loading; the next load must clear it, not wait forever."""
+    cuda_ext.available("cpu")  # built (or reused) here first, so the child only loads
+    stale = _backend.build_dir("cpu") / "lock"
+    stale.touch()
+    code = "from cuda_ext import _backend; _backend.load('cpu'); print('loaded')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+    assert not stale.exists()
 
 
 def test_cache_location_and_hash(monkeypatch, tmp_path):
