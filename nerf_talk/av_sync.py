@@ -95,7 +95,8 @@ def measure_sync(
     max_offset_s: float = MAX_OFFSET_S,
 ) -> SyncEstimate:
     """Offset and drift (module docstring). Without a steady drift this is measure_offset's constant offset
-    (drift 0); with one, the line through the confident windows and their mean confidence."""
+    (drift 0); with one, the line's slope and the offset and confidence measured on the whole clip with the drift
+    taken out."""
     offset, confidence = measure_offset(mouth_opening, features, fps, max_offset_s)
     n = min(len(mouth_opening), len(features["mel"]))
     win, hop = int(round(DRIFT_WINDOW_S * fps)), int(round(DRIFT_HOP_S * fps))
