@@ -15,6 +15,7 @@ subset (--ref-points, --ref-rays) and its rate is reported per point / per ray.
   python bench/bench_kernels.py --quick       # small sizes, a few seconds
   python bench/bench_kernels.py --json out.json --plot out.png
   python bench/bench_kernels.py --baseline 0fd0cc9   # also the kernels as they were at a git commit, same run
+  python bench/bench_kernels.py --baseline HEAD --baseline-cflags "-O3 -fopenmp"   # the same code, other flags
 
 With --baseline REF the kernels of commit REF (cuda_ext/csrc only: the Python side is today's) are built beside ours
 and the compiled backends run twice, "REF" then "ours", back to back, with the speed-up printed; on a CPU-only
@@ -45,21 +46,24 @@ from cuda_ext import HashGridConfig, OccupancyGrid, _backend, composite, hash_en
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_baseline(ref: str, kind: str):
+def load_baseline(ref: str, kind: str, cflags: list[str] | None = None):
     """The compiled extension `kind` built from cuda_ext/csrc as it was at git commit `ref` (or from the sources in
-    the directory `ref`, for a copy of the tree without git history), in its own cache dir."""
+    the directory `ref`, for a copy of the tree without git history), in its own cache dir; with the CPU build's
+    flags of today (_backend.cpu_cflags()) or `cflags`."""
     from torch.utils.cpp_extension import load
+
+    cflags = list(_backend.cpu_cflags() if cflags is None else cflags)
 
     if Path(ref).is_dir():
         src = Path(ref).resolve()
         content = b"".join(f.read_bytes() for f in sorted(src.iterdir()) if f.is_file())
-        digest = hashlib.sha256(content + repr((kind, torch.__version__)).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(content + repr((kind, torch.__version__, cflags)).encode()).hexdigest()[:12]
     else:
         sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
         names = subprocess.run(["git", "ls-tree", "--name-only", sha, "cuda_ext/csrc/"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.split()
-        digest = hashlib.sha256(repr((sha, kind, torch.__version__)).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(repr((sha, kind, torch.__version__, cflags)).encode()).hexdigest()[:12]
         src = _backend.cache_root() / f"baseline-src-{sha[:12]}"
         src.mkdir(parents=True, exist_ok=True)
         for name in names:
@@ -68,7 +72,7 @@ def load_baseline(ref: str, kind: str):
     build = _backend.cache_root() / f"baseline-{kind}-{digest}"
     build.mkdir(parents=True, exist_ok=True)
     if kind == "cpu":
-        flags = dict(extra_cflags=list(_backend.CPU_CFLAGS), extra_ldflags=list(_backend.CPU_LDFLAGS))
+        flags = dict(extra_cflags=cflags, extra_ldflags=list(_backend.CPU_LDFLAGS))
     else:
         _backend.load("cuda")  # sets the toolkit for the build
         flags = dict(extra_cflags=list(_backend.CUDA_CFLAGS), extra_cuda_cflags=list(_backend.CUDA_NVCC_FLAGS))
@@ -289,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, metavar="REF",
                    help="also time the compiled kernels of git commit REF (or of the csrc files in directory REF), "
                         "back to back with ours")
+    p.add_argument("--baseline-cflags", default=None, metavar="FLAGS",
+                   help="C++ flags of the CPU baseline build instead of today's, e.g. \"$(python -c 'from cuda_ext "
+                        "import _backend; print(*_backend.CPU_CFLAGS)')\" for the portable build without -march=native")
     args = p.parse_args(argv)
     if args.quick:
         args.points, args.rays, args.log2_table, args.warp_points = 2**15, 2**14, 16, 2**13
@@ -414,7 +421,7 @@ def before_after(args, backends, cfg, scene_cpu, gpu, cpu_repeats, gpu_repeats, 
         device = torch.device("cpu") if kind == "cpu" else gpu
         repeats = cpu_repeats if kind == "cpu" else gpu_repeats
         scene = scene_cpu if kind == "cpu" else make_scene(args.rays, args.grid_res, gpu)
-        base = load_baseline(args.baseline, kind)
+        base = load_baseline(args.baseline, kind, args.baseline_cflags.split() if args.baseline_cflags else None)
         print(f"# before/after ({kind}): kernels of {args.baseline} vs ours, alternating, best of 2 rounds each")
         best: dict[tuple[str, str], dict] = {}
         for _ in range(2):

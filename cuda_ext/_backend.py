@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -38,7 +40,13 @@ SOURCES = {
 }
 # -fno-trapping-math lets the compiler vectorise float -> int conversions (the point warp's exp: 9 instead of 20 ms
 # for 66k points x 71 control points on one core); it changes no result (no reassociation, no contraction).
-CPU_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+# -ffp-contract=off: no fused multiply-adds, so the C++ kernels compute what the torch reference and the CUDA build
+# compute, bit for bit where the math is the same (ray marching decides occupancy from sample positions).
+CPU_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
+# The extension is compiled on the machine that runs it, so it may use all of that CPU's vector units: -march=native
+# took the hash-grid encoding from 30 to 17 ns per point and level (8 levels, 2^14 entries, one core of the 2-core
+# x86-64 Xeon; docs/BENCHMARKS.md). Used when the compiler accepts it; the build key then names the CPU.
+NATIVE_CFLAGS = ["-march=native"]
 CPU_LDFLAGS = ["-fopenmp"]
 CUDA_CFLAGS = ["-O3", "-DNT_WITH_CUDA"]
 CUDA_NVCC_FLAGS = ["-O3", "-DNT_WITH_CUDA"]
@@ -76,14 +84,40 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "nerf_talk") / "cuda_ext"
 
 
+@functools.cache
+def _cpu_identity() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags (a home directory shared by machines with
+    different CPUs then keeps one build per CPU)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    return " | ".join(sorted({line.strip() for line in lines if line.split(":")[0].strip() in keep}))
+
+
+@functools.cache
+def cpu_cflags() -> list[str]:
+    """The C++ flags of the CPU build: CPU_CFLAGS, plus NATIVE_CFLAGS when the compiler accepts them (a test compile
+    of an empty file; some compilers, e.g. Apple clang before 15 on arm64, reject -march=native)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        ok = subprocess.run([cxx, *NATIVE_CFLAGS, "-x", "c++", "-fsyntax-only", os.devnull], capture_output=True,
+                            timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return CPU_CFLAGS + (NATIVE_CFLAGS if ok else [])
+
+
 def source_hash(kind: str) -> str:
-    """Hash of everything a build of `kind` depends on: sources, headers, flags, torch and Python versions."""
+    """Hash of everything a build of `kind` depends on: sources, headers, flags, torch and Python versions (and for
+    the CPU build, the CPU it is compiled for)."""
     h = hashlib.sha256()
     files = sorted(set(SOURCES[kind]) | {p.name for p in CSRC.glob("*.h")} | {p.name for p in CSRC.glob("*.cuh")})
     for name in files:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
-    flags = CPU_CFLAGS + CPU_LDFLAGS if kind == "cpu" else CUDA_CFLAGS + CUDA_NVCC_FLAGS
+    flags = cpu_cflags() + CPU_LDFLAGS + [_cpu_identity()] if kind == "cpu" else CUDA_CFLAGS + CUDA_NVCC_FLAGS
     h.update(repr((kind, flags, torch.__version__, torch.version.cuda, sys.version_info[:2])).encode())
     return h.hexdigest()[:16]
 
@@ -203,7 +237,7 @@ def load(kind: str, verbose: bool = False) -> ModuleType:
                 verbose=verbose,
             )
             # (copies: torch appends its own flags to the lists it is given)
-            flags = (dict(extra_cflags=list(CPU_CFLAGS), extra_ldflags=list(CPU_LDFLAGS)) if kind == "cpu" else
+            flags = (dict(extra_cflags=list(cpu_cflags()), extra_ldflags=list(CPU_LDFLAGS)) if kind == "cpu" else
                      dict(extra_cflags=list(CUDA_CFLAGS), extra_cuda_cflags=list(CUDA_NVCC_FLAGS)))
             with _build_lock(directory):
                 module = jit_load(**flags, **common)

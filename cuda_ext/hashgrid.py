@@ -196,7 +196,8 @@ class HashGrid(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._tcnn is not None:
             lead = x.shape[:-1]
-            return self._tcnn(x.reshape(-1, self.cfg.dims)).float().reshape(*lead, self.cfg.out_dim)
+            x = x.reshape(-1, self.cfg.dims).clamp(0.0, 1.0)  # (our kernels clamp; tiny-cuda-nn's may not)
+            return self._tcnn(x).float().reshape(*lead, self.cfg.out_dim)
         return hash_encode(x, self.table, self.cfg, backend=self.backend, table_dtype=self.lookup_dtype)
 
     def extra_repr(self) -> str:

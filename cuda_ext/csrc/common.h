@@ -13,7 +13,13 @@
 #define NT_UNROLL _Pragma("unroll")
 #else
 #define NT_HD inline
-#define NT_UNROLL
+// Unrolled on the host too: the hash grid's per-corner and per-axis loops must unroll for its point loop to vectorise
+// (hashgrid_cpu.cpp: 16 -> 12.5 ns per point and level).
+#if defined(__clang__)
+#define NT_UNROLL _Pragma("unroll")
+#else
+#define NT_UNROLL _Pragma("GCC unroll 16")
+#endif
 #endif
 
 namespace nt {

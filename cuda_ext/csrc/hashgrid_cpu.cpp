@@ -1,4 +1,6 @@
 // Hash-grid encoding on the CPU: the per-(point, level) bodies of hashgrid.h in OpenMP loops.
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "api_cpu.h"
@@ -7,18 +9,47 @@ namespace nt {
 namespace cpu {
 namespace {
 
+// The forward pass sweeps blocks of points, one level at a time over a block: a level's constants are resolved once
+// and its loop over the block's points has no branch, so the compiler vectorises it (gathers on AVX2/AVX-512), while
+// the block's output rows (512 x L x F floats: 32 KiB at 8 levels x 2 features) stay in cache. Measured on the 2-core
+// x86-64 Xeon, 8 levels x 2 features, 2^14 entries, 32k points, 1 thread: 30 ns per point and level as one flat
+// (level, point) loop, 28 blocked, 16 blocked and vectorised, 12.5 with -march=native (cuda_ext/_backend.py).
+constexpr int64_t kForwardBlock = 512;
+
 template <int D, int FT, typename T>
 void forward_impl(const T* x, const T* table, T* out, int64_t n, const HashGridParams& p, int n_threads) {
-  const int L = p.n_levels, F = p.n_features;
-  // Level-major order: the threads sweep one level's table at a time, which keeps it in cache.
+  const int L = p.n_levels, F = FT > 0 ? FT : p.n_features;
+  const int64_t n_blocks = (n + kForwardBlock - 1) / kForwardBlock;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (L * n >= kParallelMin)
-  for (int64_t item = 0; item < L * n; ++item) {
-    const int level = static_cast<int>(item / n);
-    const int64_t i = item % n;
-    T acc[kMaxFeatures];
-    hash_level_forward<D, T, T, FT>(p, level, x + i * D, table, acc);
-    T* o = out + i * L * F + level * F;
-    for (int f = 0; f < F; ++f) o[f] = acc[f];
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const int64_t i0 = b * kForwardBlock, i1 = std::min(n, i0 + kForwardBlock);
+    for (int level = 0; level < L; ++level) {
+      if constexpr (FT > 0) {
+        // One level over the block's points: constants resolved, no branch inside, so the loop is vectorised.
+        const T* tl = table + static_cast<int64_t>(level) * p.table_size * FT;
+        const T scale = static_cast<T>(p.scales[level]);
+        const uint32_t res = p.resolutions[level], size = p.table_size;
+        T* o = out + level * FT;
+        const int64_t stride = static_cast<int64_t>(L) * FT;
+        auto sweep = [=](auto dense) {
+          constexpr bool DENSE = decltype(dense)::value;
+#pragma omp simd
+          for (int64_t i = i0; i < i1; ++i) {
+            T acc[FT];
+            hash_level_lookup<D, T, T, FT, DENSE>(scale, res, size, x + i * D, tl, acc);
+            for (int f = 0; f < FT; ++f) o[i * stride + f] = acc[f];
+          }
+        };
+        if (p.dense[level] != 0) sweep(std::true_type{});
+        else sweep(std::false_type{});
+      } else {
+        for (int64_t i = i0; i < i1; ++i) {
+          T acc[kMaxFeatures];
+          hash_level_forward<D, T, T, FT>(p, level, x + i * D, table, acc);
+          for (int f = 0; f < F; ++f) out[i * L * F + level * F + f] = acc[f];
+        }
+      }
+    }
   }
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from cuda_ext import OccupancyGrid, composite, composite_weights, march_rays
@@ -70,10 +71,23 @@ def head_radiance_fn(field, codes) -> RadianceFn:
     return fn
 
 
-# Samples per field call at inference. The field's intermediates ([samples, 32] floats per layer) then stay in the
-# CPU's cache: on the demo avatar at 128x128 (156k samples) one call over all samples took 85 ms, calls of 16k-65k
-# samples 40 ms, of 4k 64 ms (Python and dispatch overhead).
+# Samples per field call at inference (at most; whole rays per call). The field's intermediates ([samples, 32]
+# floats per layer) then stay in the CPU's cache: on the demo avatar at 128x128 (156k samples) one call over all
+# samples took 85 ms, calls of 16k-65k samples 40 ms, of 4k 64 ms (Python and dispatch overhead).
 INFERENCE_CHUNK = 1 << 15
+
+
+def ray_groups(packed_info: torch.Tensor, chunk: int) -> list[tuple[int, int]]:
+    """Consecutive ray ranges [r0, r1) of packed samples holding at most `chunk` samples each (a ray with more holds
+    a range alone): the samples of a range are contiguous, so it is composited on its own."""
+    ends = (packed_info[:, 0] + packed_info[:, 1]).cpu().numpy()
+    groups, r0, n = [], 0, len(ends)
+    while r0 < n:
+        first = int(ends[r0 - 1]) if r0 else 0
+        r1 = max(int(np.searchsorted(ends, first + chunk, side="right")), r0 + 1)
+        groups.append((r0, r1))
+        r0 = r1
+    return groups
 
 
 @torch.no_grad()
@@ -92,28 +106,33 @@ def render_rays_inference(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # rgb [R, 3] premultiplied, opacity [R]
     """What `render_rays` gives (same samples, same compositing and early termination), for inference: densities at
     every sample, then cuda_ext.composite_weights, then colour only at the samples whose weight is > 0. skip_budget
-    bounds how much a pixel may differ from render_rays' (colour of skipped samples; see composite_weights)."""
+    bounds how much a pixel may differ from render_rays' (colour of skipped samples; see composite_weights).
+    Whole rays go through the field together (ray_groups), so a group's densities, weights and colours are computed
+    while its samples are still in cache, and nothing is concatenated."""
     n = rays_o.shape[0]
     rgb, opacity = rays_o.new_zeros(n, 3), rays_o.new_zeros(n)
     s = march_rays(rays_o, rays_d, grid, step_size=step_size, max_samples=max_samples, backend=backend)
-    n_samples = s.t_starts.numel()
-    if n_samples == 0:
+    if s.t_starts.numel() == 0:
         return rgb, opacity
     ray_idx = s.ray_indices.long()
-    mids = (s.t_starts + s.t_ends) * 0.5
-    positions = rays_o[ray_idx] + rays_d[ray_idx] * mids[:, None]
-    sigmas, geos = [], []
-    for c0 in range(0, n_samples, chunk):
-        c = codes.index(ray_idx[c0:c0 + chunk])
-        sigma, geo = field.get_density(positions[c0:c0 + chunk], c.motion, c.eyes)  # the drive moves lips and lids
-        sigmas.append(sigma)
-        geos.append(geo)
-    weights, opacity = composite_weights(torch.cat(sigmas), s.t_starts, s.t_ends, s.packed_info, early_stop_eps,
-                                         skip_budget, backend=backend)
-    keep = torch.nonzero(weights > 0).reshape(-1)
-    geo = torch.cat(geos)
-    for c0 in range(0, keep.numel(), chunk):
-        k = keep[c0:c0 + chunk]
-        colour = field.get_outputs(positions[k], geo[k], codes.index(ray_idx[k]))
-        rgb.index_add_(0, ray_idx[k], weights[k, None] * colour)
-    return rgb, opacity.to(rgb.dtype)
+    for r0, r1 in ray_groups(s.packed_info, chunk):
+        a = int(s.packed_info[r0, 0])
+        b = a + int(s.packed_info[r0:r1, 1].sum())
+        if a == b:
+            continue
+        idx = ray_idx[a:b]
+        t0, t1 = s.t_starts[a:b], s.t_ends[a:b]
+        mids = (t0 + t1) * 0.5
+        positions = rays_o.index_select(0, idx) + rays_d.index_select(0, idx) * mids[:, None]
+        c = codes.index(idx)
+        sigma, geo = field.get_density(positions, c.motion, c.eyes)  # the drive moves lips and lids
+        info = s.packed_info[r0:r1] - s.packed_info.new_tensor([a, 0])
+        weights, opacity[r0:r1] = composite_weights(sigma, t0, t1, info, early_stop_eps, skip_budget,
+                                                    backend=backend)
+        keep = torch.nonzero(weights > 0).reshape(-1)
+        if keep.numel() == 0:
+            continue
+        k_idx = idx.index_select(0, keep)
+        colour = field.get_outputs(positions.index_select(0, keep), geo.index_select(0, keep), codes.index(k_idx))
+        rgb.index_add_(0, k_idx, weights.index_select(0, keep)[:, None] * colour)
+    return rgb, opacity

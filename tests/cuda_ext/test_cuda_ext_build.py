@@ -116,6 +116,27 @@ def test_cache_location_and_hash(monkeypatch, tmp_path):
     before = _backend.source_hash("cpu")
     (copy / "common.h").write_text((copy / "common.h").read_text() + "\n// changed\n")
     assert _backend.source_hash("cpu") != before
+    # and the CPU the build is compiled for (-march=native): another CPU sharing the cache builds its own
+    before = _backend.source_hash("cpu")
+    monkeypatch.setattr(_backend, "_cpu_identity", lambda: "another CPU | flags : sse2")
+    assert _backend.source_hash("cpu") != before
+
+
+def test_cpu_build_targets_this_cpu_when_the_compiler_can(monkeypatch, tmp_path):
+    """-march=native when the compiler accepts it, never FMA contraction (the kernels must compute sample positions
+    as the torch reference does); a compiler that rejects -march=native still builds, without it."""
+    flags = _backend.cpu_cflags.__wrapped__()
+    assert "-ffp-contract=off" in flags and "-O3" in flags
+    cxx = shutil.which(os.environ.get("CXX", "c++"))
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    accepts = subprocess.run([cxx, "-march=native", "-x", "c++", "-fsyntax-only", os.devnull]).returncode == 0
+    assert ("-march=native" in flags) == accepts
+    picky = tmp_path / "picky-c++"
+    picky.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {cxx} "$@"\n')
+    picky.chmod(0o755)
+    monkeypatch.setenv("CXX", str(picky))
+    assert _backend.cpu_cflags.__wrapped__() == _backend.CPU_CFLAGS
 
 
 def test_missing_compiler_gives_a_clear_error_and_auto_falls_back(monkeypatch):
