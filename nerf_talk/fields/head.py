@@ -181,7 +181,8 @@ class HeadField(nn.Module):
     def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
         """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples (or one shared row) -> rgb
         [N, 3] in [0, 1]."""
-        if codes.motion.shape[0] == 1 and codes.eyes.shape[0] == 1 and codes.latent is None and not torch.is_grad_enabled():
+        one_frame = codes.motion.shape[0] == 1 and codes.eyes.shape[0] == 1 and codes.latent is None
+        if one_frame and not torch.is_grad_enabled():
             return self._outputs_one_frame(positions, geo, codes)
         n = geo.shape[0]
         # The region attention alone, learnt from scratch, leaves the motion acting on the whole face in a short fit
@@ -208,8 +209,8 @@ class HeadField(nn.Module):
         samples), and nothing is concatenated. The same function as the general path up to float rounding (the
         frames agree within 1e-6: tests/test_fit_render.py, bench/bench_render.py)."""
         first = self.color_mlp[0]
-        w_geo, w_motion, w_eyes, _ = first.weight.split(
-            [geo.shape[1], self.cfg.motion_code, N_EYE, first.weight.shape[1] - geo.shape[1] - self.cfg.motion_code - N_EYE], 1)
+        blocks = [geo.shape[1], self.cfg.motion_code, N_EYE]  # then the latent's columns, unused (latent 0)
+        w_geo, w_motion, w_eyes, _ = first.weight.split(blocks + [first.weight.shape[1] - sum(blocks)], 1)
         h = torch.addmm(first.bias, geo, w_geo.t())
         mw = self.mouth_weight(positions)
         idx = torch.nonzero(mw > 0).reshape(-1)
