@@ -40,6 +40,8 @@ class DataConfig:
     # head share: the mouth is ~2% of a frame, too few rays for its motion-dependent shape to be learnt otherwise
     eye_ray_fraction: float = 0.1  # share of the rays drawn around the eyes (out of the head share): the eyes are
     # ~0.3% of a frame and closed in ~5% of frames, so with head rays alone the eye code never learns to close them
+    torso_jaw_ray_fraction: float = 0.2  # torso stage: share of the rays drawn where the torso layer runs on under
+    # the jaw (data.under_jaw_pixels, a few pixels high): uniform rays alone left its colour there the suit's, a line
     motion_components: int = 24  # size of the per-person PCA basis of the lower-face motion
     max_train_frames: int = 0  # 0: all training frames of split.json; n: the first n (quick experiments)
     max_val_frames: int = 4  # validation frames rendered for PSNR and previews

@@ -110,3 +110,22 @@ def test_real_torso_alpha_sits_below_the_chin(preprocessed, name):
         assert np.median(ys) > lm[i, CHIN, 1], i
         labels = ds.read_parsing(i)
         assert (rgba[..., 3][np.isin(labels, [Label.NECK, Label.TORSO], invert=True)] == 0).all()
+
+
+def test_the_torso_layer_is_taught_to_run_on_under_the_jaw():
+    """The torso stage's alpha target: opaque on the neck and torso and a few pixels up into the head above them (so no
+    background shows through where the head's lower edge is part transparent), not beside the head or higher up."""
+    import torch
+
+    from nerf_talk.train.data import under_jaw_pixels
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[5:20, 10:30] = Label.FACE  # head
+    labels[5:20, 8:10] = Label.HAIR
+    labels[20:40, 14:26] = Label.NECK  # neck below the jaw, narrower than the head
+    labels[30:40, 0:14] = Label.TORSO  # a shoulder, lower down
+    band = under_jaw_pixels(torch.from_numpy(labels), 3).numpy()
+    assert band[17:20, 14:26].all()  # the 3 rows of face above the neck
+    assert not band[:17].any()  # nothing higher up
+    assert not band[20:].any()  # nothing on the neck or torso themselves or beside them (background)
+    assert band[17:20, 11:14].all() and not band[:, :11].any()  # up to 3 px sideways, then nothing (hair at 8-9)

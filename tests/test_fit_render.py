@@ -195,3 +195,15 @@ def test_training_validation_and_the_avatar_file_render_identical_pixels(fit_res
     ref.use_backend("torch")  # hash grids, warp, marching and compositing on the reference kernels
     exact = FrameRenderer(ref, avatar.intrinsics, exact=True).render_float(*inputs)
     assert float((fast - exact).abs().max()) < 1e-5
+
+
+def test_ray_groups_hold_whole_rays_and_at_most_a_chunk_of_samples():
+    from nerf_talk.render.volume import ray_groups
+
+    counts = torch.tensor([0, 3, 5, 0, 2, 9, 1, 0])
+    info = torch.stack([torch.cumsum(counts, 0) - counts, counts], 1)
+    groups = ray_groups(info, 6)
+    assert [r for g in groups for r in range(*g)] == list(range(len(counts)))  # every ray once, in order
+    for r0, r1 in groups:
+        assert int(counts[r0:r1].sum()) <= 6 or r1 - r0 == 1  # a ray of more than a chunk goes alone
+    assert (5, 6) in groups

@@ -147,6 +147,23 @@ def test_eye_rays_are_drawn_around_the_eyes(dataset):
     assert shares[0.0] < 0.1 and shares[0.3] >= 0.2, shares
 
 
+def test_torso_rays_are_drawn_under_the_jaw(dataset):
+    """The torso stage's rays: a share where the torso layer runs on under the head (a thin band, which uniform rays
+    barely reach), each batch saying which rays lie there."""
+    from nerf_talk.config import DataConfig
+    from nerf_talk.train.data import TrainData
+
+    data = TrainData(dataset, DataConfig(scale=1.0), torch.device("cpu"))
+    shares = {}
+    for frac in (0.0, 0.2):
+        gen = torch.Generator().manual_seed(0)
+        b = data.sample_rays(gen, 2000, 4, frac, jaw_fraction=frac)
+        assert len(b.frames) == 2000 and b.under_jaw.shape == (2000,)
+        assert not (b.under_jaw & ~b.head_mask).any()  # the band is head pixels only
+        shares[frac] = float(b.under_jaw.float().mean())
+    assert shares[0.0] < 0.05 and shares[0.2] >= 0.2, shares
+
+
 def test_eye_pixels_grow_the_eye_label():
     from nerf_talk.train.data import eye_pixels
     from preprocess.labels import Label

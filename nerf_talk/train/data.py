@@ -26,6 +26,13 @@ from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
 EYE_REGION_GROW = 0.015
 
 
+# The torso field is taught to reach this share of the image height (6 px at 256 px) up from the parsed neck and
+# torso under the head: a CPU fit's head is part transparent along its lower edge, and a torso that stopped at the
+# body's labels let the background plate show through there as a dark line along the jaw (reagan's renders,
+# docs/BENCHMARKS.md).
+BODY_UNDERLAP = 0.025
+
+
 def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label in labels"
     t = torch.zeros(256, dtype=torch.bool)
     t[torch.tensor([int(v) for v in labels])] = True
@@ -33,6 +40,7 @@ def label_table(labels) -> torch.Tensor:  # [256] bool: lookup table for "label 
 
 
 HEAD_LUT, MOUTH_LUT = label_table(HEAD_LABELS), label_table(MOUTH_LABELS)
+BODY_LUT = label_table((Label.NECK, Label.TORSO))
 
 
 def eye_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H*W] bool
@@ -41,6 +49,14 @@ def eye_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8
     if grow > 0:
         eye = torch.nn.functional.max_pool2d(eye, 2 * grow + 1, stride=1, padding=grow)
     return eye.reshape(-1) > 0
+
+
+def under_jaw_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H, W] bool
+    """Head pixels within `grow` pixels (a square window) of the neck or torso labels: where the torso layer runs on
+    under the head's lower edge."""
+    body = BODY_LUT[labels.long()].float()[None, None]
+    near = torch.nn.functional.max_pool2d(body, 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0
+    return near & HEAD_LUT[labels.long()]
 
 
 class FrameStore:
@@ -85,6 +101,7 @@ class RayBatch:
     rgb: torch.Tensor  # [R, 3] float in [0, 1]
     labels: torch.Tensor  # [R] uint8 parsing labels
     torso_rgba: torch.Tensor  # [R, 4] float in [0, 1] (straight alpha)
+    under_jaw: torch.Tensor  # [R] bool: head pixels the torso layer runs on under (under_jaw_pixels)
 
     @property
     def head_mask(self) -> torch.Tensor:  # [R] bool
@@ -152,7 +169,8 @@ class TrainData:
         return (acc / len(self.train_frames) / 255.0).float()
 
     def _gather(self, frames: list[int], per_frame_pixels: list[torch.Tensor]) -> RayBatch:
-        fr, px, rgb, lab, tor = [], [], [], [], []
+        fr, px, rgb, lab, tor, jaw = [], [], [], [], [], []
+        grow = max(1, round(BODY_UNDERLAP * self.size[0]))
         for i, p in zip(frames, per_frame_pixels):
             image, parsing, torso = self.store.get(i)
             fr.append(torch.full((p.shape[0],), i, dtype=torch.long))
@@ -160,22 +178,26 @@ class TrainData:
             rgb.append(image[p[:, 1], p[:, 0]])
             lab.append(parsing[p[:, 1], p[:, 0]])
             tor.append(torso[p[:, 1], p[:, 0]])
+            jaw.append(under_jaw_pixels(parsing, grow)[p[:, 1], p[:, 0]])
         frames_t = torch.cat(fr)
         dev = self.device
         return RayBatch(
             frames_t.to(dev), self.row_of[frames_t].to(dev), torch.cat(px).to(dev),
             (torch.cat(rgb).float() / 255.0).to(dev), torch.cat(lab).to(dev), (torch.cat(tor).float() / 255.0).to(dev),
+            torch.cat(jaw).to(dev),
         )
 
     def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float,
-                    mouth_fraction: float = 0.0, eye_fraction: float = 0.0) -> RayBatch:
+                    mouth_fraction: float = 0.0, eye_fraction: float = 0.0, jaw_fraction: float = 0.0) -> RayBatch:
         """`n_rays` pixels from `n_frames` random training frames: `head_fraction` of them on head pixels (where the
         head field has something to learn), and out of that head share `mouth_fraction` on mouth pixels (lips,
         interior, teeth: where the motion shows) and `eye_fraction` around the eyes (eye label grown by
-        EYE_REGION_GROW: where the eye code shows); the rest uniform over the image. A frame without mouth or eye
+        EYE_REGION_GROW: where the eye code shows) and `jaw_fraction` where the torso layer runs on under the head
+        (under_jaw_pixels: the torso stage); the rest uniform over the image. A frame without mouth, eye or under-jaw
         pixels gives those rays to the head."""
         h, w = self.size
         grow = max(1, round(EYE_REGION_GROW * h))
+        grow_jaw = max(1, round(BODY_UNDERLAP * h))
         picks = torch.randint(0, len(self.train_frames), (n_frames,), generator=gen).tolist()
         frames = [self.train_frames[k] for k in picks]
         per = [n_rays // n_frames + (1 if k < n_rays % n_frames else 0) for k in range(n_frames)]
@@ -185,7 +207,8 @@ class TrainData:
             flat = [torch.randint(0, h * w, (n - n_head,), generator=gen)]
             labels = self.store.get(i)[1]
             lab = labels.reshape(-1).long()
-            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_pixels(labels, grow)))
+            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_pixels(labels, grow)),
+                       (jaw_fraction, lambda: under_jaw_pixels(labels, grow_jaw).reshape(-1)))
             for fraction, region in regions:
                 k = min(int(round(n * fraction)), n_head)
                 idx = torch.nonzero(region()).reshape(-1) if k else lab[:0]  # the mask only when rays go there

@@ -206,14 +206,17 @@ class Trainer:
                 terms["gradient"] = self.cfg.loss.gradient * grad
         else:  # torso under a frozen head
             m.head.eval()
-            batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, 0.0)
+            jaw = d.torso_jaw_ray_fraction  # (drawn out of a head share of the same size: see sample_rays)
+            batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, jaw, jaw_fraction=jaw)
             with torch.no_grad():
                 keep = torch.ones(len(batch.frames), device=self.device)
                 head = render_batch(m, self.data, self.motion, self.eyes, batch, "none", keep)
             out = over_torso_field(m, self.data, batch, head["head_rgb"], head["head_opacity"])
             w = L.pixel_weights(batch.labels, self.cfg.loss)
+            # Opaque on the neck and torso, and a little way up under the head's lower edge (data.BODY_UNDERLAP)
+            alpha = torch.maximum(batch.torso_rgba[:, 3], batch.under_jaw.to(batch.torso_rgba.dtype))
             terms = {"photometric": L.weighted_mse(out["rgb"], batch.rgb, w),
-                     "torso_alpha": self.cfg.loss.torso_alpha * ((out["torso_alpha"] - batch.torso_rgba[:, 3]) ** 2).mean()}
+                     "torso_alpha": self.cfg.loss.torso_alpha * ((out["torso_alpha"] - alpha) ** 2).mean()}
         extra["psnr"] = L.psnr(float(((out["rgb"].detach() - batch.rgb) ** 2).mean()))
         extra["samples_per_ray"] = float(out["n_samples"]) / len(batch.frames) if "n_samples" in out else 0.0
         return terms, extra
