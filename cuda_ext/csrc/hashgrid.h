@@ -45,10 +45,9 @@ NT_HD uint32_t hash_grid_index(const uint32_t* corner, uint32_t resolution, uint
   return index & (table_size - 1);
 }
 
-// Position of one point at one level: grid cell and fractional offset per axis.
+// Position of one point at a level of scale `scale`: grid cell and fractional offset per axis.
 template <int D, typename A>
-NT_HD void hash_level_position(const HashGridParams& p, int level, const A* x, uint32_t* cell, A* frac) {
-  const A scale = static_cast<A>(p.scales[level]);
+NT_HD void cell_position(A scale, const A* x, uint32_t* cell, A* frac) {
   NT_UNROLL
   for (int d = 0; d < D; ++d) {
     const A xd = clamp_(x[d], A(0), A(1));
@@ -59,26 +58,26 @@ NT_HD void hash_level_position(const HashGridParams& p, int level, const A* x, u
   }
 }
 
+template <int D, typename A>
+NT_HD void hash_level_position(const HashGridParams& p, int level, const A* x, uint32_t* cell, A* frac) {
+  cell_position<D, A>(static_cast<A>(p.scales[level]), x, cell, frac);
+}
+
 // FT: the number of features when known at compile time (1, 2, 4, 8: loops unroll, arrays stay in registers), or 0
 // to read it from p.n_features. dispatch_features() picks it.
 
 // One level's lookup with its constants resolved (scale, resolution, dense known to the caller: a loop over many
-// points at one level then has no branch left, and the C++ build vectorises it). tl: the level's table.
+// points at one level then has no branch left, and the C++ build vectorises it). tl: the level's table; n_features
+// is read only when FT is 0.
 template <int D, typename A, typename TT, int FT, bool DENSE>
-NT_HD void hash_level_lookup(A scale, uint32_t res, uint32_t table_size, const A* x, const TT* __restrict__ tl,
-                             A* out) {
+NT_HD void hash_level_lookup(A scale, uint32_t res, uint32_t table_size, int n_features, const A* x,
+                             const TT* __restrict__ tl, A* out) {
+  const int F = FT > 0 ? FT : n_features;
   uint32_t cell[D];
   A frac[D];
+  cell_position<D, A>(scale, x, cell, frac);
   NT_UNROLL
-  for (int d = 0; d < D; ++d) {
-    const A xd = clamp_(x[d], A(0), A(1));
-    const A pos = xd * scale + A(0.5);
-    const A fl = floor_(pos);
-    cell[d] = static_cast<uint32_t>(fl);
-    frac[d] = pos - fl;
-  }
-  NT_UNROLL
-  for (int f = 0; f < FT; ++f) out[f] = A(0);
+  for (int f = 0; f < F; ++f) out[f] = A(0);
   NT_UNROLL
   for (int corner = 0; corner < (1 << D); ++corner) {
     A w = A(1);
@@ -89,9 +88,9 @@ NT_HD void hash_level_lookup(A scale, uint32_t res, uint32_t table_size, const A
       w *= bit ? frac[d] : A(1) - frac[d];
       c[d] = cell[d] + bit;
     }
-    const TT* v = tl + static_cast<int64_t>(hash_grid_index<D>(c, res, table_size, DENSE)) * FT;
+    const TT* v = tl + static_cast<int64_t>(hash_grid_index<D>(c, res, table_size, DENSE)) * F;
     NT_UNROLL
-    for (int f = 0; f < FT; ++f) out[f] += w * load_as<A>(v[f]);
+    for (int f = 0; f < F; ++f) out[f] += w * load_as<A>(v[f]);
   }
 }
 
@@ -102,28 +101,8 @@ NT_HD void hash_level_forward(const HashGridParams& p, int level, const A* x, co
   const TT* tl = table + static_cast<int64_t>(level) * p.table_size * F;
   const A scale = static_cast<A>(p.scales[level]);
   const uint32_t res = p.resolutions[level];
-  if constexpr (FT > 0) {
-    if (p.dense[level] != 0) hash_level_lookup<D, A, TT, FT, true>(scale, res, p.table_size, x, tl, out);
-    else hash_level_lookup<D, A, TT, FT, false>(scale, res, p.table_size, x, tl, out);
-  } else {
-    uint32_t cell[D];
-    A frac[D];
-    hash_level_position<D, A>(p, level, x, cell, frac);
-    const bool dense = p.dense[level] != 0;
-    for (int f = 0; f < F; ++f) out[f] = A(0);
-    for (int corner = 0; corner < (1 << D); ++corner) {
-      A w = A(1);
-      uint32_t c[D];
-      NT_UNROLL
-      for (int d = 0; d < D; ++d) {
-        const int bit = (corner >> d) & 1;
-        w *= bit ? frac[d] : A(1) - frac[d];
-        c[d] = cell[d] + bit;
-      }
-      const TT* v = tl + static_cast<int64_t>(hash_grid_index<D>(c, res, p.table_size, dense)) * F;
-      for (int f = 0; f < F; ++f) out[f] += w * load_as<A>(v[f]);
-    }
-  }
+  if (p.dense[level] != 0) hash_level_lookup<D, A, TT, FT, true>(scale, res, p.table_size, F, x, tl, out);
+  else hash_level_lookup<D, A, TT, FT, false>(scale, res, p.table_size, F, x, tl, out);
 }
 
 // grad_table[level, index(corner), f] += weight * grad_out[f]. ATOMIC where other threads write the same level.

@@ -24,31 +24,24 @@ void forward_impl(const T* x, const T* table, T* out, int64_t n, const HashGridP
   for (int64_t b = 0; b < n_blocks; ++b) {
     const int64_t i0 = b * kForwardBlock, i1 = std::min(n, i0 + kForwardBlock);
     for (int level = 0; level < L; ++level) {
-      if constexpr (FT > 0) {
-        // One level over the block's points: constants resolved, no branch inside, so the loop is vectorised.
-        const T* tl = table + static_cast<int64_t>(level) * p.table_size * FT;
-        const T scale = static_cast<T>(p.scales[level]);
-        const uint32_t res = p.resolutions[level], size = p.table_size;
-        T* o = out + level * FT;
-        const int64_t stride = static_cast<int64_t>(L) * FT;
-        auto sweep = [=](auto dense) {
-          constexpr bool DENSE = decltype(dense)::value;
+      // One level over the block's points: constants resolved, no branch inside, so the loop is vectorised (with a
+      // feature count known at compile time; others run the same code on a runtime count).
+      const T* tl = table + static_cast<int64_t>(level) * p.table_size * F;
+      const T scale = static_cast<T>(p.scales[level]);
+      const uint32_t res = p.resolutions[level], size = p.table_size;
+      T* o = out + level * F;
+      const int64_t stride = static_cast<int64_t>(L) * F;
+      auto sweep = [=](auto dense) {
+        constexpr bool DENSE = decltype(dense)::value;
 #pragma omp simd
-          for (int64_t i = i0; i < i1; ++i) {
-            T acc[FT];
-            hash_level_lookup<D, T, T, FT, DENSE>(scale, res, size, x + i * D, tl, acc);
-            for (int f = 0; f < FT; ++f) o[i * stride + f] = acc[f];
-          }
-        };
-        if (p.dense[level] != 0) sweep(std::true_type{});
-        else sweep(std::false_type{});
-      } else {
         for (int64_t i = i0; i < i1; ++i) {
-          T acc[kMaxFeatures];
-          hash_level_forward<D, T, T, FT>(p, level, x + i * D, table, acc);
-          for (int f = 0; f < F; ++f) out[i * L * F + level * F + f] = acc[f];
+          T acc[FT > 0 ? FT : kMaxFeatures];
+          hash_level_lookup<D, T, T, FT, DENSE>(scale, res, size, F, x + i * D, tl, acc);
+          for (int f = 0; f < F; ++f) o[i * stride + f] = acc[f];
         }
-      }
+      };
+      if (p.dense[level] != 0) sweep(std::true_type{});
+      else sweep(std::false_type{});
     }
   }
 }
