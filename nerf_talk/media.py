@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import cv2
 import numpy as np
 
 from nerf_talk.errors import UserError
@@ -189,6 +190,16 @@ def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
 TEMP_MARK = ".nerf-tmp-"  # in every temporary file's name: .NAME.nerf-tmp-PID-RANDOM.SUFFIX
 _TEMP_NAME = re.compile(re.escape(TEMP_MARK) + r"(\d+)-[0-9a-f]+(\.[^.]*)?$")
 _swept: set[Path] = set()
+
+
+def put_title(img: np.ndarray, text: str, y: int = 18, scale: float = 0.5) -> np.ndarray:
+    """Writes `text` in white with a dark outline at the top left of `img` (uint8 [H, W, 3], in place; returned).
+    Outline and text are both drawn at thickness 1, the outline shifted one pixel each way: cv2 lays out a thicker
+    stroke wider, and over a long title an outline drawn at thickness 3 drifted a letter right of the white text."""
+    shifts = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
+    for (dx, dy), colour in [(s, (0, 0, 0)) for s in shifts] + [((0, 0), (255, 255, 255))]:
+        cv2.putText(img, text, (6 + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return img
 
 
 def pid_alive(pid: int) -> bool:

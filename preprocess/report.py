@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nerf_talk.media import put_title  # noqa: E402
 from preprocess.config import PreprocessConfig  # noqa: E402
 from preprocess.dataset import Dataset, LandmarkFlag, frame_name  # noqa: E402
 from preprocess.parsing import overlay_labels  # noqa: E402
@@ -33,10 +34,7 @@ def _sheet(tiles: list[np.ndarray], cols: int = 4) -> np.ndarray:
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
-    img = img.copy()
-    cv2.putText(img, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+    return put_title(img.copy(), text, y=20, scale=0.55)
 
 
 def _thumb(img: np.ndarray) -> np.ndarray:

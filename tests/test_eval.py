@@ -128,6 +128,21 @@ def test_seam_band_and_energy_see_a_line_at_the_jaw():
     assert math.isnan(mx.seam_energy(smooth, np.zeros_like(band)))
 
 
+def test_panel_titles_keep_their_outline_under_the_text():
+    """The dark outline of a title lies around its white letters, not a letter beside them (an outline drawn at a
+    larger thickness is laid out wider by cv2 and drifted right over a long title)."""
+    from nerf_talk.eval.run import PANEL_TITLES, side_by_side
+
+    img = side_by_side([np.full((256, 256, 3), 128, np.uint8)] * 3)
+    for k in range(3):
+        band = img[:26, k * 256:(k + 1) * 256].astype(int)
+        cols_white = np.nonzero((band > 200).all(-1).any(0))[0]
+        cols_dark = np.nonzero((band < 60).all(-1).any(0))[0]
+        assert len(cols_white), PANEL_TITLES[k]
+        # the outline reaches at most 2 px past the white strokes (1 px shift + antialiasing)
+        assert cols_dark.max() <= cols_white.max() + 2 and cols_dark.min() >= cols_white.min() - 2, PANEL_TITLES[k]
+
+
 def test_blink_agreement():
     n = 60
     real = np.zeros(n)

@@ -27,7 +27,7 @@ import numpy as np
 from nerf_talk.errors import UserError
 from nerf_talk.eval import face as fc
 from nerf_talk.eval import metrics as mx
-from nerf_talk.media import write_atomic
+from nerf_talk.media import put_title, write_atomic
 from preprocess.labels import HEAD_LABELS, MOUTH_LABELS, Label
 
 log = logging.getLogger("nerf_talk.eval")
@@ -374,8 +374,7 @@ def side_by_side(panels: list[np.ndarray], titles=PANEL_TITLES) -> np.ndarray:
     out = []
     for img, title in zip(panels, titles):
         big = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST) if f > 1 else img.copy()
-        cv2.putText(big, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(big, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        put_title(big, title)
         out.append(big)
     return np.concatenate(out, 1)
 
