@@ -42,6 +42,10 @@ class DataConfig:
     # ~0.3% of a frame and closed in ~5% of frames, so with head rays alone the eye code never learns to close them
     torso_jaw_ray_fraction: float = 0.2  # torso stage: share of the rays drawn where the torso layer runs on under
     # the jaw (data.under_jaw_pixels, a few pixels high): uniform rays alone left its colour there the suit's, a line
+    edge_frame_share: float = 0.25  # share of each step's frames drawn from the frames at the edge of the person's
+    # range (eyes closed, or the widest mouth openings: data.edge_frames). Blinks are ~5% of a clip's frames and the
+    # widest openings rarer still; drawn uniformly, the closed-lid colour and the open mouth's interior got too few
+    # rays and a rendered blink read as a half-open eye (docs/BENCHMARKS.md). 0: uniform
     motion_components: int = 24  # size of the per-person PCA basis of the lower-face motion
     max_train_frames: int = 0  # 0: all training frames of split.json; n: the first n (quick experiments)
     max_val_frames: int = 4  # validation frames rendered for PSNR and previews

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,7 +134,7 @@ def test_eye_rays_are_drawn_around_the_eyes(dataset):
     from nerf_talk.config import DataConfig
     from nerf_talk.train.data import TrainData, eye_pixels
 
-    data = TrainData(dataset, DataConfig(scale=1.0), torch.device("cpu"))
+    data = TrainData(dataset, DataConfig(scale=1.0, edge_frame_share=0.0), torch.device("cpu"))  # uniform frames
     h, w = data.size
     shares = {}
     for frac in (0.0, 0.3):
@@ -162,6 +163,29 @@ def test_torso_rays_are_drawn_under_the_jaw(dataset):
         assert not (b.under_jaw & ~b.head_mask).any()  # the band is head pixels only
         shares[frac] = float(b.under_jaw.float().mean())
     assert shares[0.0] < 0.05 and shares[0.2] >= 0.2, shares
+
+
+def test_edge_frames_get_their_share_of_each_step(dataset):
+    """Frames with closed eyes or the widest mouth openings (rare in a clip, and all that teaches the closed lid and
+    the open mouth's interior) are drawn at `edge_frame_share` on top of their uniform chance."""
+    from nerf_talk.config import DataConfig
+    from nerf_talk.train.data import EDGE_BLINK, EDGE_OPENING_QUANTILE, TrainData
+    from preprocess.dataset import Dataset
+
+    ds = Dataset(dataset)
+    blink, opening = ds.load_array("blink"), ds.load_array("mouth_opening")
+    shares = {}
+    for share in (0.0, 0.5):
+        data = TrainData(dataset, DataConfig(scale=1.0, edge_frame_share=share), torch.device("cpu"))
+        train = np.array(data.train_frames)
+        wide = opening[train] >= np.quantile(opening[train], EDGE_OPENING_QUANTILE)
+        expect = set(train[(blink[train] >= EDGE_BLINK) | wide].tolist())
+        assert set(data.edge_frames) == expect and 0 < len(expect) < len(train) / 2
+        picks = data.pick_frames(torch.Generator().manual_seed(0), 4000)
+        assert set(picks) <= set(train.tolist())
+        shares[share] = np.mean([p in expect for p in picks])
+        uniform = len(expect) / len(train)
+        assert abs(shares[share] - (share + (1 - share) * uniform)) < 0.03, (share, shares, uniform)
 
 
 def test_eye_pixels_grow_the_eye_label():

@@ -112,6 +112,20 @@ class RayBatch:
         return MOUTH_LUT.to(self.labels.device)[self.labels.long()]
 
 
+EDGE_BLINK = 0.5  # a frame's eyes count as closed from this blink value (the evaluation's blink threshold)
+EDGE_OPENING_QUANTILE = 0.95  # the widest mouth openings: above this quantile of the training frames' openings
+
+
+def edge_frames(train_frames: list[int], blink: np.ndarray, opening: np.ndarray) -> list[int]:
+    """The training frames at the edge of the person's range, which uniform sampling leaves short of rays: eyes
+    closed (blink >= EDGE_BLINK) or the mouth among its widest openings (EDGE_OPENING_QUANTILE). The warp moves lids
+    and lips there by construction, but what it cannot make (the closed lid's skin, the open mouth's teeth and
+    interior) is learnt from these frames alone."""
+    frames = np.asarray(train_frames)
+    wide = opening[frames] >= np.quantile(opening[frames], EDGE_OPENING_QUANTILE)
+    return [int(i) for i in frames[(blink[frames] >= EDGE_BLINK) | wide]]
+
+
 class TrainData:
     """Everything training reads from a dataset, at the configured scale."""
 
@@ -141,6 +155,7 @@ class TrainData:
         eyes = ds.load_array("eye_openness").astype(np.float32)
         blink = ds.load_array("blink").astype(np.float32)
         self.eyes = torch.from_numpy(np.concatenate([eyes, blink[:, None]], 1))  # [N, 3]
+        self.edge_frames = edge_frames(self.train_frames, blink, ds.load_array("mouth_opening"))
         self.warp = self._warp_tensors(eyes)
         bg = ds.read_image("background.png", cv2.IMREAD_COLOR)
         h, w = self.size
@@ -187,6 +202,15 @@ class TrainData:
             torch.cat(jaw).to(dev),
         )
 
+    def pick_frames(self, gen: torch.Generator, n: int) -> list[int]:
+        """`n` random training frames, each drawn from the edge frames (edge_frames) with probability
+        `edge_frame_share` when there are any, else uniformly from all training frames."""
+        edge = self.edge_frames if self.cfg.edge_frame_share > 0 else []
+        from_edge = (torch.rand(n, generator=gen) < self.cfg.edge_frame_share).tolist()
+        uniform = torch.randint(0, len(self.train_frames), (n,), generator=gen).tolist()
+        pick = torch.randint(0, max(len(edge), 1), (n,), generator=gen).tolist()
+        return [edge[p] if e and edge else self.train_frames[u] for e, u, p in zip(from_edge, uniform, pick)]
+
     def sample_rays(self, gen: torch.Generator, n_rays: int, n_frames: int, head_fraction: float,
                     mouth_fraction: float = 0.0, eye_fraction: float = 0.0, jaw_fraction: float = 0.0) -> RayBatch:
         """`n_rays` pixels from `n_frames` random training frames: `head_fraction` of them on head pixels (where the
@@ -198,8 +222,7 @@ class TrainData:
         h, w = self.size
         grow = max(1, round(EYE_REGION_GROW * h))
         grow_jaw = max(1, round(BODY_UNDERLAP * h))
-        picks = torch.randint(0, len(self.train_frames), (n_frames,), generator=gen).tolist()
-        frames = [self.train_frames[k] for k in picks]
+        frames = self.pick_frames(gen, n_frames)
         per = [n_rays // n_frames + (1 if k < n_rays % n_frames else 0) for k in range(n_frames)]
         pixels = []
         for i, n in zip(frames, per):
@@ -229,8 +252,7 @@ class TrainData:
         frames, jittered by up to a quarter patch; falls back to the head's centre when no mouth label is present."""
         h, w = self.size
         patch = min(patch, h, w)
-        picks = torch.randint(0, len(self.train_frames), (n_patches,), generator=gen).tolist()
-        frames = [self.train_frames[k] for k in picks]
+        frames = self.pick_frames(gen, n_patches)
         jit = torch.randint(-(patch // 4), patch // 4 + 1, (n_patches, 2), generator=gen)
         pixels = []
         for k, i in enumerate(frames):
