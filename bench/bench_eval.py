@@ -62,7 +62,7 @@ def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | No
     cfg = PreprocessConfig(audio=str(SHARED / audio) if audio else None)
     ds = pipeline.run(SHARED / video, d / "dataset", cfg)
     pre_s = time.perf_counter() - t0
-    tag = recipe
+    tag = Path(recipe).stem  # a recipe given as a path names its files by its stem, inside this clip's folder
     avatar = d / f"{tag}.avatar"
     fit_json = d / f"{tag}.fit.json"
     # The avatar is reused only if the dataset is exactly the one it was fitted on: a preprocessing step that was
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     results = []
     for name in args.clips:
         results.append(run_clip(name, args.recipe, args.work, args.audio, args.threads))
-        print(f"[bench] {name} done: {args.work / name / ('eval_' + args.recipe)}")
+        print(f"[bench] {name} done: {args.work / name / ('eval_' + Path(args.recipe).stem)}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     print(f"\nrecipe {args.recipe}, {device}, torch threads {torch.get_num_threads()}, other speech {args.audio.name}")
     print("| " + " | ".join(HEADER) + " |")
