@@ -128,6 +128,7 @@ class StageConfig:
     warmup_steps: int = 0  # linear warm-up
     patch_size: int = 32  # mouth stage: side of the square patch (pixels)
     patches_per_step: int = 2  # mouth stage
+    head_rays: int = 0  # mouth stage: head rays drawn as the head stage draws them, beside the patches. 0: patches only
 
 
 @dataclass

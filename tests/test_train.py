@@ -188,6 +188,38 @@ def test_edge_frames_get_their_share_of_each_step(dataset):
         assert abs(shares[share] - (share + (1 - share) * uniform)) < 0.03, (share, shares, uniform)
 
 
+def test_mouth_stage_keeps_head_rays_beside_its_patches(dataset, tmp_path, monkeypatch):
+    """A mouth stage with `head_rays` renders its patches and that many head-stage rays in one batch: the pixel loss
+    covers both (patches alone let the rest of the face drift), the patch losses see the patches only."""
+    from nerf_talk.config import load_config
+    from nerf_talk.train import trainer as tr
+
+    cfg = load_config(SMOKE, BASE + ["stages.1.patch_size=8", "stages.1.patches_per_step=2", "stages.1.head_rays=96"])
+    t = tr.Trainer(cfg, dataset, tmp_path / "out")
+    seen = {}
+    real_render, real_patch = tr.render_batch, tr.L.patch_losses
+
+    def render(*args, **kw):
+        seen["batch"] = args[4]
+        return real_render(*args, **kw)
+
+    def patch(pred, target):
+        seen["patch"] = (pred.shape, target)
+        return real_patch(pred, target)
+
+    monkeypatch.setattr(tr, "render_batch", render)
+    monkeypatch.setattr(tr.L, "patch_losses", patch)
+    terms, _ = t.train_step(cfg.stages[1])
+    b = seen["batch"]
+    assert len(b.rgb) == 2 * 8 * 8 + 96
+    first = b.pixels[:64]  # the first patch: an 8x8 square, row-major
+    assert (first[:, 0].max() - first[:, 0].min(), first[:, 1].max() - first[:, 1].min()) == (7, 7)
+    shape, target = seen["patch"]
+    assert tuple(shape) == (2, 3, 8, 8)
+    assert torch.equal(target.permute(0, 2, 3, 1).reshape(-1, 3), b.rgb[:128])
+    assert all(torch.isfinite(v) for v in terms.values()) and {"ssim", "gradient", "photometric"} <= set(terms)
+
+
 def test_eye_pixels_grow_the_eye_label():
     from nerf_talk.train.data import eye_pixels
     from preprocess.labels import Label

@@ -5,7 +5,7 @@ to the training device, so a 5-minute 512^2 clip never needs all its frames in G
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
@@ -102,6 +102,11 @@ class RayBatch:
     labels: torch.Tensor  # [R] uint8 parsing labels
     torso_rgba: torch.Tensor  # [R, 4] float in [0, 1] (straight alpha)
     under_jaw: torch.Tensor  # [R] bool: head pixels the torso layer runs on under (under_jaw_pixels)
+
+    @staticmethod
+    def cat(batches: list[RayBatch]) -> RayBatch:
+        """The rays of several batches, in order."""
+        return RayBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(RayBatch)))
 
     @property
     def head_mask(self) -> torch.Tensor:  # [R] bool

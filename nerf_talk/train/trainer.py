@@ -32,7 +32,7 @@ from nerf_talk.errors import Interrupted, UserError
 from nerf_talk.media import check_output_dir, write_atomic
 from nerf_talk.train import checkpoint as ck
 from nerf_talk.train import losses as L
-from nerf_talk.train.data import TrainData
+from nerf_talk.train.data import RayBatch, TrainData
 from nerf_talk.train.model import FIELDS_VERSION, AvatarModel, ModelShapes, over_torso_field, render_batch
 
 log = logging.getLogger("nerf_talk.train")
@@ -194,6 +194,11 @@ class Trainer:
                                               d.mouth_ray_fraction, d.eye_ray_fraction)
             else:
                 batch = self.data.sample_mouth_patches(self.gen, stage.patches_per_step, stage.patch_size)
+                n_patch_rays = len(batch.frames)
+                if stage.head_rays:
+                    rays = self.data.sample_rays(self.gen, stage.head_rays, d.frames_per_step, d.head_ray_fraction,
+                                                 d.mouth_ray_fraction, d.eye_ray_fraction)
+                    batch = RayBatch.cat([batch, rays])
             n = len(batch.frames)
             keep = (torch.rand(n, generator=self.gen) >= self.cfg.head.latent_dropout).float().to(self.device)
             out = render_batch(m, self.data, self.motion, self.eyes, batch, "gt", keep, self._jitter(n))
@@ -201,7 +206,7 @@ class Trainer:
             if stage.kind == "mouth":
                 p = min(stage.patch_size, *self.data.size)
                 to_img = lambda x: x.reshape(-1, p, p, 3).permute(0, 3, 1, 2)  # noqa: E731  [P, 3, p, p]
-                ssim, grad = L.patch_losses(to_img(out["rgb"]), to_img(batch.rgb))
+                ssim, grad = L.patch_losses(to_img(out["rgb"][:n_patch_rays]), to_img(batch.rgb[:n_patch_rays]))
                 terms["ssim"] = self.cfg.loss.ssim * ssim
                 terms["gradient"] = self.cfg.loss.gradient * grad
         else:  # torso under a frozen head
