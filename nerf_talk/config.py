@@ -112,6 +112,10 @@ class LossConfig:
     ssim: float = 0.2  # mouth refinement stage
     gradient: float = 0.1  # mouth refinement stage: L1 between image gradients
     torso_alpha: float = 0.1  # torso stage: torso alpha against the torso RGBA's alpha
+    torso_under_jaw: float = 0.1  # torso stage: the torso layer's own colour against the frame's under the jaw, where
+    # the head covers it in training but its lower edge turns part-transparent on other motions; untaught, the band
+    # kept the suit's colour and renders of reagan showed a blue line along the jaw. 0.1 removes it at -0.1 dB
+    # whole-frame PSNR; 1.0 cost 0.8 dB (docs/BENCHMARKS.md, fourth session)
 
 
 @dataclass

@@ -165,6 +165,36 @@ def test_torso_rays_are_drawn_under_the_jaw(dataset):
     assert shares[0.0] < 0.05 and shares[0.2] >= 0.2, shares
 
 
+def test_torso_stage_teaches_the_colour_under_the_jaw(dataset, tmp_path, monkeypatch):
+    """Under the jaw the frozen head covers the torso layer in training, so the composite barely teaches its colour
+    there; the torso stage's `torso_under_jaw` term compares the layer's own colour with the frame's on those rays."""
+    from nerf_talk.config import load_config
+    from nerf_talk.train import trainer as tr
+
+    seen = {}
+    real = tr.over_torso_field
+
+    def spy(*args, **kw):
+        seen["batch"], seen["out"] = args[2], real(*args, **kw)
+        return seen["out"]
+
+    monkeypatch.setattr(tr, "over_torso_field", spy)
+    for weight in (1.0, 0.0):
+        cfg = load_config(SMOKE, BASE + [f"loss.torso_under_jaw={weight}", "data.torso_jaw_ray_fraction=0.3"])
+        t = tr.Trainer(cfg, dataset, tmp_path / f"out{weight}")
+        terms, _ = t.train_step(cfg.stages[2])
+        b, out = seen["batch"], seen["out"]
+        jaw = b.under_jaw
+        assert jaw.sum() > 20
+        if weight:
+            expect = ((out["torso_rgb"][jaw] - b.rgb[jaw]) ** 2).mean()
+            assert torch.allclose(terms["torso_under_jaw"], expect)
+            terms["torso_under_jaw"].backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.model.torso.parameters())
+        else:
+            assert "torso_under_jaw" not in terms
+
+
 def test_edge_frames_get_their_share_of_each_step(dataset):
     """Frames with closed eyes or the widest mouth openings (rare in a clip, and all that teaches the closed lid and
     the open mouth's interior) are drawn at `edge_frame_share` on top of their uniform chance."""

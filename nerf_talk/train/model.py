@@ -137,8 +137,8 @@ def render_batch(model: AvatarModel, data: TrainData, motion: torch.Tensor, eyes
 def over_torso_field(model: AvatarModel, data: TrainData, batch: RayBatch, head_rgb: torch.Tensor,
                      head_opacity: torch.Tensor) -> dict[str, torch.Tensor]:
     """The head (premultiplied rgb [R, 3], opacity [R]) over the torso field over the background at a batch's
-    pixels: rgb [R, 3] and torso_alpha [R]."""
+    pixels: rgb [R, 3], torso_rgb [R, 3] (straight) and torso_alpha [R]."""
     poses = data.poses.to(batch.rgb.device)[batch.frames]
     t_rgb, t_alpha = model.torso(pixel_uv(batch.pixels, data.size), model.pose_code(poses))
     under = torso_over(t_rgb, t_alpha, model.background(batch.pixels))
-    return {"rgb": over_background(head_rgb, head_opacity, under), "torso_alpha": t_alpha}
+    return {"rgb": over_background(head_rgb, head_opacity, under), "torso_rgb": t_rgb, "torso_alpha": t_alpha}

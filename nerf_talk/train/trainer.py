@@ -222,6 +222,10 @@ class Trainer:
             alpha = torch.maximum(batch.torso_rgba[:, 3], batch.under_jaw.to(batch.torso_rgba.dtype))
             terms = {"photometric": L.weighted_mse(out["rgb"], batch.rgb, w),
                      "torso_alpha": self.cfg.loss.torso_alpha * ((out["torso_alpha"] - alpha) ** 2).mean()}
+            jaw_px = batch.under_jaw
+            if self.cfg.loss.torso_under_jaw and bool(jaw_px.any()):
+                err = ((out["torso_rgb"][jaw_px] - batch.rgb[jaw_px]) ** 2).mean()
+                terms["torso_under_jaw"] = self.cfg.loss.torso_under_jaw * err
         extra["psnr"] = L.psnr(float(((out["rgb"].detach() - batch.rgb) ** 2).mean()))
         extra["samples_per_ray"] = float(out["n_samples"]) / len(batch.frames) if "n_samples" in out else 0.0
         return terms, extra
