@@ -49,6 +49,11 @@ def fmt(v, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def recipe_tag(recipe: str) -> str:
+    """The name a recipe's files take in a clip's folder: a recipe given as a path, by its stem."""
+    return Path(recipe).stem
+
+
 def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | None) -> dict:
     from nerf_talk.api import fit
     from nerf_talk.eval import evaluate_avatar
@@ -62,7 +67,7 @@ def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | No
     cfg = PreprocessConfig(audio=str(SHARED / audio) if audio else None)
     ds = pipeline.run(SHARED / video, d / "dataset", cfg)
     pre_s = time.perf_counter() - t0
-    tag = Path(recipe).stem  # a recipe given as a path names its files by its stem, inside this clip's folder
+    tag = recipe_tag(recipe)
     avatar = d / f"{tag}.avatar"
     fit_json = d / f"{tag}.fit.json"
     # The avatar is reused only if the dataset is exactly the one it was fitted on: a preprocessing step that was
@@ -137,7 +142,7 @@ def main(argv=None) -> None:
     results = []
     for name in args.clips:
         results.append(run_clip(name, args.recipe, args.work, args.audio, args.threads))
-        print(f"[bench] {name} done: {args.work / name / ('eval_' + Path(args.recipe).stem)}")
+        print(f"[bench] {name} done: {args.work / name / ('eval_' + recipe_tag(args.recipe))}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     print(f"\nrecipe {args.recipe}, {device}, torch threads {torch.get_num_threads()}, other speech {args.audio.name}")
     print("| " + " | ".join(HEADER) + " |")

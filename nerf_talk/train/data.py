@@ -210,7 +210,7 @@ class TrainData:
     def pick_frames(self, gen: torch.Generator, n: int) -> list[int]:
         """`n` random training frames, each drawn from the edge frames (edge_frames) with probability
         `edge_frame_share` when there are any, else uniformly from all training frames."""
-        edge = self.edge_frames if self.cfg.edge_frame_share > 0 else []
+        edge = self.edge_frames
         from_edge = (torch.rand(n, generator=gen) < self.cfg.edge_frame_share).tolist()
         uniform = torch.randint(0, len(self.train_frames), (n,), generator=gen).tolist()
         pick = torch.randint(0, max(len(edge), 1), (n,), generator=gen).tolist()

@@ -189,16 +189,17 @@ class Trainer:
             m.head.train()
             if self.step % self.cfg.render.grid_update_every == 0:
                 self._update_grid()
+            def head_rays(n: int) -> RayBatch:  # the head stage's draw of n rays
+                return self.data.sample_rays(self.gen, n, d.frames_per_step, d.head_ray_fraction,
+                                             d.mouth_ray_fraction, d.eye_ray_fraction)
+
             if stage.kind == "head":
-                batch = self.data.sample_rays(self.gen, d.rays_per_step, d.frames_per_step, d.head_ray_fraction,
-                                              d.mouth_ray_fraction, d.eye_ray_fraction)
+                batch = head_rays(d.rays_per_step)
             else:
                 batch = self.data.sample_mouth_patches(self.gen, stage.patches_per_step, stage.patch_size)
                 n_patch_rays = len(batch.frames)
                 if stage.head_rays:
-                    rays = self.data.sample_rays(self.gen, stage.head_rays, d.frames_per_step, d.head_ray_fraction,
-                                                 d.mouth_ray_fraction, d.eye_ray_fraction)
-                    batch = RayBatch.cat([batch, rays])
+                    batch = RayBatch.cat([batch, head_rays(stage.head_rays)])
             n = len(batch.frames)
             keep = (torch.rand(n, generator=self.gen) >= self.cfg.head.latent_dropout).float().to(self.device)
             out = render_batch(m, self.data, self.motion, self.eyes, batch, "gt", keep, self._jitter(n))
