@@ -1,4 +1,5 @@
-"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching, volume compositing and the point warp.
+"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching, volume compositing, the point warp and small fused MLPs
+(CPU inference).
 
 Written once as host/device templates in ``csrc/*.h``, compiled for the CPU (C++ with OpenMP) and for CUDA, wrapped
 in autograd functions, with a pure-PyTorch reference (``_torch_impl``). Layering and build: docs/cuda_ext.md.
@@ -11,8 +12,9 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
 from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
+from .mlp import linear_layers, mlp_forward
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
-from .warp import warp_points
+from .warp import box_weight, warp_points
 
 __all__ = [
     "BACKENDS",
@@ -22,13 +24,16 @@ __all__ = [
     "OccupancyGrid",
     "RaySamples",
     "available",
+    "box_weight",
     "build_error",
     "composite",
     "composite_weights",
     "find_cuda_home",
     "get_backend",
     "hash_encode",
+    "linear_layers",
     "march_rays",
+    "mlp_forward",
     "pack_bitfield",
     "packed_info_from_ray_indices",
     "set_backend",

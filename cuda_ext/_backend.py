@@ -35,8 +35,9 @@ import torch
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = {
-    "cpu": ["bindings.cpp", "hashgrid_cpu.cpp", "march_cpu.cpp", "composite_cpu.cpp", "warp_cpu.cpp"],
-    "cuda": ["bindings.cpp", "hashgrid.cu", "march.cu", "composite.cu", "warp.cu"],
+    "cpu": ["bindings.cpp", "hashgrid_cpu.cpp", "march_cpu.cpp", "composite_cpu.cpp", "warp_cpu.cpp", "box_cpu.cpp",
+            "mlp_cpu.cpp"],
+    "cuda": ["bindings.cpp", "hashgrid.cu", "march.cu", "composite.cu", "warp.cu", "box.cu"],
 }
 # -fno-trapping-math lets the compiler vectorise float -> int conversions (the point warp's exp: 9 instead of 20 ms
 # for 66k points x 71 control points on one core); it changes no result (no reassociation, no contraction).

@@ -240,3 +240,22 @@ def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0
         d[sel] = (_warp_one_sided(p, ctrl[u], disp[u], sigma, reach_z, fade) if sides is None else
                   _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width))
     return x.index_add(0, idx, -d)
+
+
+def box_weight(x, box, feather):
+    """csrc/box.h: prod over axes of clamp(min(x - lo, hi - x) / (feather * size), 0, 1)."""
+    lo, hi = box[:3], box[3:]
+    ramp = feather * (hi - lo).clamp(min=1e-6)
+    return (torch.minimum(x - lo, hi - x) / ramp).clamp(0, 1).prod(-1)
+
+
+def mlp_forward(x, weights, biases, add_rows=None, add_values=None, sigmoid=False):
+    """Linear, ReLU, ..., Linear (csrc/mlp_cpu.cpp), add_values [M, D1] added to rows add_rows' first pre-activations."""
+    h = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.nn.functional.linear(h, w, b)
+        if i == 0 and add_rows is not None and add_rows.numel():
+            h = h.index_add(0, add_rows.long(), add_values.to(h.dtype))
+        if i + 1 < len(weights):
+            h = torch.relu(h)
+    return torch.sigmoid(h) if sigmoid else h

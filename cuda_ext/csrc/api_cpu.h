@@ -58,5 +58,27 @@ template <typename T>
 void warp_points(const T* x, const T* ctrl, const T* disp, const int64_t* rows, const T* masks, int64_t n,
                  const WarpParams& p, T* out, int n_threads);
 
+// Feathered box weight (box.h): out [n] from x [n, 3] and box [6] (lo, hi).
+template <typename T>
+void box_weights(const T* x, int64_t n, const T* box, T feather, T* out, int n_threads);
+
+// A small MLP (mlp_cpu.cpp; CPU only: on a GPU, torch's matmuls serve). Layer l maps dims[l] -> dims[l + 1] with
+// weights[l] [dims[l + 1], dims[l]] (row-major, as torch.nn.Linear) and biases[l]; ReLU between layers; the output
+// through a sigmoid when sigmoid_output. Widths up to kMlpMaxWidth.
+constexpr int kMlpMaxLayers = 8;
+constexpr int kMlpMaxWidth = 128;
+struct MlpParams {
+  int n_layers;
+  int dims[kMlpMaxLayers + 1];
+  const float* weights[kMlpMaxLayers];
+  const float* biases[kMlpMaxLayers];
+  int sigmoid_output;
+};
+
+// x [n, dims[0]] with row stride ld_x -> out [n, dims[n_layers]]. add_rows [n_add] (sorted, repeats allowed) and
+// add_values [n_add, dims[1]]: added to those rows' first-layer pre-activations (codes that act on a few rows).
+void mlp_forward(const float* x, int64_t ld_x, int64_t n, const MlpParams& p, const int64_t* add_rows,
+                 const float* add_values, int64_t n_add, float* out, int n_threads);
+
 }  // namespace cpu
 }  // namespace nt

@@ -54,5 +54,8 @@ cudaError_t composite_weights(const float* sigmas, const float* t_starts, const 
 cudaError_t warp_points(const float* x, const float* ctrl, const float* disp, const int64_t* rows,
                         const float* masks, int64_t n, const WarpParams& p, float* out, cudaStream_t stream);
 
+// Feathered box weight (box.h), as the CPU launcher; box [6] in device memory.
+cudaError_t box_weights(const float* x, int64_t n, const float* box, float feather, float* out, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace nt

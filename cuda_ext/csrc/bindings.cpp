@@ -489,6 +489,90 @@ Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, cons
   return out;
 }
 
+
+// ----------------------------------------------------------------------------------------------------------------
+// Feathered box weight (box.h)
+
+// x [N, 3], box [6] (lo, hi), same dtype and device. Returns [N].
+Tensor box_weights(const Tensor& x, const Tensor& box, double feather) {
+  NT_CHECK_INPUT(x, "x");
+  NT_CHECK_INPUT(box, "box");
+  check_float_dtype(x, "x");
+  NT_CHECK_DTYPE(box, "box", x.scalar_type());
+  NT_CHECK_SHAPE(x.dim() == 2 && x.size(1) == 3, "x", x, "[N, 3]");
+  NT_CHECK_SHAPE(box.dim() == 1 && box.size(0) == 6, "box", box, "[6]");
+  TORCH_CHECK(feather > 0, "feather must be > 0, is ", feather);
+  const int64_t n = x.size(0);
+  Tensor out = at::empty({n}, x.options());
+  if (n == 0) return out;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(x.device());
+  NT_CHECK_LAUNCH(nt::cuda::box_weights(x.data_ptr<float>(), n, box.data_ptr<float>(), static_cast<float>(feather),
+                                        out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "box_weights", [&] {
+    nt::cpu::box_weights<scalar_t>(x.data_ptr<scalar_t>(), n, box.data_ptr<scalar_t>(),
+                                   static_cast<scalar_t>(feather), out.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return out;
+}
+
+#if !defined(NT_WITH_CUDA)
+// ----------------------------------------------------------------------------------------------------------------
+// Small fused MLP (mlp_cpu.cpp; CPU only)
+
+// x [N, D0] float32 (rows may be strided, columns contiguous); weights[l] [D(l+1), Dl], biases[l] [D(l+1)];
+// add_rows [M] int64 sorted, add_values [M, D1] (or both empty). Returns [N, D_last].
+Tensor mlp_forward(const Tensor& x, const std::vector<Tensor>& weights, const std::vector<Tensor>& biases,
+                   const Tensor& add_rows, const Tensor& add_values, bool sigmoid_output) {
+  NT_CHECK_DEVICE(x, "x");
+  NT_CHECK_DTYPE(x, "x", at::kFloat);
+  NT_CHECK_SHAPE(x.dim() == 2 && (x.stride(1) == 1 || x.size(1) <= 1) && x.stride(0) >= x.size(1), "x", x,
+                 "[N, D] with contiguous columns");
+  const int L = static_cast<int>(weights.size());
+  TORCH_CHECK(L >= 1 && L <= nt::cpu::kMlpMaxLayers && biases.size() == weights.size(), "an MLP needs 1 to ",
+              nt::cpu::kMlpMaxLayers, " layers with one bias each, got ", weights.size(), " weights and ",
+              biases.size(), " biases");
+  nt::cpu::MlpParams p{};
+  p.n_layers = L;
+  p.dims[0] = static_cast<int>(x.size(1));
+  p.sigmoid_output = sigmoid_output ? 1 : 0;
+  for (int l = 0; l < L; ++l) {
+    const Tensor& w = weights[l];
+    const Tensor& b = biases[l];
+    NT_CHECK_INPUT(w, "weight");
+    NT_CHECK_INPUT(b, "bias");
+    NT_CHECK_DTYPE(w, "weight", at::kFloat);
+    NT_CHECK_DTYPE(b, "bias", at::kFloat);
+    NT_CHECK_SHAPE(w.dim() == 2 && w.size(1) == p.dims[l], "weight " + std::to_string(l), w,
+                   "[out, " + std::to_string(p.dims[l]) + "]");
+    NT_CHECK_SHAPE(b.dim() == 1 && b.size(0) == w.size(0), "bias " + std::to_string(l), b,
+                   "[" + std::to_string(w.size(0)) + "]");
+    TORCH_CHECK(w.size(0) >= 1 && w.size(0) <= nt::cpu::kMlpMaxWidth, "layer widths must lie in [1, ",
+                nt::cpu::kMlpMaxWidth, "], layer ", l, " has ", w.size(0));
+    p.dims[l + 1] = static_cast<int>(w.size(0));
+    p.weights[l] = w.data_ptr<float>();
+    p.biases[l] = b.data_ptr<float>();
+  }
+  const int64_t n = x.size(0), m = add_rows.numel();
+  if (m > 0) {
+    NT_CHECK_INPUT(add_rows, "add_rows");
+    NT_CHECK_INPUT(add_values, "add_values");
+    NT_CHECK_DTYPE(add_rows, "add_rows", at::kLong);
+    NT_CHECK_DTYPE(add_values, "add_values", at::kFloat);
+    NT_CHECK_SHAPE(add_rows.dim() == 1, "add_rows", add_rows, "[M]");
+    NT_CHECK_SHAPE(add_values.dim() == 2 && add_values.size(0) == m && add_values.size(1) == p.dims[1],
+                   "add_values", add_values, "[" + std::to_string(m) + ", " + std::to_string(p.dims[1]) + "]");
+  }
+  Tensor out = at::empty({n, p.dims[L]}, x.options());
+  if (n == 0) return out;
+  nt::cpu::mlp_forward(x.data_ptr<float>(), x.stride(0), n, p, m > 0 ? add_rows.data_ptr<int64_t>() : nullptr,
+                       m > 0 ? add_values.data_ptr<float>() : nullptr, m, out.data_ptr<float>(), n_threads());
+  return out;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -506,4 +590,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_backward", &composite_backward);
   m.def("composite_weights", &composite_weights);
   m.def("warp_points", &warp_points);
+  m.def("box_weights", &box_weights);
+#if !defined(NT_WITH_CUDA)
+  m.def("mlp_forward", &mlp_forward);
+#endif
 }

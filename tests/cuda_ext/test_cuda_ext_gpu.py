@@ -142,3 +142,16 @@ def test_warp_points_cuda_matches_cpu(two_sided):
     gpu = cuda_ext.warp_points(x.to(CUDA), ctrl.to(CUDA), disp.to(CUDA), 0.008, backend="cuda",
                                **{k: (v.to(CUDA) if torch.is_tensor(v) else v) for k, v in kw.items()})
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-7)
+
+
+def test_box_weight_cuda_matches_cpu_and_mlp_falls_back_to_the_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10000, 3, generator=g)
+    box = torch.tensor([0.2, 0.3, 0.1, 0.7, 0.6, 0.9])
+    got = cuda_ext.box_weight(x.to(CUDA), box.to(CUDA), 0.2, backend="cuda").cpu()
+    assert torch.allclose(got, cuda_ext.box_weight(x, box, 0.2, backend="cpu"), atol=1e-6)
+    w, b = [torch.randn(8, 3, device=CUDA), torch.randn(2, 8, device=CUDA)], [torch.randn(8, device=CUDA),
+                                                                              torch.randn(2, device=CUDA)]
+    xs = torch.randn(100, 3, device=CUDA)
+    out = cuda_ext.mlp_forward(xs, w, b, backend="cuda")  # CPU-only kernel: the reference serves CUDA tensors
+    assert out.device.type == "cuda" and out.shape == (100, 2)
