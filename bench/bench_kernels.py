@@ -266,6 +266,24 @@ def bench_warp(backend: str, device: torch.device, n_points: int, repeats: int) 
             "seconds": secs, "points": n_points}
 
 
+def bench_mlp(backend: str, n_rows: int, repeats: int) -> dict:
+    """The head field's two inference MLPs (density 16 -> 32 -> 16; colour 15 -> 32 -> 32 -> 3 with a sigmoid) over
+    n_rows rows each: cuda_ext.mlp_forward ("cpu": fused) or the torch layers it replaces ("torch")."""
+    from nerf_talk.fields.mlp import mlp
+
+    torch.manual_seed(0)
+    nets = [(mlp(16, 32, 16), False), (mlp(15, 32, 3, n_hidden=2), True)]
+    xs = [torch.randn(n_rows, 16), torch.randn(n_rows, 15)]
+
+    def run():
+        for (net, sig), x in zip(nets, xs):
+            cuda_ext.mlp_forward(x, *cuda_ext.linear_layers(net), sigmoid=sig, backend=backend)
+
+    secs = timeit(run, torch.device("cpu"), repeats)
+    return {"kernel": "mlp", "backend": backend, "device": "cpu", "rate": n_rows / secs, "unit": "rows/s",
+            "seconds": secs, "rows": n_rows}
+
+
 def fmt_rate(v: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if v >= div:
@@ -390,15 +408,24 @@ def main(argv: list[str] | None = None) -> int:
         elif b == "cuda" and has_cuda:
             report(bench_warp("cuda", gpu, args.warp_points, gpu_repeats))
 
+    # fused MLPs (CPU inference only)
+    print(f"# mlp: the head's density and colour MLPs over {args.warp_points} rows each (torch: its own layers)")
+    mlps = {}
+    for b in backends:
+        if b in ("torch", "cpu"):
+            mlps[b] = bench_mlp(b, args.warp_points, cpu_repeats)
+            report(mlps[b])
+
     if args.baseline:
         before_after(args, backends, cfg, scene_cpu, gpu, cpu_repeats, gpu_repeats, report, results, bw)
 
     print("# speed-ups of the C++ CPU backend over the torch reference "
           f"(CPU threads {threads}, per point / per ray):")
-    for name, table in (("encoding", enc), ("march+composite", ren), ("warp", war)):
+    for name, table in (("encoding", enc), ("march+composite", ren), ("warp", war), ("mlp", mlps)):
         if "cpu" in table and "torch" in table:
             ratio = table["cpu"]["rate"] / table["torch"]["rate"]
-            target = "  (target >= 5x)" if name != "warp" else ""  # the warp had no target: it was written later
+            # The warp and the MLPs had no target: they were written later.
+            target = "  (target >= 5x)" if name not in ("warp", "mlp") else ""
             print(f"#   {name:16s} cpu/torch = {ratio:6.1f}x{target}")
             results.append({"kernel": name, "ratio_cpu_over_torch": ratio, "threads": threads})
     meta = {"torch": torch.__version__, "threads": threads, "gpu": torch.cuda.get_device_name() if has_cuda else None,
