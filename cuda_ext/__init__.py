@@ -1,5 +1,5 @@
-"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching, volume compositing, the point warp and small fused MLPs
-(CPU inference).
+"""nerf_talk's kernels: hash-grid encoding, occupancy-grid ray marching, volume compositing, the point warp, the
+feathered box weight and, for CPU inference, small fused MLPs.
 
 Written once as host/device templates in ``csrc/*.h``, compiled for the CPU (C++ with OpenMP) and for CUDA, wrapped
 in autograd functions, with a pure-PyTorch reference (``_torch_impl``). Layering and build: docs/cuda_ext.md.
@@ -10,11 +10,12 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 """
 
 from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
+from .box import box_weight
 from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .mlp import linear_layers, mlp_forward
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
-from .warp import box_weight, warp_points
+from .warp import warp_points
 
 __all__ = [
     "BACKENDS",

@@ -250,7 +250,8 @@ def box_weight(x, box, feather):
 
 
 def mlp_forward(x, weights, biases, add_rows=None, add_values=None, sigmoid=False):
-    """Linear, ReLU, ..., Linear (csrc/mlp_cpu.cpp), add_values [M, D1] added to rows add_rows' first pre-activations."""
+    """Linear, ReLU, ..., Linear (csrc/mlp_cpu.cpp), add_values [M, D1] added to rows add_rows' first
+    pre-activations."""
     h = x
     for i, (w, b) in enumerate(zip(weights, biases)):
         h = torch.nn.functional.linear(h, w, b)

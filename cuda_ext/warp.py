@@ -1,6 +1,5 @@
 """Point warp by scattered control points: every point moves back by a Gaussian-weighted, faded mean of the control
-points' displacements (csrc/warp.h). The head field's landmark warp (nerf_talk/fields/warp.py) is built on it.
-And the feathered box weight (csrc/box.h) that confines the head field's codes to the mouth and the eyes."""
+points' displacements (csrc/warp.h). The head field's landmark warp (nerf_talk/fields/warp.py) is built on it."""
 
 from __future__ import annotations
 
@@ -59,22 +58,4 @@ def warp_points(
             masks.contiguous(),
             float(sigma), float(reach_z), float(fade), float(switch_width),
             [] if box is None else [float(v) for v in box.tolist()])
-    return out.to(x.dtype)
-
-
-def box_weight(x: torch.Tensor, box: torch.Tensor, feather: float, backend: str | None = None) -> torch.Tensor:
-    """x [N, 3], box [6] (lo, hi) -> [N] in [0, 1]: 1 in the box's core, falling linearly to 0 at its faces over
-    `feather` of its size per axis, 0 outside. Differentiable in x on the reference path only: the kernels serve
-    points that need no gradient (the head field takes the reference for those that do)."""
-    if x.dim() != 2 or x.shape[1] != 3:
-        raise ValueError(f"x must have shape [N, 3], got {list(x.shape)}")
-    if box.shape != (6,):
-        raise ValueError(f"box must have shape [6] (lo, hi), got {list(box.shape)}")
-    if feather <= 0:
-        raise ValueError(f"feather must be > 0, is {feather}")
-    name = _backend.resolve(backend, x.device)
-    if name == "torch" or x.requires_grad:
-        return _torch_impl.box_weight(x, box.to(x.dtype), feather)
-    dtype = torch.float32 if name == "cuda" else x.dtype
-    out = _backend.module_for(name).box_weights(x.to(dtype).contiguous(), box.to(dtype).contiguous(), float(feather))
     return out.to(x.dtype)

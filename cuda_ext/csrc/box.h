@@ -1,8 +1,9 @@
 // Feathered box weight, one point per work item. Torch-free; shared by CPU and CUDA.
 //
-// w(x) = prod_d clamp(min(x_d - lo_d, hi_d - x_d) / ramp_d, 0, 1) (as a product with 1 / ramp_d),  ramp_d = feather * max(hi_d - lo_d, 1e-6):
-// 1 in the box's core, falling linearly to 0 at its faces, 0 outside. The head field gates its motion and eye codes
-// with it (nerf_talk/fields/head.py); over a frame's samples six torch ops took 2x longer than the MLP they gate.
+// w(x) = prod_d clamp(min(x_d - lo_d, hi_d - x_d) / ramp_d, 0, 1),  ramp_d = feather * max(hi_d - lo_d, 1e-6)
+// (computed as a product with 1 / ramp_d): 1 in the box's core, falling linearly to 0 at its faces, 0 outside. The
+// head field gates its motion and eye codes with it (nerf_talk/fields/head.py). As six torch ops over the 156k
+// samples of a 128 px demo frame it took 8.7 of ~90 ms; as this kernel ~1.2 ms (docs/BENCHMARKS.md, fifth session).
 #pragma once
 
 #include "common.h"

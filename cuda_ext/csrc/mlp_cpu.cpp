@@ -22,9 +22,11 @@ namespace nt {
 namespace cpu {
 namespace {
 
-constexpr int kRows = 6;  // 6 rows x 16 outputs: 12 accumulators, 2 weight vectors and a broadcast fill the 16 AVX2 registers
+// 6 rows x 16 outputs: 12 accumulators, 2 weight vectors and a broadcast fill the 16 AVX2 registers.
+constexpr int kRows = 6;
 constexpr int kLanes = 8;
-constexpr int64_t kBlock = 96;  // rows per block (16 tiles): two [96, 32] float buffers are 24 KiB, in L1 at the fields' widths
+// Rows per block (16 tiles): two [96, 32] float buffers are 24 KiB, in L1 at the fields' widths.
+constexpr int64_t kBlock = 96;
 
 int padded(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from cuda_ext import HashGrid, HashGridConfig, box_weight, linear_layers, mlp_forward
 from nerf_talk.config import HeadConfig
-from nerf_talk.fields.mlp import mlp
+from nerf_talk.fields.mlp import mlp, run_mlp
 from nerf_talk.fields.warp import FaceWarp
 
 N_EYE = 3  # left openness, right openness, blink
@@ -129,9 +129,7 @@ class HeadField(nn.Module):
         self.latents = nn.Parameter(torch.zeros(max(n_frames, 1), cfg.latent_dim))
         # The tracked landmarks move samples back to the neutral face (identity until filled: FaceWarp).
         self.warp = FaceWarp(n_motion, backend)
-        # cuda_ext's backend for the MLPs (fused on the CPU at inference) and the box weights; tiny-cuda-nn is an
-        # encoding backend only.
-        self.mlp_backend = None if backend == "tcnn" else backend
+        self.backend = backend  # cuda_ext's, for the fused MLPs and the box weights (the grid and warp keep their own)
 
     def normalize(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] head frame -> [N, 3] in [0, 1]
         lo, hi = self.aabb[:3], self.aabb[3:]
@@ -146,32 +144,20 @@ class HeadField(nn.Module):
         x = self.normalize(self.warp(positions, motion, eyes))
         inside = ((x >= 0) & (x <= 1)).all(-1)
         enc = self.grid(x)  # (the encoding clamps to the box itself)
-        fused = not torch.is_grad_enabled()  # inference, occupancy-grid updates: MLPs fused (cuda_ext.mlp_forward)
-        h = mlp_forward(enc, *linear_layers(self.density_mlp), backend=self.mlp_backend) if fused else \
-            self.density_mlp(enc)
+        h = run_mlp(self.density_mlp, enc, backend=self.backend)
         if motion is not None:
             # Only the samples in the mouth box pay for the residual (a few percent of a frame's samples; its
             # feathered weight is 0 on the box's faces and outside).
             w = self.mouth_weight(positions)
             idx = torch.nonzero(w > 0).reshape(-1)
             if idx.numel():
-                res = self.mouth_residual(enc.index_select(0, idx), motion if motion.shape[0] == 1 else motion[idx],
-                                          fused)
+                res = run_mlp(self.mouth_mlp, enc.index_select(0, idx), motion if motion.shape[0] == 1 else motion[idx],
+                              self.backend)
                 h.index_add_(0, idx, res * w.index_select(0, idx)[:, None])
         raw = h[:, 0] + self.cfg.density_bias
         # exp gives the large densities an opaque surface needs within a few 4 mm steps; clamp keeps it finite.
         sigma = torch.exp(raw.clamp(-15.0, 15.0)) * inside
         return sigma, h[:, 1:]
-
-    def mouth_residual(self, enc: torch.Tensor, motion: torch.Tensor, fused: bool) -> torch.Tensor:
-        """mouth_mlp over (hash features [M, E], motion [M, K] or one shared row [1, K]) -> [M, 1 + geo_features].
-        Fused with a shared row: its share of the first layer is one vector, added to the bias."""
-        if fused and motion.shape[0] == 1:
-            (w1, *ws), (b1, *bs) = linear_layers(self.mouth_mlp)
-            w_enc, w_motion = w1.split([enc.shape[1], self.n_motion], 1)
-            return mlp_forward(enc, [w_enc, *ws], [b1 + w_motion @ motion[0].to(w1.dtype), *bs],
-                               backend=self.mlp_backend)
-        return self.mouth_mlp(torch.cat([enc, motion.expand(len(enc), -1).to(enc.dtype)], -1))
 
     def in_mouth_region(self, positions: torch.Tensor, grow: float = 0.0) -> torch.Tensor:  # [N, 3] -> [N] bool
         """Inside the mouth box, grown by `grow` metres on every side."""
@@ -180,11 +166,11 @@ class HeadField(nn.Module):
     def mouth_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
         """The mouth box's feathered weight (box_weight): a residual cut off at a hard face draws the box's outline
         across the cheeks and chin when the motion changes the density inside it."""
-        return box_weight(positions, self.mouth_box, MOUTH_FEATHER, backend=self.mlp_backend)
+        return box_weight(positions, self.mouth_box, MOUTH_FEATHER, backend=self.backend)
 
     def eye_weight(self, positions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N] in [0, 1]
         """The eye box's feathered weight: how much of the eye code a sample's colour sees."""
-        return box_weight(positions, self.eye_box, EYE_FEATHER, backend=self.mlp_backend)
+        return box_weight(positions, self.eye_box, EYE_FEATHER, backend=self.backend)
 
     def get_outputs(self, positions: torch.Tensor, geo: torch.Tensor, codes: HeadCodes) -> torch.Tensor:
         """positions [N, 3], geo [N, G] (from get_density) with the codes of the N samples (or one shared row) -> rgb
@@ -234,7 +220,7 @@ class HeadField(nn.Module):
             adds.append(ew.index_select(0, idx)[:, None] * (codes.eyes @ w_eyes.t()))
         weights, biases = linear_layers(self.color_mlp)
         return mlp_forward(geo, [w_geo, *weights[1:]], biases, torch.cat(rows) if rows else None,
-                           torch.cat(adds) if adds else None, sigmoid=True, backend=self.mlp_backend)
+                           torch.cat(adds) if adds else None, sigmoid=True, backend=self.backend)
 
     def density_fn(self, positions: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
         """[N, 3] -> [N], for the occupancy grid: the neutral face's density, and in and around the mouth box the

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cuda_ext import HashGrid, HashGridConfig, linear_layers, mlp_forward
+from cuda_ext import HashGrid, HashGridConfig
 from nerf_talk.config import TorsoConfig
-from nerf_talk.fields.mlp import frequency_encoding, mlp
+from nerf_talk.fields.mlp import frequency_encoding, mlp, run_mlp
 
 N_POSE = 9  # 6D rotation + 3D translation
 UV_FREQS = 4
@@ -41,7 +41,7 @@ class TorsoField(nn.Module):
         self.grid = HashGrid(HashGridConfig(2, cfg.n_levels, cfg.n_features_per_level, cfg.log2_table_size,
                                             cfg.base_resolution, cfg.finest_resolution), backend=backend)
         self.color = mlp(self.grid.cfg.out_dim + cfg.pose_code, cfg.hidden, 4)
-        self.mlp_backend = None if backend == "tcnn" else backend  # (tiny-cuda-nn is an encoding backend only)
+        self.backend = backend  # cuda_ext's, for the fused MLPs (the grid keeps its own)
 
     def forward(self, uv: torch.Tensor, pose: torch.Tensor, uv_features: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,20 +50,10 @@ class TorsoField(nn.Module):
         frame)."""
         p = self.pose_embed(pose)
         enc = self.uv_features(uv) if uv_features is None else uv_features
-        # One pose for every point at inference (a whole frame): its share of each MLP's first layer is one vector,
-        # added to the bias, and the MLPs run fused (cuda_ext.mlp_forward).
-        shared = p.shape[0] == 1 and not torch.is_grad_enabled()
-        offset = torch.tanh(self._pose_mlp(self.deform, enc, p, shared)) * self.cfg.max_offset
-        h = self._pose_mlp(self.color, self.grid((uv + offset).clamp(0, 1)), p, shared)
+        # One pose for every point at inference (a whole frame): run_mlp folds it into the first layers' biases.
+        offset = torch.tanh(run_mlp(self.deform, enc, p, self.backend)) * self.cfg.max_offset
+        h = run_mlp(self.color, self.grid((uv + offset).clamp(0, 1)), p, self.backend)
         return torch.sigmoid(h[:, :3]), torch.sigmoid(h[:, 3])
-
-    def _pose_mlp(self, net: nn.Sequential, x: torch.Tensor, p: torch.Tensor, shared: bool) -> torch.Tensor:
-        """net over (x [R, D], pose code p [R, P] or [1, P])."""
-        if not shared:
-            return net(torch.cat([x, p.expand(len(x), -1)], -1))
-        (w1, *ws), (b1, *bs) = linear_layers(net)
-        w_x, w_p = w1.split([x.shape[1], p.shape[1]], 1)
-        return mlp_forward(x, [w_x, *ws], [b1 + w_p @ p[0], *bs], backend=self.mlp_backend)
 
     @staticmethod
     def uv_features(uv: torch.Tensor) -> torch.Tensor:  # [R, 2] -> [R, 2 (1 + 2 UV_FREQS)]

@@ -74,9 +74,10 @@ class AvatarModel(nn.Module):
 
     def use_backend(self, name: str) -> None:
         """Run every kernel of the model on cuda_ext backend `name` (auto | cuda | cpu | torch): marching and
-        compositing (through cfg.backend), the hash grids and the landmark warp (each keeps its own)."""
+        compositing (through cfg.backend), the hash grids, the landmark warp, and the fields' fused MLPs and box
+        weights (each keeps its own)."""
         self.cfg.backend = name
-        for m in (self.head.grid, self.torso.grid, self.head.warp):
+        for m in (self.head.grid, self.torso.grid, self.head.warp, self.head, self.torso):
             m.backend = name
 
     def head_parameters(self) -> list[nn.Parameter]:
