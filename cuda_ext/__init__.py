@@ -15,7 +15,7 @@ from .composite import composite, composite_weights, packed_info_from_ray_indice
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .mlp import linear_layers, mlp_forward
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
-from .warp import warp_points
+from .warp import WarpControls, warp_points
 
 __all__ = [
     "BACKENDS",
@@ -24,6 +24,7 @@ __all__ = [
     "HashGridConfig",
     "OccupancyGrid",
     "RaySamples",
+    "WarpControls",
     "available",
     "box_weight",
     "build_error",

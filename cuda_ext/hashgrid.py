@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -74,15 +75,7 @@ class HashGridConfig:
         scale_l = base * b^l - 1 (float32); a point x maps to x * scale_l + 0.5, whose corners reach at most
         ceil(scale_l) + 1, hence resolution_l = ceil(scale_l) + 2. A level is dense when resolution^dims fits the table.
         """
-        scales, resolutions, dense = [], [], []
-        b = self.per_level_scale
-        for level in range(self.n_levels):
-            s = _f32(self.base_resolution * b**level - 1.0)
-            r = math.ceil(s) + 2
-            scales.append(s)
-            resolutions.append(r)
-            dense.append(r**self.dims <= self.table_size)
-        return scales, resolutions, dense
+        return tuple(list(v) for v in _level_params(self))
 
     def init_table(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                    generator: torch.Generator | None = None) -> torch.Tensor:  # [L, T, F]
@@ -90,6 +83,21 @@ class HashGridConfig:
         t = torch.empty(self.n_levels, self.table_size, self.n_features_per_level, dtype=torch.float32, device=device)
         t.uniform_(-1e-4, 1e-4, generator=generator)
         return t.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _level_params(cfg: HashGridConfig) -> tuple[tuple[float, ...], tuple[int, ...], tuple[bool, ...]]:
+    """HashGridConfig.level_params, once per config (computed per call, it was a third of a small call's Python
+    overhead; a frame's samples are encoded chunk by chunk)."""
+    scales, resolutions, dense = [], [], []
+    b = cfg.per_level_scale
+    for level in range(cfg.n_levels):
+        s = _f32(cfg.base_resolution * b**level - 1.0)
+        r = math.ceil(s) + 2
+        scales.append(s)
+        resolutions.append(r)
+        dense.append(r**cfg.dims <= cfg.table_size)
+    return tuple(scales), tuple(resolutions), tuple(dense)
 
 
 class _HashEncode(torch.autograd.Function):
@@ -150,8 +158,13 @@ def hash_encode(
             raise ValueError(f"the cpu backend needs a float32 or float64 table, got {table3.dtype}")
         else:
             x2 = x2.to(table3.dtype)
-        out = _HashEncode.apply(x2.contiguous(), table3.contiguous(), (scales, resolutions, dense), name,
-                                table_dtype if name == "cuda" else None)
+        params = (scales, resolutions, dense)
+        lookup_dtype = table_dtype if name == "cuda" else None
+        if torch.is_grad_enabled() and (x2.requires_grad or table3.requires_grad):
+            out = _HashEncode.apply(x2.contiguous(), table3.contiguous(), params, name, lookup_dtype)
+        else:  # (no graph to record: the autograd Function's bookkeeping costs more than a small call's work)
+            lookup = table3 if lookup_dtype in (None, table3.dtype) else table3.to(lookup_dtype)
+            out = _backend.module_for(name).hash_encode_forward(x2.contiguous(), lookup.contiguous(), *params)
     return out.reshape(*lead, cfg.out_dim)
 
 

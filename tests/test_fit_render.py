@@ -169,7 +169,7 @@ def test_render_at_another_size(fit_result):
     assert frames[0].shape == (96, 96, 3) and frames[0].dtype == np.uint8
 
 
-def test_training_validation_and_the_avatar_file_render_identical_pixels(fit_result, tmp_path):
+def test_training_validation_and_the_avatar_file_render_identical_pixels(fit_result, tmp_path, monkeypatch):
     """One model, one renderer: a held-out frame rendered by the trainer's own validation path (its AvatarModel
     built from the dataset, the trained weights loaded) and by Avatar.load of the exported file are the same pixels;
     and the inference renderer stays within 1e-5 of the exact path (every sample's colour, on the torch reference)."""
@@ -191,6 +191,11 @@ def test_training_validation_and_the_avatar_file_render_identical_pixels(fit_res
     np.testing.assert_array_equal(avatar.renderer().render(*inputs), trained)
 
     fast = avatar.renderer().render_float(*inputs)
+    from nerf_talk.render import volume
+
+    for share in (0.0, 1.0):  # every sample coloured, or only those of weight > 0: the same frame, bit for bit
+        monkeypatch.setattr(volume, "KEEP_ALL", share)
+        assert torch.equal(avatar.renderer().render_float(*inputs), fast)
     ref = Avatar.load(fit_result["avatar"], "cpu").model
     ref.use_backend("torch")  # hash grids, warp, MLPs, box weights, marching and compositing on the reference
     from cuda_ext import _backend

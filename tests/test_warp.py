@@ -76,6 +76,23 @@ def test_far_points_do_not_move_and_shared_codes_equal_per_sample_codes():
     assert torch.allclose(mixed[rows == 1], w(x[rows == 1], motion * 0, None), atol=1e-6)
 
 
+def test_a_frames_prepared_warp_follows_its_codes_and_its_buffers():
+    """Shared codes are prepared once and reused for the next chunk of the frame's samples (FaceWarp._plan): the
+    reuse must follow the codes' values (not the tensors), in-place changes to them and to the warp's buffers."""
+    w, neutral, jaw, basis, face_size = _warp()
+    motion = torch.as_tensor(basis.coefficients((jaw / face_size)[None].astype(np.float32)))
+    x = torch.tensor(neutral[list(LOWER_FACE)], dtype=torch.float32) + torch.randn(len(LOWER_FACE), 3) * 0.003
+    full, half = w(x, motion, None), w(x, motion * 0.5, None)
+    assert float((full - half).abs().max()) > 1e-3
+    assert torch.equal(w(x[:30], motion.clone(), None), full[:30])  # same values, another tensor: the same warp
+    m = motion.clone()
+    assert torch.equal(w(x, m, None), full)
+    m.mul_(0.5)  # changed in place
+    assert torch.equal(w(x, m, None), half)
+    w.lower_basis.mul_(2.0)  # the buffers changed (e.g. load_state_dict)
+    assert not torch.allclose(w(x, motion, None), full, atol=1e-4)
+
+
 def _eye_warp():
     """A FaceWarp of one left eye: corners 15 mm either side, lids 5 mm above and below the centre line; as the eye
     closes (openness 1 -> 0) the upper lid comes down 8 mm and the lower goes up 2 mm (at the middle), so the closed

@@ -76,6 +76,23 @@ NT_HD double add_rn(double a, double b) {
 #endif
 }
 
+// a * b + c, fused where the hardware has it (one rounding; never a libm call). For the warp's weights only: sample
+// positions stay unfused (mul_rn, add_rn above).
+NT_HD float fmadd(float a, float b, float c) {
+#if defined(__CUDA_ARCH__) || defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+NT_HD double fmadd(double a, double b, double c) {
+#if defined(__CUDA_ARCH__) || defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Float and double overloads that never promote a float to double on the host.
 NT_HD float exp_(float v) { return expf(v); }
 NT_HD double exp_(double v) { return exp(v); }

@@ -33,8 +33,10 @@ struct WarpParams {
 constexpr float kWeightCut = -60.0f;
 
 // exp(v) for v <= 0, 0 below kWeightCut. On the host in plain arithmetic that the compiler vectorises (libm's expf is
-// a call per element): 2^(v log2 e) = 2^n 2^f, |f| <= 1/2, 2^f by its Taylor series to degree 7 (relative error
-// < 1e-8, below float rounding), 2^n built in the exponent bits. On the device: expf. Double: exp.
+// a call per element): 2^(v log2 e) = 2^n 2^u, |u| <= 1/2, 2^u by a degree-5 polynomial (a Chebyshev fit on
+// [-1/2, 1/2]: relative error 2.5e-7 in float arithmetic, float rounding's size; the degree-7 Taylor series it replaced
+// took four more multiply-adds for nothing a float can hold), 2^n built in the exponent bits. On the device: expf.
+// Double: exp.
 NT_HD float exp_nonpositive(float v) {
   const float keep = v < kWeightCut ? 0.0f : 1.0f;
   v = v < kWeightCut ? kWeightCut : v;
@@ -43,15 +45,13 @@ NT_HD float exp_nonpositive(float v) {
 #else
   const float t = v * 1.44269504088896341f;
   const int32_t n = static_cast<int32_t>(t - 0.5f);  // rounds t (<= 0) to nearest
-  const float f = (t - static_cast<float>(n)) * 0.693147180559945309f;
-  float poly = 1.0f / 5040.0f;
-  poly = poly * f + 1.0f / 720.0f;
-  poly = poly * f + 1.0f / 120.0f;
-  poly = poly * f + 1.0f / 24.0f;
-  poly = poly * f + 1.0f / 6.0f;
-  poly = poly * f + 0.5f;
-  poly = poly * f + 1.0f;
-  poly = poly * f + 1.0f;
+  const float u = t - static_cast<float>(n);
+  float poly = 1.34004420e-3f;
+  poly = fmadd(poly, u, 9.67604667e-3f);
+  poly = fmadd(poly, u, 5.55032715e-2f);
+  poly = fmadd(poly, u, 2.40221068e-1f);
+  poly = fmadd(poly, u, 6.93147182e-1f);
+  poly = fmadd(poly, u, 1.00000012f);
   union {
     int32_t i;
     float f;
@@ -62,91 +62,38 @@ NT_HD float exp_nonpositive(float v) {
 }
 NT_HD double exp_nonpositive(double v) { return v < double(kWeightCut) ? 0.0 : exp(v); }
 
-// Weight sums and weighted displacements of one point (x0, x1, x2) over one control set; ctrl and disp [3][n_ctrl]
-// (coordinate-major, so that the host loop vectorises over the control points). One-sided (masks null): sums[0..3]
-// over all points. Two-sided (masks [2][n_ctrl]: 1 for the upper side's points, then the lower side's): sums[0..3]
-// over the upper side and sums[4..7] over the lower side, from one exp per point.
+// The Gaussian weight of control point (cx, cy, cz) at point (x0, x1, x2).
 template <typename T>
-NT_HD void warp_sums(const T x0, const T x1, const T x2, const T* __restrict__ ctrl, const T* __restrict__ disp,
-                     const T* __restrict__ masks, int64_t n_ctrl, T inv2s2, T invz2, T* sums) {
-  const T *cx = ctrl, *cy = ctrl + n_ctrl, *cz = ctrl + 2 * n_ctrl;
-  const T *dx_ = disp, *dy_ = disp + n_ctrl, *dz_ = disp + 2 * n_ctrl;
-  T sw = T(0), s0 = T(0), s1 = T(0), s2 = T(0), tw = T(0), t0 = T(0), t1 = T(0), t2 = T(0);
-  if (masks == nullptr) {
-#if !defined(__CUDA_ARCH__)
-#pragma omp simd reduction(+ : sw, s0, s1, s2)
-#endif
-    for (int64_t j = 0; j < n_ctrl; ++j) {
-      const T dx = x0 - cx[j], dy = x1 - cy[j], dz = x2 - cz[j];
-      const T w = exp_nonpositive(-(dx * dx + dy * dy + dz * dz * invz2) * inv2s2);
-      sw += w;
-      s0 += w * dx_[j];
-      s1 += w * dy_[j];
-      s2 += w * dz_[j];
-    }
-  } else {
-    const T *up = masks, *lo = masks + n_ctrl;
-#if !defined(__CUDA_ARCH__)
-#pragma omp simd reduction(+ : sw, s0, s1, s2, tw, t0, t1, t2)
-#endif
-    for (int64_t j = 0; j < n_ctrl; ++j) {
-      const T dx = x0 - cx[j], dy = x1 - cy[j], dz = x2 - cz[j];
-      const T w = exp_nonpositive(-(dx * dx + dy * dy + dz * dz * invz2) * inv2s2);
-      const T wu = w * up[j], wl = w * lo[j];
-      sw += wu;
-      s0 += wu * dx_[j];
-      s1 += wu * dy_[j];
-      s2 += wu * dz_[j];
-      tw += wl;
-      t0 += wl * dx_[j];
-      t1 += wl * dy_[j];
-      t2 += wl * dz_[j];
-    }
-  }
-  sums[0] = sw;
-  sums[1] = s0;
-  sums[2] = s1;
-  sums[3] = s2;
-  if (masks != nullptr) {
-    sums[4] = tw;
-    sums[5] = t0;
-    sums[6] = t1;
-    sums[7] = t2;
-  }
+NT_HD T warp_weight(T x0, T x1, T x2, T cx, T cy, T cz, T inv2s2, T invz2) {
+  const T dx = x0 - cx, dy = x1 - cy, dz = x2 - cz;
+  return exp_nonpositive(-fmadd(dx, dx, fmadd(dy, dy, dz * dz * invz2)) * inv2s2);
 }
 
-// One point: out = x - D(x). masks: null (one-sided) or [2][n_ctrl], the upper side's points then the lower side's.
+// Adds weight w of a control point with displacement (d0, d1, d2) to sums (weight, then weighted displacement).
 template <typename T>
-NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const T* __restrict__ disp,
-                      const T* __restrict__ masks, const WarpParams& p, T* __restrict__ out) {
-  const T x0 = x[0], x1 = x[1], x2 = x[2];
-  out[0] = x0;
-  out[1] = x1;
-  out[2] = x2;
-  if (p.has_box && (x0 < T(p.box[0]) || x1 < T(p.box[1]) || x2 < T(p.box[2]) || x0 > T(p.box[3]) ||
-                    x1 > T(p.box[4]) || x2 > T(p.box[5]))) {
-    return;
-  }
-  const int64_t n = p.n_ctrl;
-  const T inv2s2 = T(p.inv_two_sigma2), invz2 = T(p.inv_reach_z2), fade = T(p.fade);
+NT_HD void warp_accumulate(T w, T d0, T d1, T d2, T& sw, T& s0, T& s1, T& s2) {
+  sw += w;
+  s0 = fmadd(w, d0, s0);
+  s1 = fmadd(w, d1, s1);
+  s2 = fmadd(w, d2, s2);
+}
+
+// Points outside the box (when given) are not moved.
+template <typename T>
+NT_HD bool warp_outside(T x0, T x1, T x2, const WarpParams& p) {
+  return p.has_box && (x0 < T(p.box[0]) || x1 < T(p.box[1]) || x2 < T(p.box[2]) || x0 > T(p.box[3]) ||
+                       x1 > T(p.box[4]) || x2 > T(p.box[5]));
+}
+
+// out = x - D(x) from the sums: one-sided (side_y null) sums[0..3]; two-sided sums[0..3] over the upper side,
+// sums[4..7] over the lower side and side_y[2] the height of each side's point nearest in the (x, y) plane.
+template <typename T>
+NT_HD void warp_finish(T x0, T x1, T x2, const T* sums, const T* side_y, const WarpParams& p, T* out) {
+  const T fade = T(p.fade);
   T d[3];
-  if (masks == nullptr) {
-    T s[4];
-    warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, s);
-    for (int c = 0; c < 3; ++c) d[c] = s[c + 1] / (s[0] + fade);
+  if (side_y == nullptr) {
+    for (int c = 0; c < 3; ++c) d[c] = sums[c + 1] / (sums[0] + fade);
   } else {
-    // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height.
-    T nearest[2] = {T(1e30), T(1e30)}, side_y[2] = {T(0), T(0)};
-    for (int64_t j = 0; j < n; ++j) {
-      const T dx = x0 - ctrl[j], dy = x1 - ctrl[n + j], plane = dx * dx + dy * dy;
-      for (int k = 0; k < 2; ++k) {  // selects, not branches: which point is nearest is unpredictable
-        const bool better = (masks[k * n + j] > T(0)) & (plane < nearest[k]);
-        nearest[k] = better ? plane : nearest[k];
-        side_y[k] = better ? ctrl[n + j] : side_y[k];
-      }
-    }
-    T sums[8];
-    warp_sums(x0, x1, x2, ctrl, disp, masks, n, inv2s2, invz2, sums);
     const T *up = sums, *lo = sums + 4;
     const T u = T(1) / (T(1) + exp_(-((side_y[0] + side_y[1]) * T(0.5) - x1) / T(p.switch_width)));
     for (int c = 0; c < 3; ++c) d[c] = u * (up[c + 1] / (up[0] + fade)) + (T(1) - u) * (lo[c + 1] / (lo[0] + fade));
@@ -154,6 +101,47 @@ NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const
   out[0] = x0 - d[0];
   out[1] = x1 - d[1];
   out[2] = x2 - d[2];
+}
+
+// One point: out = x - D(x), looping over the control points (one CUDA thread per point; the host loops over blocks
+// of points instead, warp_cpu.cpp). ctrl and disp [3][n_ctrl] (coordinate-major); masks: null (one-sided) or
+// [2][n_ctrl], the upper side's points then the lower side's.
+template <typename T>
+NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const T* __restrict__ disp,
+                      const T* __restrict__ masks, const WarpParams& p, T* __restrict__ out) {
+  const T x0 = x[0], x1 = x[1], x2 = x[2];
+  out[0] = x0;
+  out[1] = x1;
+  out[2] = x2;
+  if (warp_outside(x0, x1, x2, p)) return;
+  const int64_t n = p.n_ctrl;
+  const T inv2s2 = T(p.inv_two_sigma2), invz2 = T(p.inv_reach_z2);
+  const T *cy = ctrl + n, *cz = ctrl + 2 * n, *dy = disp + n, *dz = disp + 2 * n;
+  T sums[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+  if (masks == nullptr) {
+    for (int64_t j = 0; j < n; ++j) {
+      warp_accumulate(warp_weight(x0, x1, x2, ctrl[j], cy[j], cz[j], inv2s2, invz2), disp[j], dy[j], dz[j], sums[0],
+                      sums[1], sums[2], sums[3]);
+    }
+    warp_finish(x0, x1, x2, sums, static_cast<const T*>(nullptr), p, out);
+    return;
+  }
+  // Each side's point nearest in the (x, y) plane (the first one, as argmin) gives that side's height.
+  T nearest[2] = {T(1e30), T(1e30)}, side_y[2] = {T(0), T(0)};
+  for (int64_t j = 0; j < n; ++j) {
+    const T dx = x0 - ctrl[j], dy_ = x1 - cy[j], plane = dx * dx + dy_ * dy_;
+    const T w = warp_weight(x0, x1, x2, ctrl[j], cy[j], cz[j], inv2s2, invz2);
+    for (int k = 0; k < 2; ++k) {  // selects, not branches: which point is nearest is unpredictable
+      const bool member = masks[k * n + j] > T(0);
+      const bool better = member & (plane < nearest[k]);
+      nearest[k] = better ? plane : nearest[k];
+      side_y[k] = better ? cy[j] : side_y[k];
+      // k = 0 is the upper side (sums[0..3]), k = 1 the lower (sums[4..7])
+      warp_accumulate(member ? w : T(0), disp[j], dy[j], dz[j], sums[4 * k], sums[4 * k + 1], sums[4 * k + 2],
+                      sums[4 * k + 3]);
+    }
+  }
+  warp_finish(x0, x1, x2, sums, side_y, p, out);
 }
 
 }  // namespace nt

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cuda_ext import _backend, warp_points
+from cuda_ext import WarpControls, _backend, warp_points
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,6 +65,17 @@ def test_two_sided_points_follow_the_side_they_lie_on():
                           backend=backend)
         assert float(x[0, 1] - out[0, 1]) > 0.005, backend  # above: looked up where the upper side came from
         assert abs(float(x[1, 1] - out[1, 1])) < 1e-4, backend  # below: the lower side did not move
+
+
+def test_prepared_controls_move_every_chunk_as_one_call():
+    x, ctrl, disp, rows, sides = _case()
+    kw = dict(sides=sides, reach_z=4.0, fade=math.exp(-4.5), switch_width=2.5e-4)
+    controls = WarpControls.prepare(ctrl, disp, 0.008, backend="cpu", **kw)
+    whole = warp_points(x, ctrl, disp, 0.008, rows=rows, backend="cpu", **kw)
+    chunks = torch.cat([controls.apply(x[i:i + 700], rows[i:i + 700]) for i in range(0, len(x), 700)])
+    assert torch.equal(chunks, whole)
+    with pytest.raises(ValueError, match="prepared for torch.float32 points, got torch.float64"):
+        controls.apply(x.double(), rows)
 
 
 def test_bad_inputs_name_the_problem():
