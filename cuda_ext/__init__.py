@@ -10,11 +10,11 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 """
 
 from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
-from .box import box_weight
+from .box import box_weight, unit_box_density
 from .composite import composite, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .mlp import linear_layers, mlp_forward
-from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield
+from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield, sample_positions
 from .warp import WarpControls, warp_points
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "mlp_forward",
     "pack_bitfield",
     "packed_info_from_ray_indices",
+    "sample_positions",
     "set_backend",
+    "unit_box_density",
     "warp_points",
 ]

@@ -70,6 +70,12 @@ def ray_interval(
     return torch.fmax(near, t_near), torch.fmin(far, t_far)
 
 
+def sample_positions(rays_o, rays_d, ray_indices, t_starts, t_ends):
+    """cuda_ext.sample_positions: each sample's midpoint on its ray."""
+    idx = ray_indices.long()
+    return rays_o[idx] + rays_d[idx] * ((t_starts + t_ends) * 0.5)[:, None]
+
+
 def march_rays(
     rays_o: torch.Tensor,  # [R, 3] float32
     rays_d: torch.Tensor,  # [R, 3]
@@ -240,6 +246,12 @@ def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0
         d[sel] = (_warp_one_sided(p, ctrl[u], disp[u], sigma, reach_z, fade) if sides is None else
                   _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width))
     return x.index_add(0, idx, -d)
+
+
+def unit_box_density(raw, x, bias, limit):
+    """cuda_ext.box.unit_box_density: exp of the clamped logit inside [0, 1]^3, 0 outside."""
+    inside = ((x >= 0) & (x <= 1)).all(-1)
+    return torch.exp((raw + bias).clamp(-limit, limit)) * inside
 
 
 def box_weight(x, box, feather):

@@ -173,3 +173,26 @@ def march_rays(
             rays_o, rays_d, near_t, far_t, grid.bitfield.contiguous(), aabb, list(grid.resolution), float(step_size),
             int(max_samples))
     return RaySamples(ray_indices, t_starts, t_ends, packed_info)
+
+
+def sample_positions(rays_o: torch.Tensor, rays_d: torch.Tensor, ray_indices: torch.Tensor, t_starts: torch.Tensor,
+                     t_ends: torch.Tensor, backend: str | None = None) -> torch.Tensor:  # [S, 3]
+    """The samples' midpoints, rays_o[i] + rays_d[i] * ((t_start + t_end) / 2) for each sample's ray i, in one pass (and
+    bit for bit the points whose cells march_rays tested). Differentiable in the rays on the reference path only:
+    rays that need a gradient (a pose being refined) go through torch."""
+    if rays_o.shape != rays_d.shape or rays_o.dim() != 2 or rays_o.shape[1] != 3:
+        raise ValueError(f"rays_o and rays_d must both have shape [R, 3], got {list(rays_o.shape)} and "
+                         f"{list(rays_d.shape)}")
+    n = ray_indices.shape[0]
+    if ray_indices.dim() != 1 or t_starts.shape != (n,) or t_ends.shape != (n,):
+        raise ValueError(f"ray_indices, t_starts and t_ends must have one shape [S], got {list(ray_indices.shape)}, "
+                         f"{list(t_starts.shape)} and {list(t_ends.shape)}")
+    name = _backend.resolve(backend, rays_o.device)
+    needs_grad = torch.is_grad_enabled() and (rays_o.requires_grad or rays_d.requires_grad)
+    if name == "torch" or needs_grad or rays_o.dtype != torch.float32:
+        return _torch_impl.sample_positions(rays_o, rays_d, ray_indices, t_starts, t_ends)
+    if n and (int(ray_indices.min()) < 0 or int(ray_indices.max()) >= rays_o.shape[0]):
+        raise ValueError(f"ray_indices must lie in [0, {rays_o.shape[0]})")
+    return _backend.module_for(name).sample_positions(
+        rays_o.contiguous(), rays_d.contiguous(), ray_indices.long().contiguous(), t_starts.float().contiguous(),
+        t_ends.float().contiguous())

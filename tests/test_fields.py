@@ -97,6 +97,11 @@ def test_pixel_rays_follow_opencv_axes():
     assert torch.allclose(d.norm(dim=-1), torch.ones(3))
     assert d[0, 2] > 0.999  # the central pixel looks along +z
     assert d[1, 0] > 0 and d[2, 1] > 0  # right is +x, down is +y
+    c2h[:3, :3] = torch.linalg.matrix_exp(torch.tensor([[0.0, -0.3, 0.1], [0.3, 0.0, -0.2], [-0.1, 0.2, 0.0]]))
+    pixels = torch.tensor([[15, 15], [31, 15], [15, 31], [0, 7]])
+    one = pixel_rays(c2h, pixels, intr)  # one pose for every ray (a whole frame)
+    per_ray = pixel_rays(c2h[None].expand(4, 4, 4), pixels, intr)
+    assert torch.equal(one[0], per_ray[0]) and torch.allclose(one[1], per_ray[1], atol=1e-6)
 
 
 def test_render_rays_sphere_and_layers():

@@ -32,6 +32,10 @@ using MarchAlloc = std::function<void(int64_t total, float** t_starts, float** t
 void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const float* rays_d, const float* near,
            const float* far, int64_t n_rays, int64_t* counts, const MarchAlloc& alloc, int n_threads);
 
+// out [n, 3]: the midpoint of sample i, on ray ray_indices[i] of rays_o, rays_d [R, 3] (march.h: sample_midpoint).
+void sample_positions(const float* rays_o, const float* rays_d, const int64_t* ray_indices, const float* t_starts,
+                      const float* t_ends, int64_t n, float* out, int n_threads);
+
 // bits [ceil(n_cells / 8)] from density [n_cells] > threshold.
 template <typename T>
 void pack_bitfield(const T* density, int64_t n_cells, T threshold, uint8_t* bits, int n_threads);
@@ -61,6 +65,12 @@ void warp_points(const T* x, const T* ctrl, const T* disp, const int64_t* rows, 
 // Feathered box weight (box.h): out [n] from x [n, 3] and box [6] (lo, hi).
 template <typename T>
 void box_weights(const T* x, int64_t n, const T* box, T feather, T* out, int n_threads);
+
+// Density activation (box_cpu.cpp; CPU only): out[i] = exp(clamp(raw[i * raw_stride] + bias, -limit, limit)) where
+// x[i] [3] lies in [0, 1]^3, else 0.
+template <typename T>
+void unit_box_density(const T* raw, int64_t raw_stride, const T* x, int64_t n, T bias, T limit, T* out,
+                      int n_threads);
 
 // A small MLP (mlp_cpu.cpp; CPU only: on a GPU, torch's matmuls serve). Layer l maps dims[l] -> dims[l + 1] with
 // weights[l] [dims[l + 1], dims[l]] (row-major, as torch.nn.Linear) and biases[l]; ReLU between layers; the output

@@ -33,6 +33,10 @@ cudaError_t march_write(const MarchParams& p, const uint8_t* bits, const float* 
                         const int64_t* offsets, float* t_starts, float* t_ends, int64_t* ray_indices,
                         cudaStream_t stream);
 
+// out [n, 3]: the midpoint of sample i, as the CPU launcher.
+cudaError_t sample_positions(const float* rays_o, const float* rays_d, const int64_t* ray_indices,
+                             const float* t_starts, const float* t_ends, int64_t n, float* out, cudaStream_t stream);
+
 cudaError_t pack_bitfield(const float* density, int64_t n_cells, float threshold, uint8_t* bits, cudaStream_t stream);
 
 cudaError_t composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,

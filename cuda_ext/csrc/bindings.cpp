@@ -207,6 +207,42 @@ Tensor pack_bitfield(const Tensor& density, double threshold) {
   return bits;
 }
 
+// rays_o, rays_d [R, 3] float32; ray_indices [S] int64 (in [0, R): the caller checks), t_starts, t_ends [S] float32.
+// Returns the samples' midpoints [S, 3] (march.h: sample_midpoint).
+Tensor sample_positions(const Tensor& rays_o, const Tensor& rays_d, const Tensor& ray_indices, const Tensor& t_starts,
+                        const Tensor& t_ends) {
+  NT_CHECK_INPUT(rays_o, "rays_o");
+  NT_CHECK_INPUT(rays_d, "rays_d");
+  NT_CHECK_INPUT(ray_indices, "ray_indices");
+  NT_CHECK_INPUT(t_starts, "t_starts");
+  NT_CHECK_INPUT(t_ends, "t_ends");
+  NT_CHECK_DTYPE(rays_o, "rays_o", at::kFloat);
+  NT_CHECK_DTYPE(rays_d, "rays_d", at::kFloat);
+  NT_CHECK_DTYPE(ray_indices, "ray_indices", at::kLong);
+  NT_CHECK_DTYPE(t_starts, "t_starts", at::kFloat);
+  NT_CHECK_DTYPE(t_ends, "t_ends", at::kFloat);
+  NT_CHECK_SHAPE(rays_o.dim() == 2 && rays_o.size(1) == 3, "rays_o", rays_o, "[R, 3]");
+  NT_CHECK_SHAPE(rays_d.sizes() == rays_o.sizes(), "rays_d", rays_d, "[R, 3]");
+  const int64_t n = ray_indices.numel();
+  NT_CHECK_SHAPE(ray_indices.dim() == 1, "ray_indices", ray_indices, "[S]");
+  NT_CHECK_SHAPE(t_starts.dim() == 1 && t_starts.size(0) == n, "t_starts", t_starts, "[S]");
+  NT_CHECK_SHAPE(t_ends.dim() == 1 && t_ends.size(0) == n, "t_ends", t_ends, "[S]");
+  Tensor out = at::empty({n, 3}, rays_o.options());
+  if (n == 0) return out;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  NT_CHECK_LAUNCH(nt::cuda::sample_positions(rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
+                                             ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
+                                             t_ends.data_ptr<float>(), n, out.data_ptr<float>(),
+                                             c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  nt::cpu::sample_positions(rays_o.data_ptr<float>(), rays_d.data_ptr<float>(), ray_indices.data_ptr<int64_t>(),
+                            t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), n, out.data_ptr<float>(),
+                            n_threads());
+#endif
+  return out;
+}
+
 // Returns (packed_info [R, 2] int64, t_starts [S], t_ends [S], ray_indices [S] int64).
 std::vector<Tensor> march_rays(const Tensor& rays_o, const Tensor& rays_d, const Tensor& near, const Tensor& far,
                                const Tensor& bits, const std::vector<double>& aabb, const std::vector<int64_t>& res,
@@ -520,6 +556,29 @@ Tensor box_weights(const Tensor& x, const Tensor& box, double feather) {
 
 #if !defined(NT_WITH_CUDA)
 // ----------------------------------------------------------------------------------------------------------------
+// Density activation inside the unit box (box_cpu.cpp; CPU only)
+
+// raw [N] (any stride), x [N, 3] contiguous, same dtype. Returns [N].
+Tensor unit_box_density(const Tensor& raw, const Tensor& x, double bias, double limit) {
+  NT_CHECK_DEVICE(raw, "raw");
+  NT_CHECK_INPUT(x, "x");
+  check_float_dtype(x, "x");
+  NT_CHECK_DTYPE(raw, "raw", x.scalar_type());
+  NT_CHECK_SHAPE(x.dim() == 2 && x.size(1) == 3, "x", x, "[N, 3]");
+  NT_CHECK_SHAPE(raw.dim() == 1 && raw.size(0) == x.size(0), "raw", raw, "[" + std::to_string(x.size(0)) + "]");
+  TORCH_CHECK(limit > 0 && limit <= 80, "limit must lie in (0, 80], is ", limit);
+  const int64_t n = x.size(0);
+  Tensor out = at::empty({n}, x.options());
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "unit_box_density", [&] {
+    nt::cpu::unit_box_density<scalar_t>(raw.data_ptr<scalar_t>(), raw.stride(0), x.data_ptr<scalar_t>(), n,
+                                        static_cast<scalar_t>(bias), static_cast<scalar_t>(limit),
+                                        out.data_ptr<scalar_t>(), n_threads());
+  });
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
 // Small fused MLP (mlp_cpu.cpp; CPU only)
 
 // x [N, D0] float32 (rows may be strided, columns contiguous); weights[l] [D(l+1), Dl], biases[l] [D(l+1)];
@@ -586,6 +645,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("hash_encode_backward", &hash_encode_backward);
   m.def("pack_bitfield", &pack_bitfield);
   m.def("march_rays", &march_rays);
+  m.def("sample_positions", &sample_positions);
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
   m.def("composite_weights", &composite_weights);
@@ -593,5 +653,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("box_weights", &box_weights);
 #if !defined(NT_WITH_CUDA)
   m.def("mlp_forward", &mlp_forward);
+  m.def("unit_box_density", &unit_box_density);
 #endif
 }

@@ -34,6 +34,15 @@ __global__ void march_write_kernel(const MarchParams p, const uint8_t* __restric
   march_ray(p, bits, o, d, near[r], far[r], counts[r], r, t_starts + off, t_ends + off, ray_indices + off);
 }
 
+__global__ void sample_positions_kernel(const float* __restrict__ rays_o, const float* __restrict__ rays_d,
+                                        const int64_t* __restrict__ ray_indices, const float* __restrict__ t_starts,
+                                        const float* __restrict__ t_ends, int64_t n, float* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = ray_indices[i];
+  sample_midpoint(rays_o + 3 * r, rays_d + 3 * r, t_starts[i], t_ends[i], out + 3 * i);
+}
+
 __global__ void pack_bitfield_kernel(const float* __restrict__ density, int64_t n_cells, float threshold,
                                      uint8_t* __restrict__ bits) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -57,6 +66,14 @@ cudaError_t march_write(const MarchParams& p, const uint8_t* bits, const float* 
   if (n_rays == 0) return cudaSuccess;
   march_write_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(p, bits, rays_o, rays_d, near, far, n_rays, counts,
                                                                 offsets, t_starts, t_ends, ray_indices);
+  return launch_status();
+}
+
+cudaError_t sample_positions(const float* rays_o, const float* rays_d, const int64_t* ray_indices,
+                             const float* t_starts, const float* t_ends, int64_t n, float* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  sample_positions_kernel<<<n_blocks(n), kThreads, 0, stream>>>(rays_o, rays_d, ray_indices, t_starts, t_ends, n,
+                                                                 out);
   return launch_status();
 }
 

@@ -67,16 +67,22 @@ NT_HD bool cell_occupied(const MarchParams& p, const uint8_t* bits, const int32_
   return (bits[idx >> 3] >> (idx & 7)) & 1;
 }
 
+// The midpoint of the sample [ts, te] on ray (o, d), rounded as `o + d * ((ts + te) * 0.5)` rounds in torch: where
+// the fields are asked for the sample (sample_positions), and the point whose cell decides occupancy (below).
+NT_HD void sample_midpoint(const float* o, const float* d, float ts, float te, float* x) {
+  const float tm = mul_rn(add_rn(ts, te), 0.5f);
+  NT_UNROLL
+  for (int a = 0; a < 3; ++a) x[a] = add_rn(o[a], mul_rn(tm, d[a]));
+}
+
 // Lattice sample k of a ray: its span [ts, te] and the (clamped) cell of its midpoint. Every operation rounds
 // monotonically, so each axis of the cell is monotone in k: if samples k and m lie in the same cell, so do all between.
 NT_HD void lattice_sample(const MarchParams& p, const float* o, const float* d, float t_min, float t_max, int64_t k,
                           float& ts, float& te, int32_t* g) {
   ts = add_rn(t_min, mul_rn(static_cast<float>(k), p.step));
   te = min_(add_rn(ts, p.step), t_max);
-  const float tm = mul_rn(add_rn(ts, te), 0.5f);
   float x[3];
-  NT_UNROLL
-  for (int a = 0; a < 3; ++a) x[a] = add_rn(o[a], mul_rn(tm, d[a]));
+  sample_midpoint(o, d, ts, te, x);
   point_cell(p, x, g);
 }
 

@@ -74,6 +74,15 @@ void march(const MarchParams& p, const uint8_t* bits, const float* rays_o, const
   }
 }
 
+void sample_positions(const float* rays_o, const float* rays_d, const int64_t* ray_indices, const float* t_starts,
+                      const float* t_ends, int64_t n, float* out, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = ray_indices[i];
+    sample_midpoint(rays_o + 3 * r, rays_d + 3 * r, t_starts[i], t_ends[i], out + 3 * i);
+  }
+}
+
 template <typename T>
 void pack_bitfield(const T* density, int64_t n_cells, T threshold, uint8_t* bits, int n_threads) {
   const int64_t n_bytes = (n_cells + 7) / 8;

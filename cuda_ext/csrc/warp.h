@@ -32,11 +32,9 @@ struct WarpParams {
 // x86 cores handle slowly (a chunk of samples far from the mouth took 3x as long as a nearer one).
 constexpr float kWeightCut = -60.0f;
 
-// exp(v) for v <= 0, 0 below kWeightCut. On the host in plain arithmetic that the compiler vectorises (libm's expf is
-// a call per element): 2^(v log2 e) = 2^n 2^u, |u| <= 1/2, 2^u by a degree-5 polynomial (a Chebyshev fit on
-// [-1/2, 1/2]: relative error 2.5e-7 in float arithmetic, float rounding's size; the degree-7 Taylor series it replaced
-// took four more multiply-adds for nothing a float can hold), 2^n built in the exponent bits. On the device: expf.
-// Double: exp.
+// exp(v) for v <= 0, 0 below kWeightCut. On the host in plain arithmetic that the compiler vectorises (common.h:
+// exp2_fraction, exp2_integer; the degree-7 Taylor series it replaced took four more multiply-adds for nothing a float
+// can hold). On the device: expf. Double: exp.
 NT_HD float exp_nonpositive(float v) {
   const float keep = v < kWeightCut ? 0.0f : 1.0f;
   v = v < kWeightCut ? kWeightCut : v;
@@ -45,19 +43,7 @@ NT_HD float exp_nonpositive(float v) {
 #else
   const float t = v * 1.44269504088896341f;
   const int32_t n = static_cast<int32_t>(t - 0.5f);  // rounds t (<= 0) to nearest
-  const float u = t - static_cast<float>(n);
-  float poly = 1.34004420e-3f;
-  poly = fmadd(poly, u, 9.67604667e-3f);
-  poly = fmadd(poly, u, 5.55032715e-2f);
-  poly = fmadd(poly, u, 2.40221068e-1f);
-  poly = fmadd(poly, u, 6.93147182e-1f);
-  poly = fmadd(poly, u, 1.00000012f);
-  union {
-    int32_t i;
-    float f;
-  } scale;
-  scale.i = (n + 127) << 23;
-  return keep * poly * scale.f;
+  return keep * exp2_fraction(t - static_cast<float>(n)) * exp2_integer(n);
 #endif
 }
 NT_HD double exp_nonpositive(double v) { return v < double(kWeightCut) ? 0.0 : exp(v); }

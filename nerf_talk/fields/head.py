@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cuda_ext import HashGrid, HashGridConfig, box_weight, linear_layers, mlp_forward
+from cuda_ext import HashGrid, HashGridConfig, box_weight, linear_layers, mlp_forward, unit_box_density
 from nerf_talk.config import HeadConfig
 from nerf_talk.fields.mlp import mlp, run_mlp
 from nerf_talk.fields.warp import FaceWarp
@@ -142,8 +142,7 @@ class HeadField(nn.Module):
         The positions are warped to the neutral face first (FaceWarp); the mouth residual then adds what the warp
         cannot make (the interior between parted lips)."""
         x = self.normalize(self.warp(positions, motion, eyes))
-        inside = ((x >= 0) & (x <= 1)).all(-1)
-        enc = self.grid(x)  # (the encoding clamps to the box itself)
+        enc = self.grid(x)  # (the encoding clamps to the box itself; the density is 0 outside it, below)
         h = run_mlp(self.density_mlp, enc, backend=self.backend)
         if motion is not None:
             # Only the samples in the mouth box pay for the residual (a few percent of a frame's samples; its
@@ -154,9 +153,8 @@ class HeadField(nn.Module):
                 res = run_mlp(self.mouth_mlp, enc.index_select(0, idx), motion if motion.shape[0] == 1 else motion[idx],
                               self.backend)
                 h.index_add_(0, idx, res * w.index_select(0, idx)[:, None])
-        raw = h[:, 0] + self.cfg.density_bias
         # exp gives the large densities an opaque surface needs within a few 4 mm steps; clamp keeps it finite.
-        sigma = torch.exp(raw.clamp(-15.0, 15.0)) * inside
+        sigma = unit_box_density(h[:, 0], x, self.cfg.density_bias, 15.0, backend=self.backend)
         return sigma, h[:, 1:]
 
     def in_mouth_region(self, positions: torch.Tensor, grow: float = 0.0) -> torch.Tensor:  # [N, 3] -> [N] bool

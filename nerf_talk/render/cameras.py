@@ -31,15 +31,20 @@ class Intrinsics:
 
 
 def pixel_rays(
-    c2h: torch.Tensor,  # [R, 4, 4] camera-to-head pose of each ray's frame
+    c2h: torch.Tensor,  # [R, 4, 4] camera-to-head pose of each ray's frame, or [4, 4] one pose for every ray
     pixels: torch.Tensor,  # [R, 2] integer (x, y) pixel indices
     intr: Intrinsics,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # rays_o [R, 3], rays_d [R, 3] unit length, in the head frame
     """Rays through pixel centres. Directions are unit length, so ray distances (and step sizes) are in metres."""
     p = pixels.to(c2h.dtype) + 0.5
     d_cam = torch.stack([(p[:, 0] - intr.cx) / intr.fx, (p[:, 1] - intr.cy) / intr.fy, torch.ones_like(p[:, 0])], -1)
-    d = torch.einsum("rij,rj->ri", c2h[:, :3, :3], d_cam)
-    return c2h[:, :3, 3].contiguous(), torch.nn.functional.normalize(d, dim=-1).contiguous()
+    if c2h.dim() == 2:  # one frame's rays (whole-frame rendering): one matrix product, not a batch of 3x3 ones
+        d = d_cam @ c2h[:3, :3].T
+        origin = c2h[:3, 3].expand(len(pixels), 3)
+    else:
+        d = torch.einsum("rij,rj->ri", c2h[:, :3, :3], d_cam)
+        origin = c2h[:, :3, 3]
+    return origin.contiguous(), torch.nn.functional.normalize(d, dim=-1).contiguous()
 
 
 def pixel_uv(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # [R, 2] (x, y) -> [R, 2] in (0, 1)

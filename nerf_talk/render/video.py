@@ -101,7 +101,7 @@ class FrameRenderer:
                     ) -> tuple[torch.Tensor, torch.Tensor]:  # rgb [P, 3] premultiplied, opacity [P]
         """The head at `pixels` [P, 2] (x, y) for camera-to-head `pose` [4, 4]."""
         m, r = self.model, self.model.cfg.render
-        rays_o, rays_d = pixel_rays(pose.expand(len(pixels), 4, 4), pixels, self.intr)
+        rays_o, rays_d = pixel_rays(pose, pixels, self.intr)
         if self.exact:
             out = m.render_head(rays_o, rays_d, codes)
             return out.rgb, out.opacity

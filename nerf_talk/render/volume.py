@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cuda_ext import OccupancyGrid, composite, composite_weights, march_rays
+from cuda_ext import OccupancyGrid, composite, composite_weights, march_rays, sample_positions
 
 # (positions [S, 3], ray_indices [S]) -> (density [S], rgb [S, 3])
 RadianceFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -47,8 +47,7 @@ def render_rays(
         s = march_rays(rays_o, rays_d, grid, near=near, step_size=step_size, max_samples=max_samples,
                        backend=backend)
     n_rays = rays_o.shape[0]
-    mids = (s.t_starts + s.t_ends) * 0.5  # [S]
-    positions = rays_o[s.ray_indices] + rays_d[s.ray_indices] * mids[:, None]  # [S, 3]
+    positions = sample_positions(rays_o, rays_d, s.ray_indices, s.t_starts, s.t_ends, backend=backend)  # [S, 3]
     sigmas, rgbs = radiance_fn(positions, s.ray_indices)
     if sigmas.shape[0] == 0:
         # No sample hit an occupied cell: transparent, but keep the graph connected for backward.
@@ -127,22 +126,22 @@ def render_rays_inference(
             continue
         idx = ray_idx[a:b]
         t0, t1 = s.t_starts[a:b], s.t_ends[a:b]
-        mids = (t0 + t1) * 0.5
-        positions = rays_o.index_select(0, idx) + rays_d.index_select(0, idx) * mids[:, None]
+        positions = sample_positions(rays_o, rays_d, idx, t0, t1, backend=backend)
         c = codes.index(idx)
         sigma, geo = field.get_density(positions, c.motion, c.eyes)  # the drive moves lips and lids
         info = s.packed_info[r0:r1] - s.packed_info.new_tensor([a, 0])
         weights, opacity[r0:r1] = composite_weights(sigma, t0, t1, info, early_stop_eps, skip_budget,
                                                     backend=backend)
-        keep = torch.nonzero(weights > 0).reshape(-1)
-        if keep.numel() == 0:
+        kept = int(torch.count_nonzero(weights))
+        if kept == 0:
             continue
-        if keep.numel() > KEEP_ALL * len(idx):
+        if kept > KEEP_ALL * len(idx):
             # Nearly every sample counts (a fog: the CPU recipes' heads): colour them all rather than gather the
             # kept ones (a weight-0 sample adds exactly 0).
             colour = field.get_outputs(positions, geo, c)
             rgb.index_add_(0, idx, weights[:, None] * colour)
             continue
+        keep = torch.nonzero(weights).reshape(-1)
         k_idx = idx.index_select(0, keep)
         colour = field.get_outputs(positions.index_select(0, keep), geo.index_select(0, keep), codes.index(k_idx))
         rgb.index_add_(0, k_idx, weights.index_select(0, keep)[:, None] * colour)

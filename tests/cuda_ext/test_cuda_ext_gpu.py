@@ -155,3 +155,18 @@ def test_box_weight_cuda_matches_cpu_and_mlp_falls_back_to_the_reference():
     xs = torch.randn(100, 3, device=CUDA)
     out = cuda_ext.mlp_forward(xs, w, b, backend="cuda")  # CPU-only kernel: the reference serves CUDA tensors
     assert out.device.type == "cuda" and out.shape == (100, 2)
+    raw = torch.randn(100, device=CUDA)
+    dens = cuda_ext.unit_box_density(raw, xs.sigmoid(), 2.0, 15.0, backend="cuda")  # CPU-only kernel, as above
+    assert torch.allclose(dens.cpu(), cuda_ext.unit_box_density(raw.cpu(), xs.sigmoid().cpu(), 2.0, 15.0,
+                                                                backend="cpu"), rtol=1e-6)
+
+
+def test_sample_positions_cuda_match_cpu_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    o, d = torch.randn(500, 3, generator=g), torch.randn(500, 3, generator=g)
+    idx = torch.randint(0, 500, (20000,), generator=g)
+    t0 = torch.rand(20000, generator=g) * 3
+    t1 = t0 + 0.01
+    cpu = cuda_ext.sample_positions(o, d, idx, t0, t1, backend="cpu")
+    gpu = cuda_ext.sample_positions(o.to(CUDA), d.to(CUDA), idx.to(CUDA), t0.to(CUDA), t1.to(CUDA), backend="cuda")
+    assert torch.equal(gpu.cpu(), cpu)

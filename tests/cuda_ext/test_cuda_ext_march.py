@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cuda_ext import OccupancyGrid, march_rays, pack_bitfield
+from cuda_ext import OccupancyGrid, march_rays, pack_bitfield, sample_positions
 from cuda_ext import _backend, _torch_impl
 
 AABB = [-1.0, -0.5, -1.0, 1.0, 1.5, 0.5]
@@ -52,6 +52,26 @@ def test_march_matches_reference_exactly(step):
     ref = march_rays(o, d, grid, near=near, far=6.0, step_size=step, backend="torch")
     assert ours.t_starts.numel() > 100
     _assert_same(ours, ref)
+
+
+def test_sample_positions_are_the_marched_midpoints_bit_for_bit():
+    """The kernel's midpoints equal torch's `o + d * (t0 + t1) / 2` exactly, and lie in the cells march tested."""
+    grid = _grid()
+    o, d = _rays(600, seed=3)
+    s = march_rays(o, d, grid, far=6.0, step_size=0.013, backend="cpu")
+    got = sample_positions(o, d, s.ray_indices, s.t_starts, s.t_ends, backend="cpu")
+    ref = sample_positions(o, d, s.ray_indices, s.t_starts, s.t_ends, backend="torch")
+    assert got.shape == (s.t_starts.numel(), 3) and s.t_starts.numel() > 100
+    assert torch.equal(got, ref)
+    lo, hi = torch.tensor(AABB[:3]), torch.tensor(AABB[3:])
+    cells = ((got - lo) * (torch.tensor(grid.resolution) / (hi - lo))).floor().long()
+    cells = torch.minimum(cells.clamp(min=0), torch.tensor(grid.resolution) - 1)
+    assert bool(grid.binary[cells[:, 0], cells[:, 1], cells[:, 2]].all())  # every sample's cell is occupied
+    o.requires_grad_(True)  # a pose being refined: the reference path keeps the gradient
+    sample_positions(o, d, s.ray_indices, s.t_starts, s.t_ends, backend="cpu").sum().backward()
+    assert o.grad is not None and float(o.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"ray_indices must lie in \[0, 600\)"):
+        sample_positions(o.detach(), d, s.ray_indices + 600, s.t_starts, s.t_ends, backend="cpu")
 
 
 def test_packed_samples_cover_exactly_the_occupied_intervals():

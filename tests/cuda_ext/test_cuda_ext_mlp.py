@@ -1,10 +1,13 @@
 """Inference helpers of the head and torso fields: the fused small MLP (csrc/mlp_cpu.cpp) and the feathered box weight
-(csrc/box.h), C++ CPU kernels against the torch reference and what the fields rely on."""
+(csrc/box.h), the density inside the head's box, C++ CPU kernels against the torch reference and what the fields rely
+on."""
+
+import math
 
 import pytest
 import torch
 
-from cuda_ext import _backend, box_weight, linear_layers, mlp_forward
+from cuda_ext import _backend, box_weight, linear_layers, mlp_forward, unit_box_density
 from nerf_talk.fields.mlp import mlp
 
 
@@ -92,3 +95,28 @@ def test_box_weight_keeps_gradients_on_the_reference_path():
     assert x.grad is not None and bool((x.grad != 0).any())
     with pytest.raises(ValueError, match=r"box must have shape \[6\]"):
         box_weight(x.detach(), box[:5], 0.3, backend="cpu")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 5e-7)])
+def test_unit_box_density_kernel_matches_reference(dtype, tol):
+    """exp of the clamped logit inside [0, 1]^3, 0 outside (faces inside): kernel against reference, relative."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20000, 3, generator=g, dtype=dtype) * 1.2 - 0.1
+    x[:3] = torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 0.5, -1e-7]], dtype=dtype)  # faces, just out
+    h = torch.randn(20000, 16, generator=g, dtype=dtype) * 10  # strided logits, some past the clamp
+    got = unit_box_density(h[:, 0], x, 2.0, 15.0, backend="cpu")
+    ref = unit_box_density(h[:, 0], x, 2.0, 15.0, backend="torch")
+    assert torch.equal(got == 0, ref == 0) and bool(got[:2].gt(0).all()) and float(got[2]) == 0
+    assert float(((got - ref).abs() / ref.clamp_min(1e-30)).max()) <= tol
+    assert float(got.max()) == pytest.approx(math.exp(15.0), rel=tol)  # clamped
+
+
+def test_unit_box_density_keeps_gradients_and_names_bad_input():
+    raw = torch.randn(30, requires_grad=True)
+    x = torch.rand(30, 3)
+    unit_box_density(raw, x, 2.0, 15.0, backend="cpu").sum().backward()
+    assert raw.grad is not None and bool((raw.grad != 0).any())
+    with pytest.raises(ValueError, match=r"raw must have shape \[30\]"):
+        unit_box_density(raw[:5], x, 2.0, 15.0, backend="cpu")
+    with pytest.raises(ValueError, match=r"limit must lie in \(0, 80\]"):
+        unit_box_density(raw, x, 2.0, 100.0, backend="cpu")
