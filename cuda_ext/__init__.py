@@ -11,7 +11,7 @@ Backends (``backend=`` argument, or the process default from ``set_backend`` / `
 
 from ._backend import BACKENDS, BuildError, available, build_error, find_cuda_home, get_backend, set_backend
 from .box import box_weight, unit_box_density
-from .composite import composite, composite_weights, packed_info_from_ray_indices
+from .composite import composite, composite_colours, composite_weights, packed_info_from_ray_indices
 from .hashgrid import HashGrid, HashGridConfig, hash_encode
 from .mlp import linear_layers, mlp_forward
 from .occupancy import OccupancyGrid, RaySamples, march_rays, pack_bitfield, sample_positions
@@ -29,6 +29,7 @@ __all__ = [
     "box_weight",
     "build_error",
     "composite",
+    "composite_colours",
     "composite_weights",
     "find_cuda_home",
     "get_backend",

@@ -248,6 +248,16 @@ def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0
     return x.index_add(0, idx, -d)
 
 
+def composite_colours(weights, rgbs, packed_info):
+    """cuda_ext.composite_colours: each ray's sum of weight x colour, by index_add in sample order."""
+    starts, counts = packed_info[:, 0], packed_info[:, 1]
+    rays = torch.repeat_interleave(torch.arange(len(counts), device=weights.device), counts)
+    first = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts)
+    samples = first + torch.arange(len(rays), device=weights.device)
+    rgb = weights.new_zeros(len(counts), 3)
+    return rgb.index_add_(0, rays, weights[samples, None] * rgbs[samples])
+
+
 def unit_box_density(raw, x, bias, limit):
     """cuda_ext.box.unit_box_density: exp of the clamped logit inside [0, 1]^3, 0 outside."""
     inside = ((x >= 0) & (x <= 1)).all(-1)

@@ -117,3 +117,29 @@ def composite_weights(
             sigmas.to(dtype).contiguous(), t_starts.to(dtype).contiguous(), t_ends.to(dtype).contiguous(),
             packed_info.contiguous(), float(early_stop_eps), float(skip_budget))
     return weights, opacity
+
+
+def composite_colours(
+    weights: torch.Tensor,  # [S] from composite_weights
+    rgbs: torch.Tensor,  # [S, 3]
+    packed_info: torch.Tensor,  # [R, 2] (first sample, count)
+    backend: str | None = None,
+) -> torch.Tensor:  # rgb [R, 3], premultiplied
+    """Inference compositing's colour: each ray's sum of weight x colour over its samples, in one pass (the same sums,
+    bit for bit, as an index_add of the products in sample order). No gradients."""
+    n_samples = weights.shape[0]
+    if weights.dim() != 1 or rgbs.shape != (n_samples, 3):
+        raise ValueError(f"weights [S] and rgbs [S, 3] must agree, got {list(weights.shape)} and {list(rgbs.shape)}")
+    if packed_info.dim() != 2 or packed_info.shape[1] != 2:
+        raise ValueError(f"packed_info must have shape [R, 2], got {list(packed_info.shape)}")
+    packed_info = packed_info.long()
+    if packed_info.numel() and (int((packed_info[:, 0] + packed_info[:, 1]).max()) > n_samples
+                                or int(packed_info.min()) < 0):
+        raise ValueError(f"packed_info reaches past the {n_samples} samples")
+    name = _backend.resolve(backend, weights.device)
+    with torch.no_grad():
+        if name == "torch":
+            return _torch_impl.composite_colours(weights, rgbs.to(weights.dtype), packed_info)
+        dtype = torch.float32 if name == "cuda" else weights.dtype
+        return _backend.module_for(name).composite_colours(weights.to(dtype).contiguous(),
+                                                           rgbs.to(dtype).contiguous(), packed_info.contiguous())

@@ -56,6 +56,11 @@ template <typename T>
 void composite_weights(const T* sigmas, const T* t_starts, const T* t_ends, const int64_t* packed_info,
                        int64_t n_rays, T early_stop_eps, T skip_budget, T* weights, T* opacity, int n_threads);
 
+// Inference: rgb [n_rays, 3] = sum over each ray's samples of weights [S] times rgbs [S, 3].
+template <typename T>
+void composite_colours(const T* weights, const T* rgbs, const int64_t* packed_info, int64_t n_rays, T* rgb,
+                       int n_threads);
+
 // Point warp (warp.h): out [n, 3] from x [n, 3]; point i uses control set rows[i] (or set 0 when rows is null) of
 // ctrl and disp [sets, 3, n_ctrl] (coordinate-major); masks [2, n_ctrl] (upper, lower side) or null: one-sided.
 template <typename T>

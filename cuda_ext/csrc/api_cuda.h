@@ -54,6 +54,10 @@ cudaError_t composite_weights(const float* sigmas, const float* t_starts, const 
                               const int64_t* packed_info, int64_t n_rays, float early_stop_eps, float skip_budget,
                               float* weights, float* opacity, cudaStream_t stream);
 
+// Inference: rgb [n_rays, 3], as the CPU launcher.
+cudaError_t composite_colours(const float* weights, const float* rgbs, const int64_t* packed_info, int64_t n_rays,
+                              float* rgb, cudaStream_t stream);
+
 // Point warp (warp.h), as the CPU launcher.
 cudaError_t warp_points(const float* x, const float* ctrl, const float* disp, const int64_t* rows,
                         const float* masks, int64_t n, const WarpParams& p, float* out, cudaStream_t stream);

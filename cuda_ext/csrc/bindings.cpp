@@ -465,6 +465,35 @@ std::vector<Tensor> composite_weights(const Tensor& sigmas, const Tensor& t_star
   return {weights, opacity};
 }
 
+// Inference compositing's colour: rgb [R, 3] = sum over each ray's samples of weights [S] x rgbs [S, 3].
+Tensor composite_colours(const Tensor& weights, const Tensor& rgbs, const Tensor& packed_info) {
+  NT_CHECK_INPUT(weights, "weights");
+  NT_CHECK_INPUT(rgbs, "rgbs");
+  NT_CHECK_INPUT(packed_info, "packed_info");
+  check_float_dtype(weights, "weights");
+  NT_CHECK_DTYPE(rgbs, "rgbs", weights.scalar_type());
+  NT_CHECK_DTYPE(packed_info, "packed_info", at::kLong);
+  const int64_t S = weights.size(0);
+  NT_CHECK_SHAPE(weights.dim() == 1, "weights", weights, "[S]");
+  NT_CHECK_SHAPE(rgbs.dim() == 2 && rgbs.size(0) == S && rgbs.size(1) == 3, "rgbs", rgbs, "[S, 3]");
+  NT_CHECK_SHAPE(packed_info.dim() == 2 && packed_info.size(1) == 2, "packed_info", packed_info, "[R, 2]");
+  const int64_t R = packed_info.size(0);
+  Tensor rgb = at::empty({R, 3}, weights.options());
+  if (R == 0) return rgb;
+#if defined(NT_WITH_CUDA)
+  const c10::cuda::CUDAGuard guard(weights.device());
+  NT_CHECK_LAUNCH(nt::cuda::composite_colours(weights.data_ptr<float>(), rgbs.data_ptr<float>(),
+                                              packed_info.data_ptr<int64_t>(), R, rgb.data_ptr<float>(),
+                                              c10::cuda::getCurrentCUDAStream().stream()));
+#else
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "composite_colours", [&] {
+    nt::cpu::composite_colours<scalar_t>(weights.data_ptr<scalar_t>(), rgbs.data_ptr<scalar_t>(),
+                                         packed_info.data_ptr<int64_t>(), R, rgb.data_ptr<scalar_t>(), n_threads());
+  });
+#endif
+  return rgb;
+}
+
 // ----------------------------------------------------------------------------------------------------------------
 // Point warp by control points (warp.h)
 
@@ -649,6 +678,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
   m.def("composite_weights", &composite_weights);
+  m.def("composite_colours", &composite_colours);
   m.def("warp_points", &warp_points);
   m.def("box_weights", &box_weights);
 #if !defined(NT_WITH_CUDA)

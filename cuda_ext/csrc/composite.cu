@@ -41,6 +41,13 @@ __global__ void weights_kernel(const float* __restrict__ sigmas, const float* __
                         skip_budget, weights, opacity + r);
 }
 
+__global__ void colours_kernel(const float* __restrict__ weights, const float* __restrict__ rgbs,
+                               const int64_t* __restrict__ packed_info, int64_t n_rays, float* __restrict__ rgb) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n_rays) return;
+  composite_ray_colour(packed_info[2 * r], packed_info[2 * r + 1], weights, rgbs, rgb + 3 * r);
+}
+
 }  // namespace
 
 cudaError_t composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
@@ -70,6 +77,13 @@ cudaError_t composite_weights(const float* sigmas, const float* t_starts, const 
   if (n_rays == 0) return cudaSuccess;
   weights_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(sigmas, t_starts, t_ends, packed_info, n_rays,
                                                             early_stop_eps, skip_budget, weights, opacity);
+  return launch_status();
+}
+
+cudaError_t composite_colours(const float* weights, const float* rgbs, const int64_t* packed_info, int64_t n_rays,
+                              float* rgb, cudaStream_t stream) {
+  if (n_rays == 0) return cudaSuccess;
+  colours_kernel<<<n_blocks(n_rays), kThreads, 0, stream>>>(weights, rgbs, packed_info, n_rays, rgb);
   return launch_status();
 }
 

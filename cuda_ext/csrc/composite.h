@@ -104,4 +104,19 @@ NT_HD void composite_ray_weights(int64_t start, int64_t count, const T* __restri
   *opacity = op;
 }
 
+// A ray's colour from its weights and its samples' colours: sum_i w_i c_i, in sample order (as torch's index_add of
+// the products sums them, bit for bit).
+template <typename T>
+NT_HD void composite_ray_colour(int64_t start, int64_t count, const T* __restrict__ weights,
+                                const T* __restrict__ rgbs, T* __restrict__ rgb) {
+  T acc[3] = {T(0), T(0), T(0)};
+  for (int64_t i = start; i < start + count; ++i) {
+    const T w = weights[i];
+    NT_UNROLL
+    for (int c = 0; c < 3; ++c) acc[c] = add_rn(acc[c], mul_rn(w, rgbs[3 * i + c]));
+  }
+  NT_UNROLL
+  for (int c = 0; c < 3; ++c) rgb[c] = acc[c];
+}
+
 }  // namespace nt

@@ -38,12 +38,22 @@ void composite_weights(const T* sigmas, const T* t_starts, const T* t_ends, cons
   }
 }
 
+template <typename T>
+void composite_colours(const T* weights, const T* rgbs, const int64_t* packed_info, int64_t n_rays, T* rgb,
+                       int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 256) if (n_rays >= kParallelMin / 16)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    composite_ray_colour(packed_info[2 * r], packed_info[2 * r + 1], weights, rgbs, rgb + 3 * r);
+  }
+}
+
 #define NT_INSTANTIATE(T)                                                                                           \
   template void composite_forward<T>(const T*, const T*, const T*, const T*, const int64_t*, int64_t, T, T*, T*, T*, \
                                      int);                                                                          \
   template void composite_backward<T>(const T*, const T*, const T*, const T*, const int64_t*, int64_t, T, const T*,  \
                                       const T*, const T*, const T*, const T*, const T*, T*, T*, int);          \
-  template void composite_weights<T>(const T*, const T*, const T*, const int64_t*, int64_t, T, T, T*, T*, int);
+  template void composite_weights<T>(const T*, const T*, const T*, const int64_t*, int64_t, T, T, T*, T*, int); \
+  template void composite_colours<T>(const T*, const T*, const int64_t*, int64_t, T*, int);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cuda_ext import OccupancyGrid, composite, composite_weights, march_rays, sample_positions
+from cuda_ext import OccupancyGrid, composite, composite_colours, composite_weights, march_rays, sample_positions
 
 # (positions [S, 3], ray_indices [S]) -> (density [S], rgb [S, 3])
 RadianceFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -138,8 +138,7 @@ def render_rays_inference(
         if kept > KEEP_ALL * len(idx):
             # Nearly every sample counts (a fog: the CPU recipes' heads): colour them all rather than gather the
             # kept ones (a weight-0 sample adds exactly 0).
-            colour = field.get_outputs(positions, geo, c)
-            rgb.index_add_(0, idx, weights[:, None] * colour)
+            rgb[r0:r1] = composite_colours(weights, field.get_outputs(positions, geo, c), info, backend=backend)
             continue
         keep = torch.nonzero(weights).reshape(-1)
         k_idx = idx.index_select(0, keep)

@@ -155,3 +155,23 @@ def test_inference_weights_match_reference_and_composite(eps, budget):
         assert (weights == 0).sum() > (exact == 0).sum() + 10  # the budget really skipped samples
     if eps > 0:  # the early termination cut samples: they get weight 0
         assert ((weights == 0) & (sigmas > 0)).sum() > 0.05 * len(sigmas)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_colours_are_index_add_in_sample_order_bit_for_bit(dtype):
+    """composite_colours: each ray's sum of weight x colour, equal bit for bit to index_add of the products (what the
+    renderer did before) on the kernel and the reference; a ray with no samples is black."""
+    from cuda_ext import composite_colours, composite_weights
+
+    sigmas, rgbs, t_starts, t_ends, packed_info, ray_indices = _packed(300, 40, seed=4, sigma_scale=30.0)
+    sigmas, rgbs, t_starts, t_ends = (t.to(dtype) for t in (sigmas, rgbs, t_starts, t_ends))
+    weights, _ = composite_weights(sigmas, t_starts, t_ends, packed_info, 1e-4, backend="cpu")
+    expected = torch.zeros(300, 3, dtype=dtype).index_add_(0, ray_indices, weights[:, None] * rgbs)
+    for backend in ("cpu", "torch"):
+        assert torch.equal(composite_colours(weights, rgbs, packed_info, backend=backend), expected), backend
+    assert int(packed_info[1, 1]) > 0
+    empty = packed_info.clone()
+    empty[1, 1] = 0  # ray 1 loses its samples
+    assert torch.equal(composite_colours(weights, rgbs, empty, backend="cpu")[1], torch.zeros(3, dtype=dtype))
+    with pytest.raises(ValueError, match="packed_info reaches past the"):
+        composite_colours(weights[:-1], rgbs[:-1], packed_info, backend="cpu")

@@ -170,3 +170,13 @@ def test_sample_positions_cuda_match_cpu_bit_for_bit():
     cpu = cuda_ext.sample_positions(o, d, idx, t0, t1, backend="cpu")
     gpu = cuda_ext.sample_positions(o.to(CUDA), d.to(CUDA), idx.to(CUDA), t0.to(CUDA), t1.to(CUDA), backend="cuda")
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_composite_colours_cuda_match_cpu_bit_for_bit():
+    g = torch.Generator().manual_seed(6)
+    counts = torch.randint(0, 30, (400,), generator=g)
+    info = torch.stack([torch.cumsum(counts, 0) - counts, counts], 1)
+    w, rgbs = torch.rand(int(counts.sum()), generator=g), torch.rand(int(counts.sum()), 3, generator=g)
+    cpu = cuda_ext.composite_colours(w, rgbs, info, backend="cpu")
+    gpu = cuda_ext.composite_colours(w.to(CUDA), rgbs.to(CUDA), info.to(CUDA), backend="cuda")
+    assert torch.equal(gpu.cpu(), cpu)
