@@ -32,6 +32,14 @@ def test_fused_mlp_matches_the_layers_it_fuses(dims, n_hidden, n, sigmoid):
     assert torch.equal(mlp_forward(x, *linear_layers(net), sigmoid=sigmoid, backend="torch"), ref)
 
 
+def test_the_sigmoid_saturates_cleanly_on_huge_logits():
+    w, b = [torch.tensor([[1.0], [-1.0], [0.0]])], [torch.zeros(3)]
+    x = torch.tensor([[1e6], [-1e6], [50.0], [-90.0]])
+    got = mlp_forward(x, w, b, sigmoid=True, backend="cpu")
+    ref = torch.sigmoid(x * torch.tensor([1.0, -1.0, 0.0]))
+    assert torch.allclose(got, ref, atol=1e-30, rtol=1e-6) and bool(torch.isfinite(got).all())
+
+
 def test_additions_reach_the_first_layer_of_their_rows_only():
     torch.manual_seed(0)
     net = mlp(10, 32, 4, 2)
