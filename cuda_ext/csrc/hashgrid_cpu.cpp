@@ -160,7 +160,10 @@ void hash_encode_forward(const T* x, const T* table, T* out, int64_t n, const Ha
   if (n == 0) return;
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
-    if (p.n_features == 2) {  // groups of 16 points by hand, the rest below
+    // (32-bit lanes: table offsets 2 x index and cells must stay below 2^31; any grid a CPU trains is far below)
+    bool small = p.table_size <= (1u << 29);
+    for (int l = 0; l < p.n_levels; ++l) small = small && p.resolutions[l] < (1u << 30);
+    if (p.n_features == 2 && small) {  // groups of 16 points by hand, the rest below
       const int64_t groups = n / 16, done = groups * 16;
       if (p.dims == 2) forward_avx512_f2<2>(x, table, out, groups, p, n_threads);
       else forward_avx512_f2<3>(x, table, out, groups, p, n_threads);
