@@ -100,12 +100,15 @@ def _level_params(cfg: HashGridConfig) -> tuple[tuple[float, ...], tuple[int, ..
     return tuple(scales), tuple(resolutions), tuple(dense)
 
 
+def _encode(x, table, params, backend, lookup_dtype) -> tuple[torch.Tensor, torch.Tensor]:  # (out, table as read)
+    lookup = table if lookup_dtype in (None, table.dtype) else table.to(lookup_dtype)
+    return _backend.module_for(backend).hash_encode_forward(x, lookup, *params), lookup
+
+
 class _HashEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, params, backend, lookup_dtype):  # x [N, D], table [L, T, F]
-        ext = _backend.module_for(backend)
-        lookup = table if lookup_dtype in (None, table.dtype) else table.to(lookup_dtype)
-        out = ext.hash_encode_forward(x, lookup, *params)
+        out, lookup = _encode(x, table, params, backend, lookup_dtype)
         ctx.save_for_backward(x, lookup)
         ctx.params, ctx.backend = params, backend
         return out
@@ -160,11 +163,11 @@ def hash_encode(
             x2 = x2.to(table3.dtype)
         params = (scales, resolutions, dense)
         lookup_dtype = table_dtype if name == "cuda" else None
+        args = (x2.contiguous(), table3.contiguous(), params, name, lookup_dtype)
         if torch.is_grad_enabled() and (x2.requires_grad or table3.requires_grad):
-            out = _HashEncode.apply(x2.contiguous(), table3.contiguous(), params, name, lookup_dtype)
+            out = _HashEncode.apply(*args)
         else:  # (no graph to record: the autograd Function's bookkeeping costs more than a small call's work)
-            lookup = table3 if lookup_dtype in (None, table3.dtype) else table3.to(lookup_dtype)
-            out = _backend.module_for(name).hash_encode_forward(x2.contiguous(), lookup.contiguous(), *params)
+            out = _encode(*args)[0]
     return out.reshape(*lead, cfg.out_dim)
 
 

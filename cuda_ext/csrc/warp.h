@@ -34,7 +34,9 @@ constexpr float kWeightCut = -60.0f;
 
 // exp(v) for v <= 0, 0 below kWeightCut. On the host in plain arithmetic that the compiler vectorises (common.h:
 // exp2_fraction, exp2_integer; the degree-7 Taylor series it replaced took four more multiply-adds for nothing a float
-// can hold). On the device: expf. Double: exp.
+// can hold). Not common.h's exp_vectorisable: its exact two-part range reduction made the warp's block 12 % slower
+// (2.62 -> 2.94 ms, 65k points x 71 control points) for weights the fade makes insensitive to 1e-6 relative errors.
+// On the device: expf. Double: exp.
 NT_HD float exp_nonpositive(float v) {
   const float keep = v < kWeightCut ? 0.0f : 1.0f;
   v = v < kWeightCut ? kWeightCut : v;
