@@ -201,8 +201,9 @@ def test_studio_page_from_video_to_rendered_speech(tmp_path):
                 text = await page.inner_text("#detail-error")
                 assert text.startswith("no face found in 100% of the sampled frames") and "-> give a video" in text
 
-                # Upload the clip and preprocess it at 128 px; reload the page while it runs.
-                await page.evaluate("window.studio.errors = []")
+                # Upload the clip and preprocess it at 128 px; reload the page while it runs. (The pick is cleared
+                # first: it still holds the video above, and waiting for it to be non-empty raced the upload.)
+                await page.evaluate("window.studio.errors = []; document.querySelector('#video-pick').value = ''")
                 await page.set_input_files("#video-file", str(clip))
                 await page.click("#upload-video")
                 await wait_js(page, "document.querySelector('#video-pick').value !== ''", 60)
