@@ -107,7 +107,7 @@ def evaluate(dataset: Path, out: Path, figure_frame: int | None, max_frames: int
     t0 = time.perf_counter()
     for i in frames:
         pred, gt = tr.render_frame(i, torso)
-        head = HEAD_LUT[tr.data.store.get(i)[1].long()].to(pred.device)  # [H, W] bool at the render size
+        head = HEAD_LUT[tr.data.store.get(i).parsing.long()].to(pred.device)  # [H, W] bool at the render size
         se, se_base = ((pred - gt) ** 2).sum(-1), ((mean_img - gt) ** 2).sum(-1)  # [H, W]
         n_head = int(head.sum())
         acc["full"][0] += float(se.sum()); acc["full"][1] += se.numel() * 3  # noqa: E702

@@ -228,6 +228,23 @@ def test_motion_changes_colour_only_in_the_mouth_region():
         assert (not torch.allclose(a, b)) == changes
 
 
+def test_motion_code_in_a_batch_mixing_mouth_and_face_samples():
+    # The motion branch runs only on the samples the mouth box weighs: in a mixed batch each sample gets the colour
+    # it gets on its own, and the motion embedding and attention still get their gradient.
+    field, t = _field()
+    torch.nn.init.normal_(field.color_mlp[0].weight)
+    inside = torch.tensor(t[list(LOWER_FACE)][:4], dtype=torch.float32)
+    x = torch.cat([inside, torch.tensor([[0.0, -0.08, -0.05]] * 4)])[[0, 4, 1, 5, 2, 6, 3, 7]]
+    motion, eyes = torch.randn(8, 3), torch.ones(8, 3)
+    _, geo = field.get_density(x)
+    rgb = field.get_outputs(x, geo, HeadCodes(motion, eyes, None))
+    for k in range(8):
+        alone = field.get_outputs(x[k:k + 1], geo[k:k + 1], HeadCodes(motion[k:k + 1], eyes[k:k + 1], None))
+        assert torch.allclose(rgb[k], alone[0], atol=1e-6)
+    rgb.sum().backward()
+    assert field.motion_embed[0].weight.grad.abs().sum() > 0 and field.attention.weight.grad.abs().sum() > 0
+
+
 def test_eye_code_changes_colour_only_in_the_eye_region():
     t = _template()
     eyes = list(LEFT_EYE_LOOP + RIGHT_EYE_LOOP)  # two eye contours above the mouth, as on a face

@@ -141,7 +141,7 @@ def test_eye_rays_are_drawn_around_the_eyes(dataset):
         gen = torch.Generator().manual_seed(0)
         b = data.sample_rays(gen, 2000, 20, 0.6, 0.1, frac)
         assert len(b.frames) == 2000 and b.head_mask.float().mean() >= 0.6  # the eye rays come out of the head's
-        near = [bool(eye_pixels(data.store.get(int(f))[1], 1)[int(p[1]) * w + int(p[0])])
+        near = [bool(eye_pixels(data.store.get(int(f)).parsing, 1)[int(p[1]) * w + int(p[0])])
                 for f, p in zip(b.frames, b.pixels)]
         shares[frac] = sum(near) / len(near)
     # A frame whose eyes are shut (no eye label at all; 4 of the 35) gives its eye rays to the head: >= 0.2, not 0.3.
@@ -258,4 +258,7 @@ def test_eye_pixels_grow_the_eye_label():
     lab[4, 4] = int(Label.EYES)
     assert int(eye_pixels(lab, 0).sum()) == 1 and int(eye_pixels(lab, 2).sum()) == 25  # a closed eye's few pixels
     assert not eye_pixels(torch.zeros(9, 9, dtype=torch.uint8), 2).any()  # (and the lids around them)
+    lab[4, 4], lab[0, 8] = 0, int(Label.EYES)  # at the image's corner: only the window's part inside the image
+    grown = eye_pixels(lab, 2).reshape(9, 9)
+    assert int(grown.sum()) == 9 and bool(grown[:3, 6:].all())
 

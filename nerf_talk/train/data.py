@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -43,30 +44,46 @@ HEAD_LUT, MOUTH_LUT = label_table(HEAD_LABELS), label_table(MOUTH_LABELS)
 BODY_LUT = label_table((Label.NECK, Label.TORSO))
 
 
+def dilate(mask: np.ndarray, grow: int) -> np.ndarray:  # [H, W] uint8 0/1 -> [H, W] uint8
+    """`mask` grown by `grow` pixels in a square window (pixels outside the image count as empty)."""
+    return cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) if grow > 0 else mask
+
+
 def eye_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H*W] bool
     """The eye label dilated by `grow` pixels (a square window), flattened row-major."""
-    eye = (labels == int(Label.EYES)).float()[None, None]
-    if grow > 0:
-        eye = torch.nn.functional.max_pool2d(eye, 2 * grow + 1, stride=1, padding=grow)
-    return eye.reshape(-1) > 0
+    eye = (labels == int(Label.EYES)).numpy().astype(np.uint8)
+    return torch.from_numpy(dilate(eye, grow).reshape(-1) > 0)
 
 
 def under_jaw_pixels(labels: torch.Tensor, grow: int) -> torch.Tensor:  # [H, W] uint8 -> [H, W] bool
     """Head pixels within `grow` pixels (a square window) of the neck or torso labels: where the torso layer runs on
     under the head's lower edge."""
-    body = BODY_LUT[labels.long()].float()[None, None]
-    near = torch.nn.functional.max_pool2d(body, 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0
-    return near & HEAD_LUT[labels.long()]
+    body = BODY_LUT[labels.long()].numpy().astype(np.uint8)
+    return torch.from_numpy(dilate(body, grow) > 0) & HEAD_LUT[labels.long()]
+
+
+class Frame(NamedTuple):
+    """One training frame at the training size, as uint8/bool CPU tensors."""
+
+    image: torch.Tensor  # [H, W, 3] uint8
+    parsing: torch.Tensor  # [H, W] uint8 labels
+    torso: torch.Tensor  # [H, W, 4] uint8 RGBA
+    eye_region: torch.Tensor  # [H*W] bool: eye_pixels(parsing, grown by EYE_REGION_GROW)
+    under_jaw: torch.Tensor  # [H, W] bool: under_jaw_pixels(parsing, grown by BODY_UNDERLAP)
 
 
 class FrameStore:
-    """Frame i's image, parsing labels and torso RGBA, decoded once and kept as uint8 CPU tensors (LRU)."""
+    """Frame i's image, parsing labels, torso RGBA and the regions rays are drawn from, decoded once and kept on the
+    CPU (LRU). (Dilating the labels with torch's max_pool2d at every draw was 22 % of a CPU-recipe training step;
+    cv2.dilate, once per frame, costs 0.3 ms: docs/BENCHMARKS.md, "seventh session".)"""
 
     def __init__(self, ds: Dataset, size: tuple[int, int], cache_mb: int) -> None:
         self.ds, self.size = ds, size  # size: (height, width) after scaling
         h, w = size
-        self.capacity = max(1, int(cache_mb * 2**20 // (h * w * 8)))  # 3 + 1 + 4 bytes per pixel
-        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.capacity = max(1, int(cache_mb * 2**20 // (h * w * 10)))  # 3 + 1 + 4 bytes + 2 masks per pixel
+        self.eye_grow = max(1, round(EYE_REGION_GROW * h))
+        self.jaw_grow = max(1, round(BODY_UNDERLAP * h))
+        self._cache: OrderedDict[int, Frame] = OrderedDict()
 
     def _resize(self, img: np.ndarray, nearest: bool) -> np.ndarray:
         h, w = self.size
@@ -74,17 +91,18 @@ class FrameStore:
             return img
         return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
-    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # [H, W, 3], [H, W], [H, W, 4]
+    def get(self, i: int) -> Frame:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
         image = self._resize(self.ds.read_frame(i), False)
-        parsing = self._resize(self.ds.read_parsing(i), True)
+        parsing = torch.from_numpy(self._resize(self.ds.read_parsing(i), True))
         torso = self.ds.read_image(f"torso/{frame_name(i, 'png')}")
         if torso.ndim != 3 or torso.shape[2] != 4:
             raise UserError(f"{self.ds.root}/torso/{frame_name(i, 'png')} is not RGBA (shape {torso.shape})",
                             "run the torso step of preprocess again.")
-        item = (torch.from_numpy(image), torch.from_numpy(parsing), torch.from_numpy(self._resize(torso, False)))
+        item = Frame(torch.from_numpy(image), parsing, torch.from_numpy(self._resize(torso, False)),
+                     eye_pixels(parsing, self.eye_grow), under_jaw_pixels(parsing, self.jaw_grow))
         self._cache[i] = item
         if len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
@@ -185,20 +203,19 @@ class TrainData:
     def mean_image(self) -> torch.Tensor:  # [H, W, 3] float: the baseline a trained avatar must beat
         acc = torch.zeros(*self.size, 3, dtype=torch.float64)
         for i in self.train_frames:
-            acc += self.store.get(i)[0].double()
+            acc += self.store.get(i).image.double()
         return (acc / len(self.train_frames) / 255.0).float()
 
     def _gather(self, frames: list[int], per_frame_pixels: list[torch.Tensor]) -> RayBatch:
         fr, px, rgb, lab, tor, jaw = [], [], [], [], [], []
-        grow = max(1, round(BODY_UNDERLAP * self.size[0]))
         for i, p in zip(frames, per_frame_pixels):
-            image, parsing, torso = self.store.get(i)
+            image, parsing, torso, _, under_jaw = self.store.get(i)
             fr.append(torch.full((p.shape[0],), i, dtype=torch.long))
             px.append(p)
             rgb.append(image[p[:, 1], p[:, 0]])
             lab.append(parsing[p[:, 1], p[:, 0]])
             tor.append(torso[p[:, 1], p[:, 0]])
-            jaw.append(under_jaw_pixels(parsing, grow)[p[:, 1], p[:, 0]])
+            jaw.append(under_jaw[p[:, 1], p[:, 0]])
         frames_t = torch.cat(fr)
         dev = self.device
         return RayBatch(
@@ -225,18 +242,16 @@ class TrainData:
         (under_jaw_pixels: the torso stage); the rest uniform over the image. A frame without mouth, eye or under-jaw
         pixels gives those rays to the head."""
         h, w = self.size
-        grow = max(1, round(EYE_REGION_GROW * h))
-        grow_jaw = max(1, round(BODY_UNDERLAP * h))
         frames = self.pick_frames(gen, n_frames)
         per = [n_rays // n_frames + (1 if k < n_rays % n_frames else 0) for k in range(n_frames)]
         pixels = []
         for i, n in zip(frames, per):
             n_head = int(round(n * head_fraction))
             flat = [torch.randint(0, h * w, (n - n_head,), generator=gen)]
-            labels = self.store.get(i)[1]
-            lab = labels.reshape(-1).long()
-            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: eye_pixels(labels, grow)),
-                       (jaw_fraction, lambda: under_jaw_pixels(labels, grow_jaw).reshape(-1)))
+            frame = self.store.get(i)
+            lab = frame.parsing.reshape(-1).long()
+            regions = ((mouth_fraction, lambda: MOUTH_LUT[lab]), (eye_fraction, lambda: frame.eye_region),
+                       (jaw_fraction, lambda: frame.under_jaw.reshape(-1)))
             for fraction, region in regions:
                 k = min(int(round(n * fraction)), n_head)
                 idx = torch.nonzero(region()).reshape(-1) if k else lab[:0]  # the mask only when rays go there
@@ -261,7 +276,7 @@ class TrainData:
         jit = torch.randint(-(patch // 4), patch // 4 + 1, (n_patches, 2), generator=gen)
         pixels = []
         for k, i in enumerate(frames):
-            lab = self.store.get(i)[1]
+            lab = self.store.get(i).parsing
             ys, xs = torch.nonzero(MOUTH_LUT[lab.long()], as_tuple=True)
             if ys.numel() == 0:
                 ys, xs = torch.nonzero(HEAD_LUT[lab.long()], as_tuple=True)
