@@ -111,8 +111,6 @@ def warp_points(
     by 1 / reach_z. Two-sided (`sides`): the upper (1) and lower (0) points, corners (2) in both, give two
     displacements, and a point follows the upper one when it lies above (smaller y than) the midpoint of the two sides'
     points nearest to it in (x, y), switching over `switch_width`. No gradients (the warp follows given data)."""
-    if x.dim() != 2 or x.shape[1] != 3:
-        raise ValueError(f"x must have shape [N, 3], got {list(x.shape)}")
     controls = WarpControls.prepare(ctrl.to(x.device), disp.to(x.device), sigma, sides, reach_z, fade, switch_width,
                                     box, backend, x.dtype)
     return controls.apply(x, rows)
