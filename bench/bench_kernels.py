@@ -3,8 +3,9 @@
   encoding:  hash_encode forward + backward to the table (points/s), 3D, 16 levels x 2 features, 2^19 table
   render:    march_rays + composite forward + backward (rays/s) through a 128^3 occupancy grid around a head-sized
              ellipsoid, 2^18 rays from a camera (sigma/rgb of the samples come from an analytic field, not timed)
-  warp:      warp_points (points/s) as the head field calls it: the lower face (71 control points, 8 mm kernels
-             reaching 4x in depth) and the eyelids (32 points, two-sided, 3 mm), 2^16 points spread over a face
+  warp:      warp_points (points/s) as the head field calls it: the lower face (71 control points, two-sided lips
+             stretched across their gap, 5 mm kernels reaching 4x in depth) and the eyelids (32 points, two-sided,
+             3 mm), 2^16 points spread over a face
 
 Prints one line per backend with its settings, the speed-up of the C++ CPU backend over the torch reference, and on
 a GPU the time a kernel would take if it only moved its compulsory bytes at the card's measured copy bandwidth (the
@@ -246,20 +247,23 @@ def bench_render(backend: str, grid, rays_o, rays_d, step_size: float, repeats: 
 
 
 def bench_warp(backend: str, device: torch.device, n_points: int, repeats: int) -> dict:
-    from nerf_talk.fields.warp import DEPTH_REACH, EYE_LID, EYE_SIGMA, FADE, LID_SWITCH, LOWER_FACE, LOWER_SIGMA
+    from nerf_talk.fields.warp import (DEPTH_REACH, EYE_LID, EYE_SIGMA, FADE, LID_SWITCH, LIP_SWITCH, LOWER_GUIDE,
+                                       LOWER_SIDE, LOWER_SIGMA)
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(n_points, 3, generator=g) * 0.03).to(device)
     sets = []
-    for n_ctrl, sigma, sides in ((len(LOWER_FACE), LOWER_SIGMA, None), (len(EYE_LID), EYE_SIGMA, EYE_LID)):
-        ctrl = (torch.randn(1, n_ctrl, 3, generator=g) * 0.02).to(device)
-        disp = (torch.randn(1, n_ctrl, 3, generator=g) * 0.004).to(device)
-        sets.append((ctrl, disp, sigma, None if sides is None else torch.tensor(sides, device=device)))
+    for sigma, sides, guides, switch, stretch in ((LOWER_SIGMA, LOWER_SIDE, LOWER_GUIDE, LIP_SWITCH, True),
+                                                  (EYE_SIGMA, EYE_LID, None, LID_SWITCH, False)):
+        ctrl = (torch.randn(1, len(sides), 3, generator=g) * 0.02).to(device)
+        disp = (torch.randn(1, len(sides), 3, generator=g) * 0.004).to(device)
+        sets.append((ctrl, disp, sigma, torch.tensor(sides, device=device),
+                     None if guides is None else torch.tensor(guides, device=device), switch, stretch))
 
     def run():
-        for ctrl, disp, sigma, sides in sets:
+        for ctrl, disp, sigma, sides, guides, switch, stretch in sets:
             cuda_ext.warp_points(x, ctrl, disp, sigma, sides=sides, reach_z=DEPTH_REACH, fade=FADE,
-                                 switch_width=LID_SWITCH, backend=backend)
+                                 switch_width=switch, stretch=stretch, guides=guides, backend=backend)
 
     secs = timeit(run, device, repeats)
     return {"kernel": "warp", "backend": backend, "device": device.type, "rate": n_points / secs, "unit": "points/s",
@@ -397,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             report(bench_render("cuda", *scene_gpu, args.step, gpu_repeats, 1e-4), bw)
 
     # point warp
-    print(f"# warp: {args.warp_points} points through the lower-face (71 control points) and eyelid (32, two-sided) "
-          f"warps, reference on {min(args.ref_points, args.warp_points)}")
+    print(f"# warp: {args.warp_points} points through the lower-face (71 control points, two-sided, stretched) and "
+          f"eyelid (32, two-sided) warps, reference on {min(args.ref_points, args.warp_points)}")
     war = {}
     for b in backends:
         if b in ("torch", "cpu"):

@@ -219,20 +219,30 @@ def _warp_one_sided(x, ctrl, disp, sigma, reach_z, fade, dist=None):
     return (w @ disp) / (w.sum(-1, keepdim=True) + fade)
 
 
-def _warp_two_sided(x, ctrl, disp, sigma, sides, reach_z, fade, switch_width):
+def _warp_two_sided(x, ctrl, disp, sigma, sides, reach_z, fade, switch_width, stretch, guides):
     squash = x.new_tensor([1.0, 1.0, 1.0 / reach_z])
     dist = torch.cdist(x * squash, ctrl * squash)
     plane = torch.cdist(x[:, :2], ctrl[:, :2])
-    out, lid_y = [], []
+    out, lid_y, far = [], [], []
     for s in (1, 0):
         cols = torch.nonzero((sides == s) | (sides == 2)).reshape(-1)
         out.append(_warp_one_sided(x, ctrl[cols], disp[cols], sigma, reach_z, fade, dist[:, cols]))
-        lid_y.append(ctrl[cols][plane[:, cols].argmin(-1), 1])
-    upper = torch.sigmoid(((lid_y[0] + lid_y[1]) / 2 - x[:, 1]) / switch_width)[:, None]
+        if guides is not None:  # only these give the side's height
+            cols = cols[guides[cols]]
+        near, k = plane[:, cols].min(-1)
+        lid_y.append(ctrl[cols][k, 1])
+        far.append(near)
+    mid = (lid_y[0] + lid_y[1]) / 2
+    if stretch:
+        ramp = torch.maximum((lid_y[1] - lid_y[0]).clamp(min=switch_width), torch.maximum(far[0], far[1]))
+        upper = ((mid - x[:, 1]) / ramp + 0.5).clamp(0, 1)[:, None]
+    else:
+        upper = torch.sigmoid((mid - x[:, 1]) / switch_width)[:, None]
     return upper * out[0] + (1 - upper) * out[1]
 
 
-def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0.0, switch_width=1.0, box=None):
+def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0.0, switch_width=1.0, box=None,
+                stretch=False, guides=None):
     """Point warp by control points (see csrc/warp.h): dense distance matrices, control set by control set."""
     idx = torch.arange(x.shape[0], device=x.device)
     if box is not None:
@@ -244,7 +254,7 @@ def warp_points(x, ctrl, disp, sigma, rows=None, sides=None, reach_z=1.0, fade=0
         sel = torch.nonzero(r == u).reshape(-1)
         p = x[idx[sel]]
         d[sel] = (_warp_one_sided(p, ctrl[u], disp[u], sigma, reach_z, fade) if sides is None else
-                  _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width))
+                  _warp_two_sided(p, ctrl[u], disp[u], sigma, sides, reach_z, fade, switch_width, stretch, guides))
     return x.index_add(0, idx, -d)
 
 

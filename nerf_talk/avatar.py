@@ -54,7 +54,9 @@ KIND = "nerf_talk.avatar"
 # version 3 or 4 training directory exports a version 5 file (the fine-tune runs at export).
 # 6: the head field gained its landmark warp (train.model.FIELDS_VERSION 4: the hash grid holds the neutral face and
 # the tracked landmarks move samples to it); older weights hold one face per motion, so older files are fitted again.
-FORMAT_VERSION = 6
+# 7: the warp parts the lips (`head.warp.lower_side`, FIELDS_VERSION 5); version 6 weights were fitted to a warp that
+# blended the two lips, their mouth residual paints openings the new warp already makes, so they are fitted again.
+FORMAT_VERSION = 7
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none
@@ -233,8 +235,8 @@ def validate_meta(meta: dict, where: str = "avatar") -> None:
         if newer:
             hint = "update nerf_talk to read it."
         else:
-            hint = ("fit it again (`nerf-talk fit`): older avatars lack the head field's landmark warp (lips, jaw and "
-                    "eyelids that follow the drive), which re-exporting cannot add.")
+            hint = ("fit it again (`nerf-talk fit`): older avatars were trained with an earlier landmark warp (the "
+                    "lips, jaw and eyelids that follow the drive), and re-exporting cannot retrain them.")
         raise AvatarError(f"{where} has avatar format version {json.dumps(v)[:20]}; this nerf_talk ({__version__}) "
                           f"reads version {FORMAT_VERSION}", hint)
     for key in REQUIRED_META:

@@ -27,7 +27,7 @@ def _header_end(path) -> int:
 def test_load_reads_what_fit_wrote(avatar_file):
     parts = load_avatar(avatar_file)
     m = parts.meta
-    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 6
+    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 7
     assert m["checksum"] == avatar_checksum(parts.tensors, m)
     assert parts.tensors["background"].dtype == torch.uint8
     assert m["fps"] == 25.0 and m["size"] == [48, 48]
@@ -68,11 +68,16 @@ def test_foreign_and_future_files_are_refused(avatar_file, tmp_path):
     with pytest.raises(AvatarError, match="not a nerf_talk avatar"):
         load_avatar(tmp_path / "other.safetensors")
     parts = load_avatar(avatar_file)
-    with pytest.raises(AvatarError, match="(?s)version 7.*update nerf_talk"):
-        save_file(parts.tensors, str(tmp_path / "v7.avatar"),
-                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=7))})
-        load_avatar(tmp_path / "v7.avatar")
-    # Version 3 to 5 files (no landmark warp: their hash grid holds one face per motion) are fitted again.
+    with pytest.raises(AvatarError, match="(?s)version 8.*update nerf_talk"):
+        save_file(parts.tensors, str(tmp_path / "v8.avatar"),
+                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=8))})
+        load_avatar(tmp_path / "v8.avatar")
+    # Version 6 files (a warp that blended the two lips) and 3 to 5 (no landmark warp: their hash grid holds one face
+    # per motion) are fitted again.
+    v6 = {k: v for k, v in parts.tensors.items() if k != "model.head.warp.lower_side"}
+    save_file(v6, str(tmp_path / "v6.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=6))})
+    with pytest.raises(AvatarError, match="(?s)version 6.*fit it again.*landmark warp"):
+        load_avatar(tmp_path / "v6.avatar")
     old = {k: v for k, v in parts.tensors.items() if not k.startswith("model.head.warp.")}
     for v in (3, 4, 5):
         save_file(old, str(tmp_path / f"v{v}.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=v))})

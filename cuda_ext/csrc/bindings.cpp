@@ -498,10 +498,12 @@ Tensor composite_colours(const Tensor& weights, const Tensor& rgbs, const Tensor
 // Point warp by control points (warp.h)
 
 // x [N, 3]; ctrl, disp [U, 3, P] (coordinate-major); rows [N] int64 in [0, U) or empty (every point uses set 0);
-// masks [2, P] (1 where a point belongs to the upper, then the lower side) or empty (one-sided); box: 6 numbers (lo,
+// masks [2, P] (where a point belongs to the upper, then the lower side: 1, or 2 for its displacement only and not
+// the side's height) or empty (one-sided); stretch: the two-sided blend across the gap (warp.h); box: 6 numbers (lo,
 // hi) or none. Returns x - D(x) [N, 3]. The caller checks that rows lie in [0, U) (cuda_ext/warp.py).
 Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, const Tensor& rows, const Tensor& masks,
-                   double sigma, double reach_z, double fade, double switch_width, const std::vector<double>& box) {
+                   double sigma, double reach_z, double fade, double switch_width, bool stretch,
+                   const std::vector<double>& box) {
   NT_CHECK_INPUT(x, "x");
   NT_CHECK_INPUT(ctrl, "ctrl");
   NT_CHECK_INPUT(disp, "disp");
@@ -534,6 +536,7 @@ Tensor warp_points(const Tensor& x, const Tensor& ctrl, const Tensor& disp, cons
   p.inv_reach_z2 = 1.0 / (reach_z * reach_z);
   p.fade = fade;
   p.switch_width = switch_width;
+  p.stretch = stretch ? 1 : 0;
   p.has_box = box.empty() ? 0 : 1;
   for (size_t k = 0; k < box.size(); ++k) p.box[k] = box[k];
   Tensor out = at::empty_like(x);

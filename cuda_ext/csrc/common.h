@@ -131,6 +131,8 @@ NT_HD float exp_vectorisable(float v) {
 // Float and double overloads that never promote a float to double on the host.
 NT_HD float exp_(float v) { return expf(v); }
 NT_HD double exp_(double v) { return exp(v); }
+NT_HD float sqrt_(float v) { return sqrtf(v); }
+NT_HD double sqrt_(double v) { return sqrt(v); }
 NT_HD float floor_(float v) { return floorf(v); }
 NT_HD double floor_(double v) { return floor(v); }
 

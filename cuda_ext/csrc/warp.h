@@ -8,7 +8,14 @@
 // Two-sided (masks given: which points belong to the upper side, which to the lower; a point may belong to both):
 // the two sides give two displacements D_1 and D_0, and x follows the upper one when it lies above (smaller y than)
 // the midpoint of the two sides' points nearest to it in the (x, y) plane: D = u D_1 + (1 - u) D_0,
-// u = sigmoid((y_mid - x_y) / switch_width). A closing gap (an eyelid) is then an edge, not a blend.
+// u = sigmoid((y_mid - x_y) / switch_width). A closing gap (an eyelid) is then an edge, not a blend. With `stretch`,
+// u instead falls linearly from 1 at the upper point's height to 0 at the lower's: a parting gap (lips) stretches what
+// lay between the sides at rest, and each side still follows only its own points. That ramp is at least switch_width
+// high, and at least as high as x is far from the farther of the two points: beside the gap (a cheek beside a mouth
+// corner, where both nearest points are the corner) the two sides blend over the distance instead of creasing.
+//
+// A side's points may also count for its displacement only, not for its height (mask value 2 instead of 1): the jaw
+// moves with both lips but does not bound the gap between them.
 //
 // Points outside `box` (lo[3], hi[3]), when given, are returned unchanged without looking at the control points.
 #pragma once
@@ -23,6 +30,7 @@ struct WarpParams {
   double inv_reach_z2;     // 1 / reach_z^2
   double fade;
   double switch_width;     // two-sided only
+  int stretch;             // two-sided only: 1 blends across the gap between the sides (lips), 0 switches at its middle
   int has_box;
   double box[6];           // lo x y z, hi x y z
 };
@@ -66,6 +74,11 @@ NT_HD void warp_accumulate(T w, T d0, T d1, T d2, T& sw, T& s0, T& s1, T& s2) {
   s2 = fmadd(w, d2, s2);
 }
 
+// A side's mask value: 0 not a member, 1 a member that gives the side's height, 2 a member for the displacement only.
+template <typename T>
+NT_HD bool warp_guide(T mask) {
+  return mask > T(0) && mask < T(1.5);
+}
 // Points outside the box (when given) are not moved.
 template <typename T>
 NT_HD bool warp_outside(T x0, T x1, T x2, const WarpParams& p) {
@@ -73,17 +86,26 @@ NT_HD bool warp_outside(T x0, T x1, T x2, const WarpParams& p) {
                        x1 > T(p.box[4]) || x2 > T(p.box[5]));
 }
 
-// out = x - D(x) from the sums: one-sided (side_y null) sums[0..3]; two-sided sums[0..3] over the upper side,
-// sums[4..7] over the lower side and side_y[2] the height of each side's point nearest in the (x, y) plane.
+// out = x - D(x) from the sums: one-sided (side null) sums[0..3]; two-sided sums[0..3] over the upper side,
+// sums[4..7] over the lower side, side[0..1] the height of each side's point nearest in the (x, y) plane and
+// side[2..3] its squared distance in that plane.
 template <typename T>
-NT_HD void warp_finish(T x0, T x1, T x2, const T* sums, const T* side_y, const WarpParams& p, T* out) {
+NT_HD void warp_finish(T x0, T x1, T x2, const T* sums, const T* side, const WarpParams& p, T* out) {
   const T fade = T(p.fade);
   T d[3];
-  if (side_y == nullptr) {
+  if (side == nullptr) {
     for (int c = 0; c < 3; ++c) d[c] = sums[c + 1] / (sums[0] + fade);
   } else {
     const T *up = sums, *lo = sums + 4;
-    const T u = T(1) / (T(1) + exp_(-((side_y[0] + side_y[1]) * T(0.5) - x1) / T(p.switch_width)));
+    const T mid = (side[0] + side[1]) * T(0.5), width = T(p.switch_width);
+    T u;
+    if (p.stretch) {
+      const T gap = side[1] - side[0];  // the lower side's height minus the upper's (+y is down)
+      const T ramp = max_(max_(gap, width), sqrt_(max_(side[2], side[3])));
+      u = clamp_((mid - x1) / ramp + T(0.5), T(0), T(1));
+    } else {
+      u = T(1) / (T(1) + exp_(-(mid - x1) / width));
+    }
     for (int c = 0; c < 3; ++c) d[c] = u * (up[c + 1] / (up[0] + fade)) + (T(1) - u) * (lo[c + 1] / (lo[0] + fade));
   }
   out[0] = x0 - d[0];
@@ -93,7 +115,7 @@ NT_HD void warp_finish(T x0, T x1, T x2, const T* sums, const T* side_y, const W
 
 // One point: out = x - D(x), looping over the control points (one CUDA thread per point; the host loops over blocks
 // of points instead, warp_cpu.cpp). ctrl and disp [3][n_ctrl] (coordinate-major); masks: null (one-sided) or
-// [2][n_ctrl], the upper side's points then the lower side's.
+// [2][n_ctrl], the upper side's points then the lower side's (values as warp_guide).
 template <typename T>
 NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const T* __restrict__ disp,
                       const T* __restrict__ masks, const WarpParams& p, T* __restrict__ out) {
@@ -121,7 +143,7 @@ NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const
     const T w = warp_weight(x0, x1, x2, ctrl[j], cy[j], cz[j], inv2s2, invz2);
     for (int k = 0; k < 2; ++k) {  // selects, not branches: which point is nearest is unpredictable
       const bool member = masks[k * n + j] > T(0);
-      const bool better = member & (plane < nearest[k]);
+      const bool better = warp_guide(masks[k * n + j]) & (plane < nearest[k]);
       nearest[k] = better ? plane : nearest[k];
       side_y[k] = better ? cy[j] : side_y[k];
       // k = 0 is the upper side (sums[0..3]), k = 1 the lower (sums[4..7])
@@ -129,7 +151,8 @@ NT_HD void warp_point(const T* __restrict__ x, const T* __restrict__ ctrl, const
                       sums[4 * k + 3]);
     }
   }
-  warp_finish(x0, x1, x2, sums, side_y, p, out);
+  const T side[4] = {side_y[0], side_y[1], nearest[0], nearest[1]};
+  warp_finish(x0, x1, x2, sums, side, p, out);
 }
 
 }  // namespace nt

@@ -43,11 +43,12 @@ void warp_block(const T* px, const T* py, const T* pz, int m, const T* __restric
     for (int64_t j = 0; j < n; ++j) {
       const T cx_j = ctrl[j], cy_j = cy[j], cz_j = cz[j], d0 = disp[j], d1 = dy[j], d2 = dz[j];
       const bool up = masks[j] > T(0), lo = masks[n + j] > T(0);
+      const bool up_guide = warp_guide(masks[j]), lo_guide = warp_guide(masks[n + j]);
 #pragma omp simd
       for (int i = 0; i < kBlock; ++i) {
         const T dx = px[i] - cx_j, dyy = py[i] - cy_j, plane = dx * dx + dyy * dyy;
         const T w = warp_weight(px[i], py[i], pz[i], cx_j, cy_j, cz_j, inv2s2, invz2);
-        const bool better_up = up & (plane < nearest[0][i]), better_lo = lo & (plane < nearest[1][i]);
+        const bool better_up = up_guide & (plane < nearest[0][i]), better_lo = lo_guide & (plane < nearest[1][i]);
         nearest[0][i] = better_up ? plane : nearest[0][i];
         side_y[0][i] = better_up ? cy_j : side_y[0][i];
         nearest[1][i] = better_lo ? plane : nearest[1][i];
@@ -58,7 +59,7 @@ void warp_block(const T* px, const T* py, const T* pz, int m, const T* __restric
     }
     for (int i = 0; i < m; ++i) {
       const T s[8] = {sums[0][i], sums[1][i], sums[2][i], sums[3][i], sums[4][i], sums[5][i], sums[6][i], sums[7][i]};
-      const T y[2] = {side_y[0][i], side_y[1][i]};
+      const T y[4] = {side_y[0][i], side_y[1][i], nearest[0][i], nearest[1][i]};
       warp_finish(px[i], py[i], pz[i], s, y, p, out[i]);
     }
     return;

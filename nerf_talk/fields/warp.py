@@ -5,9 +5,10 @@ the displacement of every lip and jaw landmark from the neutral face (the person
 its eye openness gives the eyelid landmarks' displacement (a per-point linear fit of displacement on openness over the
 training frames). A sample at x in the frame is looked up at x - D(x), where D interpolates the landmarks'
 displacements around their displaced positions (normalised Gaussian weights, fading to 0 a few sigma away from every
-landmark). So a mouth opens and an eye closes by construction, including openings never seen in training: the hash
-grid does not have to learn one face per motion. What the warp cannot make (the dark mouth interior and teeth that
-appear between parted lips) is left to the head field's motion-conditioned mouth residual.
+landmark). Each warp has two sides that part: the upper lip from the lower lip and jaw, the upper lid from the lower
+one; a sample follows the side it lies on. So a mouth opens and an eye closes by construction, including openings
+never seen in training: the hash grid does not have to learn one face per motion. What the warp cannot make (the dark
+mouth interior and teeth that appear between parted lips) is left to the head field's motion-conditioned mouth residual.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from cuda_ext.warp import WarpControls
-from preprocess.mesh_topology import LEFT_EYE_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
+from preprocess.mesh_topology import LEFT_EYE_LOOP, LIPS_INNER_LOOP, LIPS_OUTER_LOOP, LOWER_FACE, RIGHT_EYE_LOOP
 
 EYE_POINTS = LEFT_EYE_LOOP + RIGHT_EYE_LOOP
 EYE_SIDE = (0,) * len(LEFT_EYE_LOOP) + (1,) * len(RIGHT_EYE_LOOP)  # which openness (left, right) moves each point
@@ -29,13 +30,42 @@ EYE_LID = tuple(2 if i in (0, 8) else int(i > 8) for loop in (LEFT_EYE_LOOP, RIG
 # eye (1-2 mm above the closed lid line) followed the lower lid half-way and was looked up in the open eye's iris: a
 # rendered blink stayed open. Nearest in the plane, not in 3D: the lids close along y over an eyeball that lies 3-4 mm
 # behind their edges, and in 3D the eyeball's front was nearer the lower lid's edge even above a closed lid.
+# The lips part too: 1 the upper lip, 0 the lower lip, 2 the mouth corners and the jaw (both sides). Each lip loop
+# starts at the top of the upper lip, reaches a corner at index 5, runs along the lower lip to the other corner (index
+# 15), then back along the upper lip. Blended over both lips (one-sided), a point on the lower lip took about half its
+# weight from the upper lip 6-7 mm above it: the warp opened the mouth by 0.13x (reagan) and 0.02x (lieu) of the
+# tracked inner-lip gap, and the motion residual had to paint every opening (rendered openings 20-30 % too small on
+# training frames). Two-sided: 0.99x on reagan (one-off check: the landmarks moved through the warp's inverse).
+# Unlike a lid, which slides over the eye, the parted lips stretch what lay between them at rest (the warp's
+# `stretch`): switched at the gap's middle instead, the gap was looked up on the lips' own skin, which then had to be
+# dark in open frames and lip in closed ones (reagan's held-out tracked-motion opening correlation 0.80 -> 0.51).
+_LIP_SIDE = {i: 2 if k in (5, 15) else int(k < 5 or k > 15) for loop in (LIPS_OUTER_LOOP, LIPS_INNER_LOOP)
+             for k, i in enumerate(loop)}
+# Only the lips are the sides' guides (the points whose heights the blend across the gap runs between); the jaw moves
+# with both sides. With the jaw as a lower guide, a sample between the lower lip and the chin lay "between" the upper
+# lip and a chin point and took part of the upper lip's displacement: creases across the chin wherever its nearest
+# lower point changed. With the jaw on the lower side only, the cheeks beside the mouth split along the corners'
+# height (the lower side there held the jaw, the upper side nothing).
+LOWER_SIDE = tuple(_LIP_SIDE.get(i, 2) for i in LOWER_FACE)
+LOWER_GUIDE = tuple(i in _LIP_SIDE for i in LOWER_FACE)
 # LID_SWITCH: over how much height (metres) a sample between the lids switches from the upper lid to the lower: the
 # lash line of a closed eye is an edge, not a blend.
 LID_SWITCH = 0.00025
-# Interpolation widths (metres). Lower face 8 mm: about the spacing of the lip and jaw landmarks, and lip thickness,
-# so a point between the lips follows both and a point 2-3 cm from the mouth (cheek, nose) barely moves. Eyes 3 mm:
-# the lid's landmarks are 3-4 mm apart and a closing lid travels ~8 mm over the eye; a wider kernel dragged the brow.
-LOWER_SIGMA, EYE_SIGMA = 0.008, 0.003
+# LIP_SWITCH: the least height of the lips' blend from one side to the other (the kernel also widens it to the
+# distance from the sides' nearest guides, so a cheek beside a mouth corner blends the sides instead of creasing). A
+# mouth closed to under 3 mm moves both lips alike: they are blended, not split along a seam.
+LIP_SWITCH = 0.003
+# Interpolation widths (metres). Lower face 5 mm: about the spacing of the lip landmarks and lip thickness; now that
+# the lips are two-sided a point need not follow both lips, and a narrower kernel mixes less of each landmark's
+# neighbours into its own displacement (reagan's training motion moved through the warp's inverse: lip landmarks off by
+# 0.68 mm at 8 mm, 0.51 mm at 5 mm, the inner-lip gap 0.87x -> 0.95x of the tracked one). A point 2 cm from the
+# mouth (cheek, nose) barely moves. The tracked displacements go to the kernel as they are: one residual step that
+# sharpened them (d + d - A d, A the kernel's mix at the landmarks) put reagan's lip landmarks 0.38 mm from their
+# tracked positions instead of 0.51, but inflated the displacements between them (up to 2.6 mm over the tracked ones),
+# and refitted, reagan's held-out tracked-motion opening correlation fell 0.83 -> 0.69 and lieu's face PSNR 0.16 dB.
+# Eyes 3 mm: the lid's landmarks are 3-4 mm apart and a closing lid travels ~8 mm over the eye; a wider kernel dragged
+# the brow.
+LOWER_SIGMA, EYE_SIGMA = 0.005, 0.003
 # Fade: the normalised weight is sum(w d) / (sum(w) + FADE); FADE = exp(-4.5) halves the displacement 3 sigma from
 # the nearest landmark and leaves nothing at 4-5 sigma, so the warp has no edge and the rest of the head is untouched.
 FADE = float(np.exp(-4.5))
@@ -65,6 +95,8 @@ class FaceWarp(nn.Module):
         self.register_buffer("eye_slope", torch.zeros(e, 3))
         self.register_buffer("eye_side", torch.tensor(EYE_SIDE, dtype=torch.long))
         self.register_buffer("eye_lid", torch.tensor(EYE_LID, dtype=torch.long))
+        self.register_buffer("lower_side", torch.tensor(LOWER_SIDE, dtype=torch.long))
+        self.register_buffer("lower_guide", torch.tensor(LOWER_GUIDE), persistent=False)
         self._memo = None  # the last shared codes' plan (_plan)
 
     @staticmethod
@@ -97,16 +129,18 @@ class FaceWarp(nn.Module):
         o = eyes[:, :2].to(self.eye_slope.dtype)[:, self.eye_side]  # [M, E]
         return self.eye_offset + o[..., None] * self.eye_slope
 
-    def _controls(self, rest: torch.Tensor, disp: torch.Tensor, sigma: float, lid: torch.Tensor | None,
-                  dtype: torch.dtype) -> WarpControls | None:
+    def _controls(self, rest: torch.Tensor, disp: torch.Tensor, sigma: float, sides: torch.Tensor,
+                  guides: torch.Tensor | None, switch: float, stretch: bool, dtype: torch.dtype) -> WarpControls | None:
         """The kernel's control sets: the landmarks `rest` moved by `disp` [U, P, 3] (None where nothing moves), with
-        the box beyond which no sample is looked at; `lid`: each point's lid (two-sided), or None."""
+        the box beyond which no sample is looked at; `sides`: each point's side (upper 1, lower 0, both 2), switched
+        over `switch` metres, or blended across the gap between them (`stretch`, cuda_ext.warp_points); `guides`: the
+        points that give the sides' heights (None: all)."""
         if not bool(disp.abs().max() > 0):
             return None
         reach = REACH * sigma * disp.new_tensor([1.0, 1.0, DEPTH_REACH]) + disp.abs().amax(dim=(0, 1))
-        return WarpControls.prepare(rest + disp, disp, sigma, sides=lid, reach_z=DEPTH_REACH, fade=FADE,
-                                    switch_width=LID_SWITCH, box=self.region(rest, reach), backend=self.backend,
-                                    dtype=dtype)
+        return WarpControls.prepare(rest + disp, disp, sigma, sides=sides, reach_z=DEPTH_REACH, fade=FADE,
+                                    switch_width=switch, box=self.region(rest, reach), backend=self.backend,
+                                    dtype=dtype, stretch=stretch, guides=guides)
 
     def _plan(self, motion: torch.Tensor | None, eyes: torch.Tensor | None, dtype: torch.dtype) -> list:
         """[(WarpControls, rows)] for these codes: the lower face's, then the eyes'. Shared codes ([1, D]: one frame,
@@ -121,11 +155,12 @@ class FaceWarp(nn.Module):
         plan = []
         if motion is not None:
             m, rows = self._distinct(motion)
-            plan.append((self._controls(self.lower_rest, self.lower_displacement(m), LOWER_SIGMA, None, dtype), rows))
+            plan.append((self._controls(self.lower_rest, self.lower_displacement(m), LOWER_SIGMA, self.lower_side,
+                                        self.lower_guide, LIP_SWITCH, True, dtype), rows))
         if eyes is not None:
             e, rows = self._distinct(eyes)
-            plan.append((self._controls(self.eye_rest, self.eye_displacement(e), EYE_SIGMA, self.eye_lid, dtype),
-                         rows))
+            plan.append((self._controls(self.eye_rest, self.eye_displacement(e), EYE_SIGMA, self.eye_lid, None,
+                                        LID_SWITCH, False, dtype), rows))
         plan = [(c, rows) for c, rows in plan if c is not None]
         if shared:
             self._memo = (key, plan)

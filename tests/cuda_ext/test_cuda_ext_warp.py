@@ -24,15 +24,15 @@ def _case(n=3000, n_sets=3, n_ctrl=20, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-15), (torch.float32, 2e-8)])
-@pytest.mark.parametrize("two_sided", [False, True])
+@pytest.mark.parametrize("mode", ["one-sided", "two-sided", "stretch"])
 @pytest.mark.parametrize("with_rows", [False, True])
-def test_cpu_kernel_matches_reference(dtype, tol, two_sided, with_rows):
+def test_cpu_kernel_matches_reference(dtype, tol, mode, with_rows):
     x, ctrl, disp, rows, sides = _case(dtype=dtype)
     if not with_rows:
         ctrl, disp, rows = ctrl[:1], disp[:1], None
     box = torch.tensor([-0.03, -0.02, -0.04, 0.03, 0.025, 0.04])
-    kw = dict(rows=rows, sides=sides if two_sided else None, reach_z=4.0, fade=math.exp(-4.5), switch_width=2.5e-4,
-              box=box)
+    kw = dict(rows=rows, sides=None if mode == "one-sided" else sides, reach_z=4.0, fade=math.exp(-4.5),
+              switch_width=2.5e-4, box=box, stretch=mode == "stretch")
     out = warp_points(x, ctrl, disp, 0.008, backend="cpu", **kw)
     ref = warp_points(x, ctrl, disp, 0.008, backend="torch", **kw)
     assert out.dtype == dtype
@@ -65,6 +65,22 @@ def test_two_sided_points_follow_the_side_they_lie_on():
                           backend=backend)
         assert float(x[0, 1] - out[0, 1]) > 0.005, backend  # above: looked up where the upper side came from
         assert abs(float(x[1, 1] - out[1, 1])) < 1e-4, backend  # below: the lower side did not move
+
+
+def test_a_stretched_gap_maps_onto_the_gap_at_rest():
+    """Lips 2 mm apart at rest, the lower one moved 4 mm down: with `stretch`, the 6 mm gap between them is looked up
+    in the 2 mm rest gap, evenly (a third of each point's height); switched at the middle (over 0.5 mm), a point 1.5 mm
+    above the middle follows the upper lip (looked up near where it is) and one below it, the lower."""
+    ctrl = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.006, 0.0]]])
+    disp = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.004, 0.0]]])  # +y is down
+    sides = torch.tensor([1, 0])
+    x = torch.tensor([[0.0, y, 0.0] for y in (0.0015, 0.003, 0.0045)])
+    for backend in ("cpu", "torch"):
+        kw = dict(sides=sides, reach_z=4.0, fade=math.exp(-4.5), switch_width=5e-4, backend=backend)
+        out = warp_points(x, ctrl, disp, 0.01, stretch=True, **kw)
+        assert torch.allclose(out[:, 1], x[:, 1] / 3, atol=1e-4), backend
+        edge = warp_points(x, ctrl, disp, 0.01, **kw)
+        assert float(edge[0, 1]) > 0.0012 and float(edge[2, 1]) < 0.0008, backend  # 1.3 and 0.7 mm: not stretched
 
 
 def test_prepared_controls_move_every_chunk_as_one_call():
