@@ -51,8 +51,13 @@ class WarpControls:
                              f"{list(disp.shape)}")
         if sides is not None and sides.shape != (ctrl.shape[1],):
             raise ValueError(f"sides must have shape [{ctrl.shape[1]}], got {list(sides.shape)}")
-        if guides is not None and (sides is None or guides.shape != (ctrl.shape[1],)):
-            raise ValueError(f"guides need sides and shape [{ctrl.shape[1]}], got {list(guides.shape)}")
+        if guides is not None:
+            if sides is None or guides.shape != (ctrl.shape[1],):
+                raise ValueError(f"guides need sides and shape [{ctrl.shape[1]}], got {list(guides.shape)}")
+            # A side without a guide has no height for the blend to run to (the kernels would read an infinite one).
+            for side, name in ((1, "upper"), (0, "lower")):
+                if not bool((guides.to(sides.device) & ((sides == side) | (sides == 2))).any()):
+                    raise ValueError(f"the {name} side has no guide: mark at least one of its points in guides")
         name = _backend.resolve(backend, ctrl.device)
         args: tuple = ()
         with torch.no_grad():

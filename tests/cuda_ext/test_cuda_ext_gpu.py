@@ -128,7 +128,7 @@ def test_composite_cuda_matches_cpu_and_reference(eps):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["one-sided", "two-sided", "stretch"])
+@pytest.mark.parametrize("mode", ["one-sided", "two-sided", "stretch", "stretch, guides"])
 def test_warp_points_cuda_matches_cpu(mode):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(20000, 3, generator=g) * 0.02
@@ -137,7 +137,9 @@ def test_warp_points_cuda_matches_cpu(mode):
     rows = torch.randint(0, 3, (20000,), generator=g)
     sides = None if mode == "one-sided" else torch.randint(0, 3, (30,), generator=g)
     box = torch.tensor([-0.03, -0.02, -0.04, 0.03, 0.025, 0.04])
-    kw = dict(rows=rows, sides=sides, reach_z=4.0, fade=0.011, switch_width=2.5e-4, box=box, stretch=mode == "stretch")
+    guides = torch.arange(30) % 3 != 0 if mode == "stretch, guides" else None
+    kw = dict(rows=rows, sides=sides, reach_z=4.0, fade=0.011, switch_width=2.5e-4, box=box,
+              stretch=mode.startswith("stretch"), guides=guides)
     cpu = cuda_ext.warp_points(x, ctrl, disp, 0.008, backend="cpu", **kw)
     gpu = cuda_ext.warp_points(x.to(CUDA), ctrl.to(CUDA), disp.to(CUDA), 0.008, backend="cuda",
                                **{k: (v.to(CUDA) if torch.is_tensor(v) else v) for k, v in kw.items()})

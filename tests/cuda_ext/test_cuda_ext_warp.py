@@ -24,15 +24,16 @@ def _case(n=3000, n_sets=3, n_ctrl=20, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-15), (torch.float32, 2e-8)])
-@pytest.mark.parametrize("mode", ["one-sided", "two-sided", "stretch"])
+@pytest.mark.parametrize("mode", ["one-sided", "two-sided", "stretch", "stretch, guides"])
 @pytest.mark.parametrize("with_rows", [False, True])
 def test_cpu_kernel_matches_reference(dtype, tol, mode, with_rows):
     x, ctrl, disp, rows, sides = _case(dtype=dtype)
     if not with_rows:
         ctrl, disp, rows = ctrl[:1], disp[:1], None
     box = torch.tensor([-0.03, -0.02, -0.04, 0.03, 0.025, 0.04])
+    guides = torch.arange(len(sides)) % 3 != 0 if mode == "stretch, guides" else None  # a third give no height
     kw = dict(rows=rows, sides=None if mode == "one-sided" else sides, reach_z=4.0, fade=math.exp(-4.5),
-              switch_width=2.5e-4, box=box, stretch=mode == "stretch")
+              switch_width=2.5e-4, box=box, stretch=mode.startswith("stretch"), guides=guides)
     out = warp_points(x, ctrl, disp, 0.008, backend="cpu", **kw)
     ref = warp_points(x, ctrl, disp, 0.008, backend="torch", **kw)
     assert out.dtype == dtype
@@ -104,5 +105,7 @@ def test_bad_inputs_name_the_problem():
         warp_points(x, ctrl, disp, 0.008, rows=rows, sides=sides[:-1], backend="cpu")
     with pytest.raises(ValueError, match="x must have shape"):
         warp_points(x[:, :2], ctrl, disp, 0.008, rows=rows, backend="cpu")
+    with pytest.raises(ValueError, match="the lower side has no guide"):
+        warp_points(x, ctrl, disp, 0.008, rows=rows, sides=sides, guides=sides == 1, stretch=True, backend="cpu")
     empty = warp_points(x[:0], ctrl, disp, 0.008, rows=rows[:0], backend="cpu")
     assert empty.shape == (0, 3)
