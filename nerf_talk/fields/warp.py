@@ -5,8 +5,8 @@ the displacement of every lip and jaw landmark from the neutral face (the person
 its eye openness gives the eyelid landmarks' displacement (a per-point linear fit of displacement on openness over the
 training frames). A sample at x in the frame is looked up at x - D(x), where D interpolates the landmarks'
 displacements around their displaced positions (normalised Gaussian weights, fading to 0 a few sigma away from every
-landmark). Each warp has two sides that part: the upper lip from the lower lip and jaw, the upper lid from the lower
-one; a sample follows the side it lies on. So a mouth opens and an eye closes by construction, including openings
+landmark). Each warp has two sides that part: the upper lip from the lower one (the corners and the jaw move with
+both), the upper lid from the lower one; a sample follows the side it lies on. So a mouth opens and an eye closes by construction, including openings
 never seen in training: the hash grid does not have to learn one face per motion. What the warp cannot make (the dark
 mouth interior and teeth that appear between parted lips) is left to the head field's motion-conditioned mouth residual.
 """
@@ -35,7 +35,7 @@ EYE_LID = tuple(2 if i in (0, 8) else int(i > 8) for loop in (LEFT_EYE_LOOP, RIG
 # 15), then back along the upper lip. Blended over both lips (one-sided), a point on the lower lip took about half its
 # weight from the upper lip 6-7 mm above it: the warp opened the mouth by 0.13x (reagan) and 0.02x (lieu) of the
 # tracked inner-lip gap, and the motion residual had to paint every opening (rendered openings 20-30 % too small on
-# training frames). Two-sided: 0.99x on reagan (one-off check: the landmarks moved through the warp's inverse).
+# training frames). Two-sided: 0.95x on reagan (one-off check: the landmarks moved through the warp's inverse).
 # Unlike a lid, which slides over the eye, the parted lips stretch what lay between them at rest (the warp's
 # `stretch`): switched at the gap's middle instead, the gap was looked up on the lips' own skin, which then had to be
 # dark in open frames and lip in closed ones (reagan's held-out tracked-motion opening correlation 0.80 -> 0.51).
@@ -96,7 +96,7 @@ class FaceWarp(nn.Module):
         self.register_buffer("eye_side", torch.tensor(EYE_SIDE, dtype=torch.long))
         self.register_buffer("eye_lid", torch.tensor(EYE_LID, dtype=torch.long))
         self.register_buffer("lower_side", torch.tensor(LOWER_SIDE, dtype=torch.long))
-        self.register_buffer("lower_guide", torch.tensor(LOWER_GUIDE), persistent=False)
+        self.register_buffer("lower_guide", torch.tensor(LOWER_GUIDE))
         self._memo = None  # the last shared codes' plan (_plan)
 
     @staticmethod
