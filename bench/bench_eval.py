@@ -11,8 +11,9 @@ RECIPE.fit.json recorded, only while the dataset's manifest is the one it was fi
 is --audio (default: the shared en_female_18s.wav, a speaker none of the clips has).
 
 Columns (definitions in docs/EVALUATION.md): held-out PSNR / SSIM on the full frame and PSNR on the face, rendered
-from the clip's own audio (A) and from the tracked motion (T); mouth landmark distance in % of face size (A / T); the
-mouth-sync figure of the render saying the other speech, of the real held-out frames and of the real clip; the
+from the clip's own audio (A) and from the tracked motion (T); mouth landmark distance in % of face size (A / T),
+beside the same for the real frames shot again (the tracker's noise) and blurred by 1 and 1.5 px (with their face
+PSNR: how much of a render's distance its sharpness alone explains); the mouth-sync figure of the render saying the other speech, of the real held-out frames and of the real clip; the
 share of /p b m/ frames with closed lips on the other speech; fit wall time; render frames per second (whole frames
 at the compare size, the evaluation's own renders).
 """
@@ -99,6 +100,8 @@ def row(r: dict) -> list[str]:
             f"{fmt(a['psnr_face'])} / {fmt(t['psnr_face'])}",
             f"{fmt(a.get('mouth_lmd'))} / {fmt(t.get('mouth_lmd'))}",
             fmt(ref.get("tracker_noise", {}).get("mouth_lmd")),
+            " / ".join(f"{fmt(b.get('mouth_lmd'))} ({fmt(b.get('psnr_face'), 1)} dB)"
+                       for b in ref.get("blurred_real", {}).values()) or "-",
             f"{fmt(a.get('mouth_opening_corr'), 3)} / {fmt(t.get('mouth_opening_corr'), 3)}",
             f"{fmt(c.get('msf'), 3)} (shifted {fmt(c.get('msf_shifted_max'), 3)})",
             fmt(ref.get('real_heldout', {}).get('msf'), 3), fmt(ref.get('real_clip', {}).get('msf'), 3),
@@ -115,7 +118,8 @@ def blinks(b: dict | None) -> str:
 
 
 HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "face PSNR dB A / T",
-          "mouth LMD % A / T", "tracker noise LMD %", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
+          "mouth LMD % A / T", "tracker noise LMD %",
+          "blurred real LMD % (face PSNR), 1 / 1.5 px", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
           "/p b m/ closed", "blink F1 T", "seam ratio T", "fit s", "render FPS"]
 
 

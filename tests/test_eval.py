@@ -209,6 +209,16 @@ def test_landmarks_redetected_on_a_real_face():
     d = mx.mouth_distance(sig_small["head"], sig["head"], fc.MOUTH_POINTS, 1.0)
     assert 0.0 < d < 5.0
     assert fc.face_size_pixels(lm_small) == pytest.approx(fc.face_size_pixels(lm) * 128 / frames[0].shape[0], rel=0.1)
+    # The tracker reads blur as shape (eval's blurred_real reference): the same frames blurred by 3 px move the mouth
+    # landmarks further than the same frames shot again (noise and JPEG) do.
+    mid = [cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in frames]
+    ref = fc.face_signals(fc.detect_sequence(mid), geo)["head"]
+    soft = fc.blurred_copies(np.stack(mid), 3.0)
+    assert soft.shape == (3, 256, 256, 3) and soft.dtype == np.uint8
+    again = mx.mouth_distance(fc.face_signals(fc.detect_sequence(fc.static_copies(np.stack(mid))), geo)["head"], ref,
+                              fc.MOUTH_POINTS, 1.0)
+    blurred = mx.mouth_distance(fc.face_signals(fc.detect_sequence(soft), geo)["head"], ref, fc.MOUTH_POINTS, 1.0)
+    assert blurred > again
 
 
 # -- the whole evaluation on the smoke-fitted avatar ---------------------------------------------------------------

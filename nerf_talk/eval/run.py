@@ -296,6 +296,15 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
                                    else None)
         res["reference"]["tracker_noise"] = landmark_scores(sigs["real"], lms["real"], fc.face_signals(again, geo),
                                                             again, face_px)
+        # How much of a render's landmark distance its sharpness alone explains: the real frames, blurred.
+        face = np.stack([label_mask(lab, FACE_LABELS) for lab in labels])
+        res["reference"]["blurred_real"] = {}
+        for sigma in fc.BLUR_REFERENCE_PX:
+            soft = fc.blurred_copies(real, sigma)
+            lm_soft = fc.detect_sequence(soft, progress=f"landmarks (blur {sigma:g} px)" if progress else None)
+            r = landmark_scores(sigs["real"], lms["real"], fc.face_signals(lm_soft, geo), lm_soft, face_px)
+            r["psnr_face"] = mx.mean_finite([mx.psnr(p, q, m) for p, q, m in zip(soft, real, face)])
+            res["reference"]["blurred_real"][f"{sigma:g}"] = r
     band = mx.seam_band(labels, HEAD_LABELS, BODY_LABELS, max(1, round(SEAM_HALF_WIDTH * h)))
     seam_real = mx.seam_energy(real, band)
     for name in drives:
@@ -461,6 +470,10 @@ def summary(res: dict) -> str:
                   f"{_fmt(r['blink']['f1'])}")
         lines.append(s)
     ref = res.get("reference", {})
+    if "tracker_noise" in ref:
+        lines.append(f"  mouth LMD of the real frames shot again (tracker noise) {_fmt(ref['tracker_noise']['mouth_lmd'])}"
+                     " %; blurred " + ", ".join(f"{k} px {_fmt(b['mouth_lmd'])} % (face PSNR {_fmt(b['psnr_face'])} dB)"
+                                                for k, b in ref.get("blurred_real", {}).items()))
     if "real_clip" in ref:
         lines.append(f"  mouth-sync figure of the real clip {_fmt(ref['real_clip']['msf'], 3)}, of its held-out "
                      f"frames {_fmt(ref['real_heldout']['msf'], 3)}")
