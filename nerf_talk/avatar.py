@@ -56,7 +56,10 @@ KIND = "nerf_talk.avatar"
 # the tracked landmarks move samples to it); older weights hold one face per motion, so older files are fitted again.
 # 7: the warp parts the lips (`head.warp.lower_side`, FIELDS_VERSION 5); version 6 weights were fitted to a warp that
 # blended the two lips, their mouth residual paints openings the new warp already makes, so they are fitted again.
-FORMAT_VERSION = 7
+# 8: the warp also moves the skin around the lips (`head.warp.lower_*` hold the mouth's context points after the
+# tracked lower face, FIELDS_VERSION 6); version 7 weights were fitted to a warp that spread the lips' displacement
+# over that skin, so they are fitted again.
+FORMAT_VERSION = 8
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nerf_talk.avatar import META_KEY, AvatarError, avatar_checksum, load_avatar, save_avatar
+from preprocess.mesh_topology import LOWER_FACE
 from test_fit_render import fitted
 
 
@@ -27,7 +28,7 @@ def _header_end(path) -> int:
 def test_load_reads_what_fit_wrote(avatar_file):
     parts = load_avatar(avatar_file)
     m = parts.meta
-    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 7
+    assert m["kind"] == "nerf_talk.avatar" and m["format_version"] == 8
     assert m["checksum"] == avatar_checksum(parts.tensors, m)
     assert parts.tensors["background"].dtype == torch.uint8
     assert m["fps"] == 25.0 and m["size"] == [48, 48]
@@ -68,10 +69,17 @@ def test_foreign_and_future_files_are_refused(avatar_file, tmp_path):
     with pytest.raises(AvatarError, match="not a nerf_talk avatar"):
         load_avatar(tmp_path / "other.safetensors")
     parts = load_avatar(avatar_file)
-    with pytest.raises(AvatarError, match="(?s)version 8.*update nerf_talk"):
-        save_file(parts.tensors, str(tmp_path / "v8.avatar"),
-                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=8))})
-        load_avatar(tmp_path / "v8.avatar")
+    with pytest.raises(AvatarError, match="(?s)version 9.*update nerf_talk"):
+        save_file(parts.tensors, str(tmp_path / "v9.avatar"),
+                  metadata={META_KEY: json.dumps(dict(parts.meta, format_version=9))})
+        load_avatar(tmp_path / "v9.avatar")
+    # Version 7 files (a warp of the tracked lower face alone: 71 lower control points, not 136) are fitted again.
+    n = len(LOWER_FACE)
+    v7 = {k: (v[..., :n, :].contiguous() if k.startswith("model.head.warp.lower_") and v.dim() >= 2 else
+              v[:n] if k.startswith("model.head.warp.lower_") else v) for k, v in parts.tensors.items()}
+    save_file(v7, str(tmp_path / "v7.avatar"), metadata={META_KEY: json.dumps(dict(parts.meta, format_version=7))})
+    with pytest.raises(AvatarError, match="(?s)version 7.*fit it again.*landmark warp"):
+        load_avatar(tmp_path / "v7.avatar")
     # Version 6 files (a warp that blended the two lips) and 3 to 5 (no landmark warp: their hash grid holds one face
     # per motion) are fitted again.
     v6 = {k: v for k, v in parts.tensors.items() if k not in ("model.head.warp.lower_side",

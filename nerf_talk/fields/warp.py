@@ -46,8 +46,29 @@ _LIP_SIDE = {i: 2 if k in (5, 15) else int(k < 5 or k > 15) for loop in (LIPS_OU
 # lip and a chin point and took part of the upper lip's displacement: creases across the chin wherever its nearest
 # lower point changed. With the jaw on the lower side only, the cheeks beside the mouth split along the corners'
 # height (the lower side there held the jaw, the upper side nothing).
-LOWER_SIDE = tuple(_LIP_SIDE.get(i, 2) for i in LOWER_FACE)
-LOWER_GUIDE = tuple(i in _LIP_SIDE for i in LOWER_FACE)
+# The mesh's other points within 15 mm of the outer lip line (the mean of obama's, lieu's and reagan's neutral faces,
+# in the face's plane): the lips' own skin between the loops, the philtrum, the cheeks beside the corners and the chin
+# under the lower lip. Each moves by a least-squares linear fit of its tracked displacement on the motion coefficients
+# (over the training frames), so the warp knows where the skin around the lips goes instead of spreading the lips'
+# displacement over it. Each training frame's tracked landmarks mapped through the warp, mean distance from their
+# neutral positions, without -> with these points: obama's philtrum (164, 167, 393) 2.25 -> 0.68 mm (it had moved
+# 1.00), its nose base (2, 94, 97, 326, 98, 327; no control points) 1.29 -> 0.48 (moved 0.82); reagan's philtrum
+# 1.46 -> 0.16. The price: the kernel blends each point with its neighbours, so the outer lip loop lands a little
+# further off (obama 0.65 -> 0.78 mm, reagan 0.53 -> 0.56).
+MOUTH_CONTEXT = (11, 12, 15, 16, 38, 41, 42, 43, 57, 62, 72, 73, 74, 76, 77, 85, 86, 89, 90, 92, 96, 106, 164, 165, 167,
+                 179, 180, 182, 183, 184, 186, 194, 202, 204, 212, 268, 271, 272, 273, 287, 292, 302, 303, 304, 306, 307,
+                 315, 316, 319, 320, 322, 325, 335, 391, 393, 403, 404, 406, 407, 408, 410, 418, 422, 424, 432)
+# Their sides: the side of the nearest outer-lip point for the lips' own skin (within 8 mm of the outer loop on those
+# faces), both sides beyond it (like the jaw: a side-0 cheek beside a corner split the cheek along the corners' height).
+_CONTEXT_SIDE = {11: 1, 12: 1, 15: 0, 16: 0, 38: 1, 41: 1, 42: 1, 43: 2, 62: 2, 72: 1, 73: 1, 74: 1, 76: 2, 77: 0, 85: 0,
+                 86: 0, 89: 0, 90: 0, 96: 0, 106: 0, 179: 0, 180: 0, 182: 0, 183: 1, 184: 1, 268: 1, 271: 1, 272: 1,
+                 273: 0, 292: 2, 302: 1, 303: 1, 304: 1, 306: 2, 307: 0, 315: 0, 316: 0, 319: 0, 320: 0, 325: 0,
+                 335: 0, 403: 0, 404: 0, 406: 0, 407: 1, 408: 1}
+# The warp's lower control points: the tracked lower face (whose displacement the motion decodes exactly), then the
+# context.
+WARP_LOWER = LOWER_FACE + MOUTH_CONTEXT
+LOWER_SIDE = tuple(_LIP_SIDE.get(i, 2) for i in LOWER_FACE) + tuple(_CONTEXT_SIDE.get(i, 2) for i in MOUTH_CONTEXT)
+LOWER_GUIDE = tuple(i in _LIP_SIDE for i in WARP_LOWER)
 # LID_SWITCH: over how much height (metres) a sample between the lids switches from the upper lid to the lower: the
 # lash line of a closed eye is an edge, not a blend.
 LID_SWITCH = 0.00025
@@ -86,7 +107,7 @@ class FaceWarp(nn.Module):
     def __init__(self, n_motion: int, backend: str | None = None) -> None:
         super().__init__()
         self.backend = backend  # cuda_ext's, as the hash grids'
-        k, e = len(LOWER_FACE), len(EYE_POINTS)
+        k, e = len(WARP_LOWER), len(EYE_POINTS)
         self.register_buffer("lower_rest", torch.zeros(k, 3))  # neutral positions (head frame, metres)
         self.register_buffer("lower_offset", torch.zeros(k, 3))  # displacement at motion coefficients 0
         self.register_buffer("lower_basis", torch.zeros(n_motion, k, 3))  # displacement per unit coefficient
@@ -100,15 +121,24 @@ class FaceWarp(nn.Module):
         self._memo = None  # the last shared codes' plan (_plan)
 
     @staticmethod
-    def tracking_tensors(neutral: np.ndarray, face_size: float, basis, head: np.ndarray, openness: np.ndarray,
-                         frames: list[int]) -> dict[str, torch.Tensor]:
+    def tracking_tensors(neutral: np.ndarray, face_size: float, basis, coefficients: np.ndarray, head: np.ndarray,
+                         openness: np.ndarray, frames: list[int]) -> dict[str, torch.Tensor]:
         """The buffers from a dataset's tracking: neutral face [478, 3] (head frame), its face size (metres: the
-        lower-face motion's unit), the person's PersonalMotionBasis, every frame's landmarks in the head frame
-        [N, 478, 3] and eye openness [N, 2]; fitted on `frames` (the training frames)."""
-        k = len(LOWER_FACE)
+        lower-face motion's unit), the person's PersonalMotionBasis and every frame's coefficients in it [N, C], every
+        frame's landmarks in the head frame [N, 478, 3] and eye openness [N, 2]; fitted on `frames` (the training
+        frames)."""
+        k, q = len(LOWER_FACE), len(MOUTH_CONTEXT)
         scale = basis.scale[:, None] * basis.components  # [C, K*3] per unit coefficient
-        out = {"lower_rest": neutral[list(LOWER_FACE)], "lower_offset": basis.mean.numpy().reshape(k, 3) * face_size,
-               "lower_basis": scale.numpy().reshape(-1, k, 3) * face_size, "eye_rest": neutral[list(EYE_POINTS)]}
+        # The context points: displacement = offset + coefficients @ slope, least squares over the training frames.
+        coef = np.asarray(coefficients, np.float64)[frames]
+        a = np.concatenate([np.ones((len(frames), 1)), coef], 1)
+        ctx = (head[frames][:, list(MOUTH_CONTEXT)] - neutral[list(MOUTH_CONTEXT)]).reshape(len(frames), -1)
+        fit, *_ = np.linalg.lstsq(a, ctx, rcond=None)  # [1 + C, Q*3]
+        out = {"lower_rest": neutral[list(WARP_LOWER)],
+               "lower_offset": np.concatenate([basis.mean.numpy().reshape(k, 3) * face_size, fit[0].reshape(q, 3)]),
+               "lower_basis": np.concatenate([scale.numpy().reshape(-1, k, 3) * face_size, fit[1:].reshape(-1, q, 3)],
+                                             1),
+               "eye_rest": neutral[list(EYE_POINTS)]}
         disp = head[frames][:, list(EYE_POINTS)] - neutral[list(EYE_POINTS)]  # [F, E, 3]
         off, slope = np.zeros((len(EYE_POINTS), 3)), np.zeros((len(EYE_POINTS), 3))
         for j, side in enumerate(EYE_SIDE):

@@ -198,7 +198,7 @@ class TrainData:
                              tuple(pose.get("rigid_points", RIGID)), None if weights is None else np.asarray(weights))
         neutral = ds.load_array("neutral_face", expect_rows=False).astype(np.float64)
         return FaceWarp.tracking_tensors(neutral, float(ds.step_result("face_motion")["face_size_m"]), self.basis,
-                                         head, openness, self.train_frames)
+                                         self.motion.numpy(), head, openness, self.train_frames)
 
     def mean_image(self) -> torch.Tensor:  # [H, W, 3] float: the baseline a trained avatar must beat
         acc = torch.zeros(*self.size, 3, dtype=torch.float64)

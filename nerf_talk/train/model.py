@@ -21,10 +21,12 @@ from nerf_talk.train.data import RayBatch, TrainData
 # 3: the head field gained `eye_box` (the eye code acts only there); 4: the head field gained its landmark warp
 # (`head.warp.*`: the tracked lips, jaw and lids move samples back to the neutral face, so the hash grid holds the
 # neutral face); 5: the warp parts the lips (`head.warp.lower_side`: the upper and the lower lip move apart instead
-# of being blended; weights fitted with the blended warp painted the opening in the mouth residual).
+# of being blended; weights fitted with the blended warp painted the opening in the mouth residual); 6: the warp's
+# lower control points include the skin around the lips (`fields.warp.MOUTH_CONTEXT`: philtrum, cheeks, chin, the lips
+# between their loops), each moved by a fit on the motion coefficients.
 # The trainer stamps it into a training directory's avatar.json and export refuses a directory with another one
 # (older weights lack what the fields now need).
-FIELDS_VERSION = 5
+FIELDS_VERSION = 6
 
 
 @dataclass
