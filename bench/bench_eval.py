@@ -13,9 +13,10 @@ is --audio (default: the shared en_female_18s.wav, a speaker none of the clips h
 Columns (definitions in docs/EVALUATION.md): held-out PSNR / SSIM on the full frame and PSNR on the face, rendered
 from the clip's own audio (A) and from the tracked motion (T); mouth landmark distance in % of face size (A / T),
 beside the same for the real frames shot again (the tracker's noise) and blurred by 1 and 1.5 px (with their face
-PSNR: how much of a render's distance its sharpness alone explains); the mouth-sync figure of the render saying the other speech, of the real held-out frames and of the real clip; the
-share of /p b m/ frames with closed lips on the other speech; fit wall time; render frames per second (whole frames
-at the compare size, the evaluation's own renders).
+PSNR: how much of a render's distance its sharpness alone explains); the mouth-sync figure of the render saying the
+other speech, of the real held-out frames and of the real clip; the share of /p b m/ frames with closed lips on the
+other speech; fit wall time; render frames per second (whole frames at the compare size, the evaluation's own
+renders).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def blinks(b: dict | None) -> str:
 
 HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "face PSNR dB A / T",
           "mouth LMD % A / T", "tracker noise LMD %",
-          "blurred real LMD % (face PSNR), 1 / 1.5 px", "mouth-opening corr A / T", "MSF other speech", "MSF real held-out", "MSF real clip",
+          "blurred real LMD % (face PSNR), 1 / 1.5 px", "mouth-opening corr A / T", "MSF other speech",
+          "MSF real held-out", "MSF real clip",
           "/p b m/ closed", "blink F1 T", "seam ratio T", "fit s", "render FPS"]
 
 

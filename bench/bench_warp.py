@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preprocess.mesh_topology import LIPS_INNER_LOOP, LIPS_OUTER_LOOP, RIGID  # noqa: E402
+from preprocess.mesh_topology import LIPS_INNER_LOOP, LIPS_OUTER_LOOP  # noqa: E402
 
 GROUPS = {  # name: face-mesh points
     "outer lip loop": LIPS_OUTER_LOOP,
@@ -40,15 +40,9 @@ def warp_errors(dataset: Path, every: int = 3) -> dict[str, tuple[float, float]]
     from nerf_talk.config import DataConfig
     from nerf_talk.fields.warp import FaceWarp
     from nerf_talk.train.data import TrainData
-    from preprocess.face_motion import to_head_frame
 
     td = TrainData(dataset, DataConfig(), torch.device("cpu"))
-    ds = td.ds
-    pose = ds.step_result("pose")
-    weights = pose.get("rigid_weights")
-    head = to_head_frame(ds.load_array("landmarks_3d").astype(np.float64), td.template.astype(np.float64),
-                         tuple(pose.get("rigid_points", RIGID)), None if weights is None else np.asarray(weights))
-    neutral = ds.load_array("neutral_face", expect_rows=False).astype(np.float64)
+    head, neutral = td.head_landmarks()
     warp = FaceWarp(td.motion.shape[1])
     for k, v in td.warp.items():
         getattr(warp, k).copy_(v)

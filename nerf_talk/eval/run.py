@@ -471,9 +471,10 @@ def summary(res: dict) -> str:
         lines.append(s)
     ref = res.get("reference", {})
     if "tracker_noise" in ref:
-        lines.append(f"  mouth LMD of the real frames shot again (tracker noise) {_fmt(ref['tracker_noise']['mouth_lmd'])}"
-                     " %; blurred " + ", ".join(f"{k} px {_fmt(b['mouth_lmd'])} % (face PSNR {_fmt(b['psnr_face'])} dB)"
-                                                for k, b in ref.get("blurred_real", {}).items()))
+        noise = _fmt(ref["tracker_noise"]["mouth_lmd"])
+        blurred = ", ".join(f"{k} px {_fmt(b['mouth_lmd'])} % (face PSNR {_fmt(b['psnr_face'])} dB)"
+                            for k, b in ref.get("blurred_real", {}).items())
+        lines.append(f"  mouth LMD of the real frames shot again (tracker noise) {noise} %; blurred {blurred}")
     if "real_clip" in ref:
         lines.append(f"  mouth-sync figure of the real clip {_fmt(ref['real_clip']['msf'], 3)}, of its held-out "
                      f"frames {_fmt(ref['real_heldout']['msf'], 3)}")

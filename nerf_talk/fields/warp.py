@@ -5,9 +5,11 @@ the displacement of every lip and jaw landmark from the neutral face (the person
 its eye openness gives the eyelid landmarks' displacement (a per-point linear fit of displacement on openness over the
 training frames). A sample at x in the frame is looked up at x - D(x), where D interpolates the landmarks'
 displacements around their displaced positions (normalised Gaussian weights, fading to 0 a few sigma away from every
-landmark). Each warp has two sides that part: the upper lip from the lower one (the corners and the jaw move with
-both), the upper lid from the lower one; a sample follows the side it lies on. So a mouth opens and an eye closes by construction, including openings
-never seen in training: the hash grid does not have to learn one face per motion. What the warp cannot make (the dark
+landmark). The skin around the lips (philtrum, cheeks, chin, the lips between their loops) moves too, each point by a
+linear fit of its tracked displacement on the motion coefficients. Each warp has two sides that part: the upper lip
+from the lower one (the corners and the jaw move with both), the upper lid from the lower one; a sample follows the
+side it lies on. So a mouth opens and an eye closes by construction, including openings never seen in training: the
+hash grid does not have to learn one face per motion. What the warp cannot make (the dark
 mouth interior and teeth that appear between parted lips) is left to the head field's motion-conditioned mouth residual.
 """
 
@@ -55,15 +57,16 @@ _LIP_SIDE = {i: 2 if k in (5, 15) else int(k < 5 or k > 15) for loop in (LIPS_OU
 # 1.00), its nose base (2, 94, 97, 326, 98, 327; no control points) 1.29 -> 0.48 (moved 0.82); reagan's philtrum
 # 1.46 -> 0.16. The price: the kernel blends each point with its neighbours, so the outer lip loop lands a little
 # further off (obama 0.65 -> 0.78 mm, reagan 0.53 -> 0.56).
-MOUTH_CONTEXT = (11, 12, 15, 16, 38, 41, 42, 43, 57, 62, 72, 73, 74, 76, 77, 85, 86, 89, 90, 92, 96, 106, 164, 165, 167,
-                 179, 180, 182, 183, 184, 186, 194, 202, 204, 212, 268, 271, 272, 273, 287, 292, 302, 303, 304, 306, 307,
-                 315, 316, 319, 320, 322, 325, 335, 391, 393, 403, 404, 406, 407, 408, 410, 418, 422, 424, 432)
+MOUTH_CONTEXT = (11, 12, 15, 16, 38, 41, 42, 43, 57, 62, 72, 73, 74, 76, 77, 85, 86, 89, 90, 92, 96, 106, 164, 165,
+                 167, 179, 180, 182, 183, 184, 186, 194, 202, 204, 212, 268, 271, 272, 273, 287, 292, 302, 303, 304,
+                 306, 307, 315, 316, 319, 320, 322, 325, 335, 391, 393, 403, 404, 406, 407, 408, 410, 418, 422, 424,
+                 432)
 # Their sides: the side of the nearest outer-lip point for the lips' own skin (within 8 mm of the outer loop on those
 # faces), both sides beyond it (like the jaw: a side-0 cheek beside a corner split the cheek along the corners' height).
-_CONTEXT_SIDE = {11: 1, 12: 1, 15: 0, 16: 0, 38: 1, 41: 1, 42: 1, 43: 2, 62: 2, 72: 1, 73: 1, 74: 1, 76: 2, 77: 0, 85: 0,
-                 86: 0, 89: 0, 90: 0, 96: 0, 106: 0, 179: 0, 180: 0, 182: 0, 183: 1, 184: 1, 268: 1, 271: 1, 272: 1,
-                 273: 0, 292: 2, 302: 1, 303: 1, 304: 1, 306: 2, 307: 0, 315: 0, 316: 0, 319: 0, 320: 0, 325: 0,
-                 335: 0, 403: 0, 404: 0, 406: 0, 407: 1, 408: 1}
+_CONTEXT_SIDE = {11: 1, 12: 1, 15: 0, 16: 0, 38: 1, 41: 1, 42: 1, 43: 2, 62: 2, 72: 1, 73: 1, 74: 1, 76: 2, 77: 0,
+                 85: 0, 86: 0, 89: 0, 90: 0, 96: 0, 106: 0, 179: 0, 180: 0, 182: 0, 183: 1, 184: 1, 268: 1, 271: 1,
+                 272: 1, 273: 0, 292: 2, 302: 1, 303: 1, 304: 1, 306: 2, 307: 0, 315: 0, 316: 0, 319: 0, 320: 0,
+                 325: 0, 335: 0, 403: 0, 404: 0, 406: 0, 407: 1, 408: 1}
 # The warp's lower control points: the tracked lower face (whose displacement the motion decodes exactly), then the
 # context.
 WARP_LOWER = LOWER_FACE + MOUTH_CONTEXT

@@ -188,16 +188,20 @@ class TrainData:
         self.row_of = torch.full((self.n_frames,), -1, dtype=torch.long)
         self.row_of[torch.tensor(self.train_frames)] = torch.arange(len(self.train_frames))
 
-    def _warp_tensors(self, openness: np.ndarray) -> dict[str, torch.Tensor]:
-        """The head field's landmark warp (fields.FaceWarp) from this dataset's tracking: the landmarks mapped into
-        the head frame as the face_motion step mapped them."""
+    def head_landmarks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(every frame's landmarks in the head frame [N, 478, 3], the neutral face [478, 3]), metres: the landmarks
+        mapped into the head frame as the face_motion step mapped them."""
         ds = self.ds
         pose = ds.step_result("pose")
         weights = pose.get("rigid_weights")
         head = to_head_frame(ds.load_array("landmarks_3d").astype(np.float64), self.template.astype(np.float64),
                              tuple(pose.get("rigid_points", RIGID)), None if weights is None else np.asarray(weights))
-        neutral = ds.load_array("neutral_face", expect_rows=False).astype(np.float64)
-        return FaceWarp.tracking_tensors(neutral, float(ds.step_result("face_motion")["face_size_m"]), self.basis,
+        return head, ds.load_array("neutral_face", expect_rows=False).astype(np.float64)
+
+    def _warp_tensors(self, openness: np.ndarray) -> dict[str, torch.Tensor]:
+        """The head field's landmark warp (fields.FaceWarp) from this dataset's tracking."""
+        head, neutral = self.head_landmarks()
+        return FaceWarp.tracking_tensors(neutral, float(self.ds.step_result("face_motion")["face_size_m"]), self.basis,
                                          self.motion.numpy(), head, openness, self.train_frames)
 
     def mean_image(self) -> torch.Tensor:  # [H, W, 3] float: the baseline a trained avatar must beat
