@@ -1,6 +1,7 @@
 """How faithfully the head field's landmark warp maps a frame's face back to the neutral one.
 
     .venv/bin/python bench/bench_warp.py DATASET [DATASET ...]
+    .venv/bin/python bench/bench_warp.py DATASET --speed AVATAR      # + what the context points cost on the CPU
 
 For each preprocessed dataset: the warp is built from its tracking exactly as `nerf-talk fit` builds it
 (train.data.TrainData, the recipe's motion basis), then every third training frame's tracked landmarks (head frame)
@@ -10,12 +11,17 @@ point itself moved). Groups: the outer and inner lip loops (control points), the
 cheek beside the corners; control points since avatar format 8), and the nose base, which no control point sits on:
 a warp that spreads the lips' motion over it looks it up further off than it moved.
 For the previous code, run the same command from a worktree of the previous commit.
+
+--speed AVATAR (fitted on the first DATASET): CPU time of the lower warp over 200 000 samples in its box, and of whole
+frames (the dataset's first 12 drives at the avatar's size), with the avatar's control points and with the tracked
+lower face alone (the skin around the lips, fields.warp.MOUTH_CONTEXT, cut off): best of two alternating rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +65,51 @@ def warp_errors(dataset: Path, every: int = 3) -> dict[str, tuple[float, float]]
     return out
 
 
+def warp_speed(avatar_path: Path, dataset: Path, samples: int = 200_000, frames: int = 12) -> dict:
+    """{"warp": (s without, s with the context points), "frame": (...)}: see the module docstring."""
+    from nerf_talk.api import Avatar
+    from nerf_talk.motion.drive import motion_coefficients
+    from preprocess.dataset import Dataset
+    from preprocess.mesh_topology import LOWER_FACE
+
+    av = Avatar.load(avatar_path)
+    w = av.model.head.warp
+    keys = ("lower_rest", "lower_offset", "lower_basis", "lower_side", "lower_guide")
+    full = {k: getattr(w, k).clone() for k in keys}
+    n = len(LOWER_FACE)
+    alone = {k: v[:, :n].clone() if k == "lower_basis" else v[:n].clone() for k, v in full.items()}
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = full["lower_rest"].min(0).values - 0.03, full["lower_rest"].max(0).values + 0.03
+    x = lo + torch.rand(samples, 3, generator=gen) * (hi - lo)
+    motion = torch.randn(1, full["lower_basis"].shape[0], generator=gen) * 0.5
+    ds = Dataset(dataset)
+    poses = ds.load_array("poses").astype(np.float32)[:frames]
+    eyes = np.concatenate([ds.load_array("eye_openness"), ds.load_array("blink")[:, None]], 1).astype(np.float32)
+    coeffs = motion_coefficients(av.model, ds.load_array("lower_face_motion").astype(np.float32)[:frames])
+    renderer = av.renderer(None)
+    best = {("warp", 0): [], ("warp", 1): [], ("frame", 0): [], ("frame", 1): []}
+    for _ in range(2):
+        for with_context, bufs in ((0, alone), (1, full)):
+            for k, v in bufs.items():
+                setattr(w, k, v)
+            w._memo = None  # the prepared controls are keyed by the buffers' storage
+            w(x[:1000], motion, None)
+            t = time.perf_counter()
+            w(x, motion, None)
+            best["warp", with_context].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for i in range(len(poses)):
+                renderer.render(poses[i], coeffs[i], eyes[i])
+            best["frame", with_context].append((time.perf_counter() - t) / len(poses))
+    return {kind: (min(best[kind, 0]), min(best[kind, 1])) for kind in ("warp", "frame")}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("datasets", nargs="+", type=Path, help="preprocessed datasets (nerf-talk preprocess)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed", type=Path, metavar="AVATAR", help="also time the warp with this avatar (fitted on the "
+                    "first dataset)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("| dataset | points | warp mm | moved mm |")
@@ -70,6 +117,12 @@ def main(argv=None) -> None:
     for d in args.datasets:
         for name, (after, moved) in warp_errors(d).items():
             print(f"| {d.name} | {name} | {after:.2f} | {moved:.2f} |", flush=True)
+    if args.speed:
+        t = warp_speed(args.speed, args.datasets[0])
+        print(f"\n{args.threads} thread(s), {args.speed.name}: lower warp over 200000 samples in its box "
+              f"{t['warp'][0] * 1e3:.1f} ms (tracked lower face alone) -> {t['warp'][1] * 1e3:.1f} ms (with the skin "
+              f"around the lips), {t['warp'][1] / t['warp'][0]:.2f}x; whole frame {t['frame'][0] * 1e3:.0f} -> "
+              f"{t['frame'][1] * 1e3:.0f} ms, {t['frame'][1] / t['frame'][0]:.2f}x")
 
 
 if __name__ == "__main__":
