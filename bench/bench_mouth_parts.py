@@ -31,7 +31,6 @@ def main(argv=None) -> int:
     from nerf_talk.eval import face as fc
     from nerf_talk.eval import metrics as mx
     from nerf_talk.eval import run as ev
-    from nerf_talk.motion.drive import motion_coefficients
     from preprocess.dataset import Dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
     renderer = avatar.renderer(None)
     poses = ds.load_array("poses").astype(np.float32)[val]
     eyes = np.concatenate([ds.load_array("eye_openness"), ds.load_array("blink")[:, None]], 1).astype(np.float32)[val]
-    coeffs = motion_coefficients(avatar.model, ds.load_array("lower_face_motion").astype(np.float32)[val])
+    tracked = ds.load_array("lower_face_motion").astype(np.float32)[val]
     geo = fc.FaceGeometry.from_dataset(ds)
     if geo is None:
         raise SystemExit(f"{ds.root} has no face geometry for the evaluation's face mesh: preprocess it again")
@@ -78,7 +77,7 @@ def main(argv=None) -> int:
                          ("without the colour's motion code", no_colour_motion)):
         if switch is not None:
             switch()
-        frames = np.stack([renderer.render(poses[i], coeffs[i], eyes[i]) for i in range(len(val))])
+        frames, _ = ev.render_sequence(avatar, renderer, poses, tracked, eyes, name, progress=False)
         model.load_state_dict(saved)
         opening = fc.face_signals(fc.detect_sequence(frames), geo)["mouth_opening"]
         corr = mx.correlation_finite(opening, real_open)
