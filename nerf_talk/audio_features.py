@@ -116,9 +116,35 @@ def feature_dims() -> dict[str, int]:
     return {"ppg": len(phoneme_vocabulary()), "mel": N_MELS, "pitch": 2, "energy": 1}
 
 
-def noise_floor(energy: np.ndarray) -> float:
-    """dB: the 10th percentile of the frame levels (so a noisy room does not count as speech), at least -90 dB."""
-    return max(float(np.percentile(np.asarray(energy, np.float64), 10)), ENERGY_FLOOR_DB + 10.0)
+# When the phoneme recogniser hears phonemes, the noise floor lies at least this far under the clip's loud speech (its
+# 95th percentile level). A clip of speech without pauses (a loud, compressed broadcast interview) has no quiet frame:
+# its 10th percentile is speech, 7 dB under the loud speech, and no frame cleared the floor by the 15 dB that
+# voice_activity asks. The validation clip interview_04 read as 0 % speech over 10 s of talking, and the motion model
+# held its mouth closed; with this rule it reads 76 %. No other clip of the corpus, validation or shared clips changes
+# except lecturer_25s (1.4 % of its frames): their loud speech clears their 10th percentile by 23-59 dB. On the 598
+# synthetic training utterances (noise at 5-40 dB SNR; the truth is their phoneme timings) frame agreement with the
+# truth rises from 0.812 to 0.831. Only with phonemes heard: steady noise (white, pink, hum, a fan) has a level
+# distribution as narrow as compressed speech, and without the gate read as 60-100 % speech.
+LOUD_OVER_FLOOR_DB = 20.0
+# "Hears phonemes": at least this share of the frames has a phoneme as its most likely token. The validation and
+# shared clips: 4-27 %; steady noise, tones and hum: 0 %.
+PHONEME_SHARE = 0.05
+
+
+def phonemes_heard(ppg: np.ndarray) -> np.ndarray:
+    """[N] bool: the frames whose most likely posteriorgram token is a phoneme (not the blank or a word boundary)."""
+    return ~np.isin(np.asarray(ppg).argmax(1), silence_columns())
+
+
+def noise_floor(energy: np.ndarray, heard: np.ndarray | None = None) -> float:
+    """dB: the 10th percentile of the frame levels (so a noisy room does not count as speech), at least -90 dB; when
+    the frames `heard` [N] (phonemes_heard) hold speech, at most LOUD_OVER_FLOOR_DB under the 95th percentile (a
+    clip without pauses has no quiet frame to measure)."""
+    e = np.asarray(energy, np.float64)
+    floor = float(np.percentile(e, 10))
+    if heard is not None and len(heard) and float(np.mean(heard)) >= PHONEME_SHARE:
+        floor = min(floor, float(np.percentile(e, 95)) - LOUD_OVER_FLOOR_DB)
+    return max(floor, ENERGY_FLOOR_DB + 10.0)
 
 
 def voice_activity(features: dict[str, np.ndarray], floor_db: float | None = None) -> np.ndarray:
@@ -130,7 +156,10 @@ def voice_activity(features: dict[str, np.ndarray], floor_db: float | None = Non
     """
     energy = np.asarray(features["energy"], np.float64)
     voiced = np.asarray(features["pitch"], np.float64)[:, 1]
-    floor = noise_floor(energy) if floor_db is None else floor_db
+    if floor_db is None:
+        floor = noise_floor(energy, phonemes_heard(features["ppg"]) if "ppg" in features else None)
+    else:
+        floor = floor_db
     return (energy > floor + 15.0) | ((voiced > 0.5) & (energy > floor + 8.0))
 
 

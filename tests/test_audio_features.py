@@ -181,6 +181,36 @@ def test_posteriorgram_of_real_speech(speech):
     assert 150 < np.median(f["pitch"][voiced, 0]) < 280
 
 
+def test_speech_without_pauses_is_speech(speech):
+    """A loud, compressed recording with no pause (broadcast speech) has no quiet frame to take the noise floor from;
+    its speech must still read as speech, while the same speech with its pauses keeps its silent frames."""
+    hop = media.AUDIO_RATE // 25
+    clip = speech[: 8 * media.AUDIO_RATE]
+    level = af.compute_features(clip, 25)["energy"]
+    loud = np.repeat(level > np.percentile(level, 45), hop)[: len(clip)]  # the pauses cut out
+    joined = clip[: len(loud)][loud]
+    envelope = np.sqrt(np.convolve(joined ** 2, np.ones(800) / 800, "same")) + 1e-4
+    broadcast = (0.1 * joined / envelope).astype(np.float32)  # an automatic gain control: every 50 ms as loud
+    f = af.compute_features(broadcast, 25)
+    e = f["energy"]
+    assert np.percentile(e, 95) - np.percentile(e, 10) < 15.0  # 15 dB over the 10th percentile: no frame at all
+    assert af.voice_activity(f).mean() > 0.6
+    with_pauses = af.voice_activity(af.compute_features(clip, 25))
+    assert 0.3 < with_pauses.mean() < 0.9  # the original's pauses are still silence
+
+
+def test_steady_noise_is_not_speech():
+    """Steady noise has a level distribution as narrow as compressed speech, but no phonemes: it stays silence."""
+    rng = np.random.default_rng(0)
+    t = np.arange(4 * SR) / SR
+    hum = sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8)) + 0.1 * rng.standard_normal(len(t))
+    for x in (rng.standard_normal(len(t)), hum):
+        for level_db in (-40.0, -15.0):
+            audio = (x / np.sqrt(np.mean(x ** 2)) * 10 ** (level_db / 20)).astype(np.float32)
+            f = af.compute_features(audio, 25)
+            assert not af.voice_activity(f).any()
+
+
 def test_chunked_posteriorgram_matches_one_pass(speech, monkeypatch):
     """Long audio runs in chunks with context; chunk seams must not change what is recognised."""
     whole = af.phoneme_posteriors(speech)

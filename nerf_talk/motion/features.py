@@ -31,16 +31,20 @@ class Stats:
     mel_median: np.ndarray  # [80]
     f0_median: float  # Hz; 0 when nothing is voiced
     level_db: float  # dBFS of loud speech
-    floor_db: float  # the noise floor (audio_features.voice_activity's rule: 10th percentile, at least -90 dB)
+    floor_db: float  # the noise floor (audio_features.noise_floor)
 
 
-def utterance_stats(features: dict[str, np.ndarray]) -> Stats:
+def utterance_stats(features: dict[str, np.ndarray], heard: np.ndarray | None = None) -> Stats:
+    """The normalisers of these frames; `heard` [N]: af.phonemes_heard of their posteriorgram (default: computed from
+    features["ppg"] when given), for the noise floor."""
+    if heard is None and "ppg" in features:
+        heard = af.phonemes_heard(features["ppg"])
     mel = np.asarray(features["mel"], np.float32)
     pitch = np.asarray(features["pitch"], np.float32)
     energy = np.asarray(features["energy"], np.float32)
     voiced = pitch[:, 1] > 0.5
     f0 = float(np.median(pitch[voiced, 0])) if voiced.sum() >= 3 else 0.0
-    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), af.noise_floor(energy))
+    return Stats(np.median(mel, 0), f0, float(np.percentile(energy, 95)), af.noise_floor(energy, heard))
 
 
 def input_dim(n_ppg: int) -> int:

@@ -216,18 +216,20 @@ class RunningStats:
         self.mel: deque = deque(maxlen=self.frames)
         self.pitch: deque = deque(maxlen=self.frames)
         self.energy: deque = deque(maxlen=self.frames)
+        self.heard: deque = deque(maxlen=self.frames)  # af.phonemes_heard, for the noise floor
         self.seen = 0
 
     def update(self, feats: dict[str, np.ndarray]) -> mf.Stats:
         self.mel.extend(np.asarray(feats["mel"], np.float32))
         self.pitch.extend(np.asarray(feats["pitch"], np.float32))
         self.energy.extend(np.asarray(feats["energy"], np.float32))
+        self.heard.extend(af.phonemes_heard(feats["ppg"]))
         self.seen += len(feats["energy"])
         return self.stats()
 
     def stats(self) -> mf.Stats:
         s = mf.utterance_stats({"mel": np.asarray(self.mel), "pitch": np.asarray(self.pitch),
-                                "energy": np.asarray(self.energy)})
+                                "energy": np.asarray(self.energy)}, np.asarray(self.heard, bool))
         if self.seen < WARMUP_S * MODEL_FPS:
             s = mf.Stats(s.mel_median, s.f0_median, max(s.level_db, PRIOR_LEVEL_DB), min(s.floor_db, PRIOR_FLOOR_DB))
         return s
