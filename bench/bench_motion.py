@@ -117,7 +117,8 @@ def table(args) -> dict:
         notes.append(f"{d.name}: fine-tune " + (
             f"used, held-out tail opening correlation {info['finetune']['tail_opening_corr']['generic']:.3f} -> "
             f"{info['finetune']['tail_opening_corr']['finetuned']:.3f}, {info['finetune']['cpu_seconds']:.0f} s CPU"
-            if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}"))
+            if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}")
+            + f"; then the {info['chosen_adapter']['kind']} adapter: {info['chosen_adapter']['reason']}")
         results[label][d.name] = res
         for method, r in res.items():
             print(_row(d.name, method, r))

@@ -490,7 +490,7 @@ def fit_personal_adapter(ds, motion_model, frames: list[int]):
     lower_face_motion of `frames` (the training split). Returns (adapter, speech [N] bool for every frame)."""
     from nerf_talk import media
     from nerf_talk.motion import predict_motion
-    from nerf_talk.motion.adapter import fit_adapter
+    from nerf_talk.motion.adapter import select_adapter
 
     if not ds.path("audio.wav").exists():
         raise AvatarError(f"{ds.root} has no audio.wav", "the adapter is fitted on the clip's own speech; preprocess "
@@ -511,7 +511,8 @@ def fit_personal_adapter(ds, motion_model, frames: list[int]):
     # frames when they are one (preprocessing holds out the clip's end), else the whole clip.
     fit = list(frames) if frames == list(range(frames[0], frames[-1] + 1)) else list(range(n))
     n_comp = min(12, motion.shape[1] * 3, len(fit) - 1)
-    adapter = fit_adapter(coeffs[fit], motion[fit], points, n_components=n_comp)
+    adapter = select_adapter(motion_model.basis, coeffs[fit], motion[fit], points, ds.fps, n_components=n_comp)
+    log.info("motion: %s adapter: %s", adapter.info["kind"], adapter.info["reason"])
     return adapter, speech
 
 

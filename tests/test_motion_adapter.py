@@ -49,3 +49,29 @@ def test_silence_stays_neutral_and_roundtrip():
     t, meta = ad.to_tensors()
     ad2 = PersonalAdapter.from_tensors(t, meta)
     np.testing.assert_allclose(ad2.apply(g[:10]), ad.apply(g[:10]))
+
+
+def test_select_adapter_keeps_the_fitted_map_only_where_the_tail_says_it_helps():
+    """select_adapter (what `nerf-talk fit` embeds): a person whose lips move along other directions than the generic
+    model's gets the fitted map; a person who moves as the generic model says, on a short clip, keeps the generic
+    motion, in the person's basis, silence still neutral."""
+    from types import SimpleNamespace
+
+    from nerf_talk.motion.adapter import MIN_JUDGE_FRAMES, select_adapter
+
+    rng = np.random.default_rng(2)
+    g, y = _person(rng, 1500)  # the person mixes the components their own way
+    basis = SimpleNamespace(components=np.linalg.qr(rng.standard_normal((len(POINTS) * 3, g.shape[1])))[0].T)
+    fitted = select_adapter(basis, g, y, POINTS, 25.0, n_components=6)
+    assert fitted.info["kind"] == "fitted" and fitted.info["tail"]["fitted"] > fitted.info["tail"]["generic"]
+    # Someone who moves exactly as the generic basis decodes the truth; the prediction is noisy and the clip short.
+    truth = gaussian_filter1d(rng.standard_normal((MIN_JUDGE_FRAMES - 10, g.shape[1])), 2.0, axis=0)
+    motion = (truth @ basis.components).reshape(len(truth), -1, 3).astype(np.float32)
+    noisy = (truth + 0.9 * gaussian_filter1d(rng.standard_normal(truth.shape), 2.0, axis=0)).astype(np.float32)
+    short = select_adapter(basis, noisy, motion, POINTS, 25.0, n_components=6)
+    assert short.info["kind"] == "generic" and "too short" in short.info["reason"]
+    o_pred, o_true = mx.mouth_opening(short.apply(noisy), POINTS), mx.mouth_opening(motion, POINTS)
+    assert mx.correlation(o_pred, o_true) > 0.5
+    assert np.abs(short.apply(np.zeros((3, g.shape[1]), np.float32))).max() == 0.0
+    t, meta = short.to_tensors()
+    np.testing.assert_allclose(PersonalAdapter.from_tensors(t, meta).apply(noisy[:10]), short.apply(noisy[:10]))

@@ -14,7 +14,9 @@ together. The adapter learns that from the person's own dataset (their speech an
      over the fitting frames equals the person's real one (capped at MAX_GAIN). One gain, not one per component:
      the weakly predicted minor components would otherwise be inflated into noise.
 
-Fitting is closed-form: milliseconds for minutes of video. The adapter runs at the model's frame rate (MODEL_FPS);
+Fitting is closed-form: milliseconds for minutes of video. A fitted map needs data to beat the generic model's own
+motion (`generic_adapter`: steps 1 and 3, no map learnt); `select_adapter`, which `nerf-talk fit` runs, keeps the
+fitted one only when it scores higher on the clip's held-out tail. The adapter runs at the model's frame rate (MODEL_FPS);
 predict.py applies it before resampling to the video's rate. Saved as tensors + JSON metadata (to_tensors / from_tensors) for the avatar file.
 """
 
@@ -74,31 +76,104 @@ def stack_context(generic: np.ndarray, context=CONTEXT) -> np.ndarray:
     return np.concatenate(out, 1)
 
 
+def _person_components(y: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(components [Cp, K*3], their eigenvalue share) of the person's motion y [N, K*3]: step 1, mean fixed at 0."""
+    vals, vecs = np.linalg.eigh(y.T @ y / len(y))
+    order = np.argsort(vals)[::-1][:n_components]
+    return vecs[:, order].T, float(vals[order].sum() / max(vals.sum(), 1e-12))
+
+
+def _adapter(A: np.ndarray, comps: np.ndarray, g: np.ndarray, y: np.ndarray, points, context, info: dict
+             ) -> PersonalAdapter:
+    """The adapter of map A with step 3's amplitude gain, calibrated on the fitting frames (g stacked, y real)."""
+    from nerf_talk.motion.metrics import mouth_opening
+
+    o_true = mouth_opening(y.reshape(len(y), -1, 3), points)
+    o_pred = mouth_opening((g @ A @ comps).reshape(len(y), -1, 3), points)
+    g0 = float(np.clip(np.std(o_true) / max(float(np.std(o_pred)), 1e-9), 0.0, MAX_GAIN))
+    gain = np.full(comps.shape[0], g0)
+    return PersonalAdapter(list(points), comps.astype(np.float32), A.astype(np.float32), gain.astype(np.float32),
+                           {**info, "gain": round(g0, 3)}, tuple(context))
+
+
+def _check(g: np.ndarray, y: np.ndarray) -> None:
+    if len(g) != len(y):
+        raise ValueError(f"generic has {len(g)} frames, motion {len(y)}")
+    if len(g) < 25:
+        raise ValueError(f"the adapter needs at least 25 frames to fit, got {len(g)}")
+
+
 def fit_adapter(generic: np.ndarray, motion: np.ndarray, points, n_components: int = 12,
                 ridge: float = RIDGE, context=CONTEXT) -> PersonalAdapter:
     """Fit on aligned frames: generic coefficients [N, C] (the generic model run on the person's audio) and the
     person's real lower_face_motion [N, K, 3]."""
     g = stack_context(generic, context).astype(np.float64)
     y = np.asarray(motion, np.float64).reshape(len(motion), -1)
-    if len(g) != len(y):
-        raise ValueError(f"generic has {len(g)} frames, motion {len(y)}")
-    if len(g) < 25:
-        raise ValueError(f"the adapter needs at least 25 frames to fit, got {len(g)}")
-    vals, vecs = np.linalg.eigh(y.T @ y / len(y))
-    order = np.argsort(vals)[::-1][:n_components]
-    comps = vecs[:, order].T  # [Cp, K*3]
+    _check(g, y)
+    comps, explained = _person_components(y, n_components)
     p = y @ comps.T  # [N, Cp]
     lam = ridge * float(np.mean(np.sum(g * g, 0))) + 1e-12
     A = np.linalg.solve(g.T @ g + lam * np.eye(g.shape[1]), g.T @ p)  # [C, Cp]
-    pred = g @ A
-    from nerf_talk.motion.metrics import mouth_opening
+    return _adapter(A, comps, g, y, points, context, {"kind": "fitted", "frames": int(len(g)),
+                                                      "n_components": int(n_components),
+                                                      "explained_variance": explained})
 
-    o_true = mouth_opening(y.reshape(len(y), -1, 3), points)
-    o_pred = mouth_opening((pred @ comps).reshape(len(y), -1, 3), points)
-    g0 = float(np.clip(np.std(o_true) / max(float(np.std(o_pred)), 1e-9), 0.0, MAX_GAIN))
-    gain = np.full(comps.shape[0], g0)
-    info = {"frames": int(len(g)), "n_components": int(n_components),
-            "explained_variance": float(vals[order].sum() / max(vals.sum(), 1e-12)),
-            "gain": round(g0, 3)}
-    return PersonalAdapter(list(points), comps.astype(np.float32), A.astype(np.float32), gain.astype(np.float32), info,
-                           tuple(context))
+
+def generic_adapter(basis, generic: np.ndarray, motion: np.ndarray, points, n_components: int = 12,
+                    context=CONTEXT) -> PersonalAdapter:
+    """No map learnt: the generic model's own motion (basis: its GenericMotionBasis, whose coefficients `generic`
+    [N, C] are) in the person's components, with the amplitude gain of step 3 fitted on these frames. The
+    person's neutral face and lip shapes come from their basis; the timing is the generic model's."""
+    g = stack_context(generic, context).astype(np.float64)
+    y = np.asarray(motion, np.float64).reshape(len(motion), -1)
+    _check(g, y)
+    comps, explained = _person_components(y, n_components)
+    c = np.asarray(generic).shape[1]
+    A = np.zeros((g.shape[1], comps.shape[0]))
+    now = list(context).index(0)
+    A[now * c:(now + 1) * c] = np.asarray(basis.components, np.float64) @ comps.T
+    return _adapter(A, comps, g, y, points, context, {"kind": "generic", "frames": int(len(g)),
+                                                      "n_components": int(n_components),
+                                                      "explained_variance": explained})
+
+
+# A fitted adapter maps 5 x 16 generic coefficients to 12 of the person's: on a short clip it learns that clip's
+# noise. Held out from training, it lowered the opening correlation on reagan (13 s to fit: 0.39 -> 0.30) and on
+# the ten public clips (2.5-10 s: 0.447 -> 0.391; docs/MOTION_MODEL.md). So it is fitted only when the clip's tail can
+# judge it (the fine-tune's 10 s), and kept only when it beats the generic motion there.
+MIN_JUDGE_FRAMES = 250
+TAIL_FRACTION = 0.2
+
+
+def select_adapter(basis, generic: np.ndarray, motion: np.ndarray, points, fps: float, n_components: int = 12
+                   ) -> PersonalAdapter:
+    """What `nerf-talk fit` embeds: the fitted adapter (fit_adapter) when, fitted on the first 80 % of these frames,
+    its mouth opening on the last 20 % correlates better (1 s high-pass) with the real one than the generic
+    motion's (generic_adapter) does; else the generic adapter. Either is then fitted on all the frames. Clips under
+    MIN_JUDGE_FRAMES get the generic adapter. info["kind"], info["reason"] and info["tail"] say what was chosen and
+    why."""
+    from nerf_talk.motion import metrics as mx
+
+    n = len(generic)
+    n_components = min(n_components, n - 1)
+    if n < MIN_JUDGE_FRAMES:
+        a = generic_adapter(basis, generic, motion, points, n_components)
+        a.info["reason"] = f"clip too short to judge a fitted adapter ({n} frames < {MIN_JUDGE_FRAMES})"
+        return a
+    split = int(round(n * (1 - TAIL_FRACTION)))
+    real = mx.highpass(mx.mouth_opening(np.asarray(motion)[split:], points), fps)
+    tail = {}
+    for kind, make in (("fitted", lambda g, m: fit_adapter(g, m, points, min(n_components, split - 1))),
+                       ("generic", lambda g, m: generic_adapter(basis, g, m, points, min(n_components, split - 1)))):
+        pred = make(generic[:split], motion[:split]).apply(generic)[split:]
+        tail[kind] = round(mx.correlation(mx.highpass(mx.mouth_opening(pred, points), fps), real), 4)
+    if tail["fitted"] > tail["generic"]:
+        a = fit_adapter(generic, motion, points, n_components)
+        a.info["reason"] = f"the fitted adapter scores higher on the clip's tail ({tail['fitted']:.3f} > " \
+                           f"{tail['generic']:.3f})"
+    else:
+        a = generic_adapter(basis, generic, motion, points, n_components)
+        a.info["reason"] = f"the fitted adapter does not score higher on the clip's tail ({tail['fitted']:.3f} <= " \
+                           f"{tail['generic']:.3f})"
+    a.info["tail"] = tail
+    return a

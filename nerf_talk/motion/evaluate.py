@@ -15,7 +15,9 @@ lower-face motion is compared with the real one (`score`):
   silence_move   mean frame-to-frame change of the opening in silence over the real one's in speech (0 = still)
 Methods: each generic model alone (by its name), "<name>+adapter" (the last model + the linear adapter fitted on the
 first part), "<name>+finetune" (what `nerf-talk fit` builds: the last model fine-tuned on the first part, early-stopped
-on that part's own tail, kept only if it wins there (motion.finetune), then the adapter), and three baselines fitted on the first part: "mean" (the person's mean motion, constant),
+on that part's own tail, kept only if it wins there (motion.finetune), then the adapter that wins on that tail,
+fitted or generic: adapter.select_adapter), and three baselines fitted on the first part: "mean" (the person's mean
+motion, constant),
 "energy_jaw" (each landmark coordinate a quadratic function of the smoothed speech level: a jaw that opens with
 loudness), "ridge" (ridge regression of the motion on the model's own input features at -4..4 frames, its strength
 chosen by a two-fold split of the first part). "real" scores the true motion.
@@ -34,7 +36,7 @@ from scipy.ndimage import uniform_filter1d
 from nerf_talk.motion import corpus as cp
 from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
-from nerf_talk.motion.adapter import fit_adapter
+from nerf_talk.motion.adapter import fit_adapter, select_adapter
 from nerf_talk.motion.finetune import finetune
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
 from nerf_talk.motion.predict import motion_coeffs, silence_gate
@@ -120,10 +122,11 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     adapter = fit_adapter(coeffs[fit], motion[fit], last.basis.points)
     # applied to the whole clip: the test part's first frames see their real past (the adapter reads 4 past frames)
     preds[f"{list(models)[-1]}+adapter"] = adapter.apply(coeffs)[test]
-    # What `nerf-talk fit` does: fine-tune on the first part (its own tail early-stops it), then the adapter.
+    # What `nerf-talk fit` does: fine-tune on the first part (its own tail early-stops it), then select the adapter.
     tuned, ft_report = finetune(last, _slice(feats, 0, k), motion[fit], last.basis.points)
     t_coeffs = motion_coeffs(tuned, feats)[0]
-    preds[f"{list(models)[-1]}+finetune"] = fit_adapter(t_coeffs[fit], motion[fit], last.basis.points).apply(t_coeffs)[test]
+    chosen = select_adapter(tuned.basis, t_coeffs[fit], motion[fit], last.basis.points, MODEL_FPS)
+    preds[f"{list(models)[-1]}+finetune"] = chosen.apply(t_coeffs)[test]
     preds.update({
         "mean": np.broadcast_to(motion[fit].mean(0), motion[test].shape),
         "energy_jaw": energy_jaw(feats, motion[fit], fit, test),
@@ -134,7 +137,7 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     speech = mf.speech_mask(feats)[test]  # as motion_coeffs gated the predictions: judged on the whole clip
     out = {name: score(p, motion[test], last.basis.points, tf, last.vocab, speech) for name, p in preds.items()}
     out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info,
-                    "finetune": {key: v for key, v in ft_report.items() if key != "config"}}
+                    "finetune": {key: v for key, v in ft_report.items() if key != "config"}, "chosen_adapter": chosen.info}
     return out
 
 
