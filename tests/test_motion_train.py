@@ -157,28 +157,6 @@ def test_synthetic_targets_lead_their_phonemes():
     assert np.allclose(lead[24:27], motion[vz.V["bilabial"]])  # the closure comes a frame early too
 
 
-def test_mel_warp_moves_formants_and_nothing_else():
-    """data.mel_warp resamples each window's log-mel bands (a vocal-tract-length change) and leaves every other input
-    column alone; a warp of 0 is the identity."""
-    import torch
-
-    from nerf_talk.motion.train import warp_mel
-
-    p, n = 7, af.N_MELS
-    x = torch.zeros(64, 3, p + n + 4)
-    x[..., :p] = torch.rand(64, 3, p)
-    x[..., p + 30] = 1.0  # one formant peak at band 30
-    x[..., -4:] = torch.rand(64, 3, 4)
-    g = torch.Generator().manual_seed(0)
-    assert torch.equal(warp_mel(x, p, 0.0, g), x)
-    y = warp_mel(x, p, 0.15, g)
-    assert torch.equal(y[..., :p], x[..., :p]) and torch.equal(y[..., -4:], x[..., -4:])
-    peak = y[:, 0, p:p + n].argmax(-1).float()  # where each window's peak went: 30 / a, a in [0.85, 1.15]
-    assert peak.min() >= 30 / 1.15 - 1 and peak.max() <= 30 / 0.85 + 1
-    assert peak.std() > 1.0  # windows are warped differently
-    assert torch.equal(y[:, 0, p:p + n], y[:, 2, p:p + n])  # the same warp over a window's frames
-
-
 def test_unreadable_datasets_skipped_then_refused(corpus, tmp_path, caplog):
     """A dataset whose preprocessing failed (no face: no motion written) is skipped with a line; nothing usable left
     is a clear error."""

@@ -33,10 +33,6 @@ class MotionDataConfig:
     # Synthetic targets moved this many frames earlier than the phoneme timings: real lips lead their sound. On GRID
     # (drift-corrected), the shipped model trained on exact timings lags the real lips by 0.85 frame (34 ms).
     synthetic_lead_frames: float = 0.0
-    # Vocal-tract-length augmentation: each window's log-mel bands are read from bin k * a, a drawn uniformly in
-    # [1 - mel_warp, 1 + mel_warp] (formants move as in a shorter or longer vocal tract; 0: off). The posteriorgram is
-    # left as it is: it is already speaker-independent.
-    mel_warp: float = 0.0
 
 
 @dataclass

@@ -164,14 +164,11 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
 
         bar = tqdm(total=cfg.train.steps, initial=step, desc="train-motion")
     net.train()
-    warp_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 7 + rank)
     while step < cfg.train.steps:
         batch = next(it)  # the sampler is endless
         lr = _lr(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
-        if cfg.data.mel_warp > 0:
-            batch["x"] = warp_mel(batch["x"], len(vocab), cfg.data.mel_warp, warp_gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         pred, blink_logit = ddp(batch["x"])  # [B, T, C], [B, T]
         w = batch["weight"][..., None]  # [B, T, 1]
@@ -217,22 +214,6 @@ def train_motion(corpus_dir: str | Path, out: str | Path, recipe: str | Path | N
     if world > 1:
         torch.distributed.barrier()
     return path
-
-
-def warp_mel(x: torch.Tensor, first: int, max_warp: float, gen: torch.Generator) -> torch.Tensor:
-    """Model inputs [B, T, D] with each window's log-mel columns (af.N_MELS from column `first`) resampled from band
-    k * a, a uniform in [1 - max_warp, 1 + max_warp] per window, linearly between bands and held at the top band: a
-    vocal-tract-length perturbation, so the network cannot key on one speaker's formant positions."""
-    n = af.N_MELS
-    a = 1.0 + (torch.rand(x.shape[0], generator=gen, dtype=x.dtype) * 2 - 1) * max_warp  # [B]
-    src = (torch.arange(n, dtype=x.dtype)[None] * a[:, None]).clamp(0, n - 1)  # [B, n]
-    lo = src.floor().long()
-    hi = (lo + 1).clamp(max=n - 1)
-    frac = (src - lo)[:, None, :]
-    mel = x[..., first:first + n]
-    expand = (-1, x.shape[1], -1)
-    warped = mel.gather(2, lo[:, None, :].expand(*expand)) * (1 - frac) + mel.gather(2, hi[:, None, :].expand(*expand)) * frac
-    return torch.cat([x[..., :first], warped, x[..., first + n:]], -1)
 
 
 def coefficient_loss(pred: torch.Tensor, target: torch.Tensor, unit: float, weight: torch.Tensor | None = None
