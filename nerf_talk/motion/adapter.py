@@ -76,11 +76,21 @@ def stack_context(generic: np.ndarray, context=CONTEXT) -> np.ndarray:
     return np.concatenate(out, 1)
 
 
-def _person_components(y: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """(components [Cp, K*3], their eigenvalue share) of the person's motion y [N, K*3]: step 1, mean fixed at 0."""
+def _fitting_frames(generic: np.ndarray, motion: np.ndarray, n_components: int, context
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(g stacked over the context [N, len(context) * C], y the person's motion [N, K*3], their components [Cp, K*3]
+    (step 1: PCA with the mean fixed at 0), the fit's info) for either adapter."""
+    g = stack_context(generic, context).astype(np.float64)
+    y = np.asarray(motion, np.float64).reshape(len(motion), -1)
+    if len(g) != len(y):
+        raise ValueError(f"generic has {len(g)} frames, motion {len(y)}")
+    if len(g) < 25:
+        raise ValueError(f"the adapter needs at least 25 frames to fit, got {len(g)}")
     vals, vecs = np.linalg.eigh(y.T @ y / len(y))
     order = np.argsort(vals)[::-1][:n_components]
-    return vecs[:, order].T, float(vals[order].sum() / max(vals.sum(), 1e-12))
+    info = {"frames": int(len(g)), "n_components": int(n_components),
+            "explained_variance": float(vals[order].sum() / max(vals.sum(), 1e-12))}
+    return g, y, vecs[:, order].T, info
 
 
 def _adapter(A: np.ndarray, comps: np.ndarray, g: np.ndarray, y: np.ndarray, points, context, info: dict
@@ -96,27 +106,15 @@ def _adapter(A: np.ndarray, comps: np.ndarray, g: np.ndarray, y: np.ndarray, poi
                            {**info, "gain": round(g0, 3)}, tuple(context))
 
 
-def _check(g: np.ndarray, y: np.ndarray) -> None:
-    if len(g) != len(y):
-        raise ValueError(f"generic has {len(g)} frames, motion {len(y)}")
-    if len(g) < 25:
-        raise ValueError(f"the adapter needs at least 25 frames to fit, got {len(g)}")
-
-
 def fit_adapter(generic: np.ndarray, motion: np.ndarray, points, n_components: int = 12,
                 ridge: float = RIDGE, context=CONTEXT) -> PersonalAdapter:
     """Fit on aligned frames: generic coefficients [N, C] (the generic model run on the person's audio) and the
     person's real lower_face_motion [N, K, 3]."""
-    g = stack_context(generic, context).astype(np.float64)
-    y = np.asarray(motion, np.float64).reshape(len(motion), -1)
-    _check(g, y)
-    comps, explained = _person_components(y, n_components)
+    g, y, comps, info = _fitting_frames(generic, motion, n_components, context)
     p = y @ comps.T  # [N, Cp]
     lam = ridge * float(np.mean(np.sum(g * g, 0))) + 1e-12
     A = np.linalg.solve(g.T @ g + lam * np.eye(g.shape[1]), g.T @ p)  # [C, Cp]
-    return _adapter(A, comps, g, y, points, context, {"kind": "fitted", "frames": int(len(g)),
-                                                      "n_components": int(n_components),
-                                                      "explained_variance": explained})
+    return _adapter(A, comps, g, y, points, context, {"kind": "fitted", **info})
 
 
 def generic_adapter(basis, generic: np.ndarray, motion: np.ndarray, points, n_components: int = 12,
@@ -124,17 +122,12 @@ def generic_adapter(basis, generic: np.ndarray, motion: np.ndarray, points, n_co
     """No map learnt: the generic model's own motion (basis: its GenericMotionBasis, whose coefficients `generic`
     [N, C] are) in the person's components, with the amplitude gain of step 3 fitted on these frames. The
     person's neutral face and lip shapes come from their basis; the timing is the generic model's."""
-    g = stack_context(generic, context).astype(np.float64)
-    y = np.asarray(motion, np.float64).reshape(len(motion), -1)
-    _check(g, y)
-    comps, explained = _person_components(y, n_components)
+    g, y, comps, info = _fitting_frames(generic, motion, n_components, context)
     c = np.asarray(generic).shape[1]
     A = np.zeros((g.shape[1], comps.shape[0]))
     now = list(context).index(0)
     A[now * c:(now + 1) * c] = np.asarray(basis.components, np.float64) @ comps.T
-    return _adapter(A, comps, g, y, points, context, {"kind": "generic", "frames": int(len(g)),
-                                                      "n_components": int(n_components),
-                                                      "explained_variance": explained})
+    return _adapter(A, comps, g, y, points, context, {"kind": "generic", **info})
 
 
 # A fitted adapter maps 5 x 16 generic coefficients to 12 of the person's: on a short clip it learns that clip's
@@ -160,20 +153,19 @@ def select_adapter(basis, generic: np.ndarray, motion: np.ndarray, points, fps: 
         a = generic_adapter(basis, generic, motion, points, n_components)
         a.info["reason"] = f"clip too short to judge a fitted adapter ({n} frames < {MIN_JUDGE_FRAMES})"
         return a
+    make = {"fitted": lambda g, m, c: fit_adapter(g, m, points, c),
+            "generic": lambda g, m, c: generic_adapter(basis, g, m, points, c)}
     split = int(round(n * (1 - TAIL_FRACTION)))
     real = mx.highpass(mx.mouth_opening(np.asarray(motion)[split:], points), fps)
     tail = {}
-    for kind, make in (("fitted", lambda g, m: fit_adapter(g, m, points, min(n_components, split - 1))),
-                       ("generic", lambda g, m: generic_adapter(basis, g, m, points, min(n_components, split - 1)))):
-        pred = make(generic[:split], motion[:split]).apply(generic)[split:]
+    for kind, fit in make.items():
+        pred = fit(generic[:split], motion[:split], min(n_components, split - 1)).apply(generic)[split:]
         tail[kind] = round(mx.correlation(mx.highpass(mx.mouth_opening(pred, points), fps), real), 4)
-    if tail["fitted"] > tail["generic"]:
-        a = fit_adapter(generic, motion, points, n_components)
-        a.info["reason"] = f"the fitted adapter scores higher on the clip's tail ({tail['fitted']:.3f} > " \
-                           f"{tail['generic']:.3f})"
-    else:
-        a = generic_adapter(basis, generic, motion, points, n_components)
-        a.info["reason"] = f"the fitted adapter does not score higher on the clip's tail ({tail['fitted']:.3f} <= " \
-                           f"{tail['generic']:.3f})"
+    kind = "fitted" if tail["fitted"] > tail["generic"] else "generic"
+    a = make[kind](generic, motion, n_components)
+    a.info["reason"] = (f"the fitted adapter scores higher on the clip's tail ({tail['fitted']:.3f} > "
+                        f"{tail['generic']:.3f})" if kind == "fitted" else
+                        f"the fitted adapter does not score higher on the clip's tail ({tail['fitted']:.3f} <= "
+                        f"{tail['generic']:.3f})")
     a.info["tail"] = tail
     return a
