@@ -7,6 +7,7 @@
     python bench/bench_motion.py live [--model NAME=PATH ...]   # streamed vs offline motion, shared speech files
     python bench/bench_motion.py languages [--model NAME=PATH ...] [--utterances 140]   # synthetic speech per language
     python bench/bench_motion.py finetune --dataset DIR [--dataset DIR ...] [--model PATH]   # fine-tune CPU time
+    python bench/bench_motion.py lag --corpus DIR [--exclude PATTERN ...] [--model PATH]   # how late the model comes
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
 audio features incl. the phoneme recogniser, the network, interpolation to 25 fps) and for the network alone;
@@ -17,20 +18,28 @@ languages: fresh synthetic utterances (synth.make_utterance, seeds from 100000: 
 language: opening correlation (1 s high-pass) with the openness of the exact phoneme timings (the viseme track
 through visemes.OPENNESS), and the share of /p b m/ frames (bilabial viseme >= 0.5) with the lips closed (opening under
 the utterance's speech median, as metrics.bilabial_closure counts it); then 3 s of near-silence (noise at -70 dBFS):
-the largest mouth opening and frame-to-frame change (0 = closed and still).
+the largest mouth opening and frame-to-frame change (0 = closed and still). A model with a lead baked in
+(meta lead_baked_frames, motion.lead) moves its lips that many frames before the phonemes; "at the model's lead"
+scores it against the phoneme timings read as far ahead.
+lag: how late each model's mouth opening comes against the real lips of every dataset under --corpus
+(motion.lead.model_lag; positive = late), then the median per speaker (the corpus's speakers.json) and the median of
+those: measured on speakers the model was not trained on, the frames to bake into it (scripts/bake_motion_lead.py).
 finetune: the per-person fine-tune (motion.finetune) on the datasets joined end to end (to make a long clip, e.g.
 three one-minute GRID files for 3 minutes): CPU seconds (process time, all threads) and its report.
 table: the speaker-held-out table. Every dataset under --val (speakers no model saw; unreadable ones are skipped with
 a line) is scored with every --model (first the previous, last the new one), the new one + adapter and the baselines;
 each --heldout pairs a training dataset with a model trained without it (scripts/train_default_motion.py --holdout)
 and scores that model, its adapter and the baselines. The first --fit-fraction of each clip fits the adapter and the
-baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). Below the rows, the mean over the
+baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). Before that, the clip's sound/lip
+offset is measured on the fit part by the last model and taken out of the whole clip where it is sure, as
+preprocessing does for a short clip (motion.lead.offset_from_motion); --no-align scores the clips as they are. Below the rows, the mean over the
 --val speakers per method, and on how many the last model beats the energy-driven jaw.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -109,7 +118,7 @@ def table(args) -> dict:
             if d.name in m.meta.get("trained_on", {}).get("real", []):
                 raise SystemExit(f"model {n} was trained on {d.name}: not a held-out evaluation")
         try:
-            res = ev.evaluate_clip(ms, d, args.fit_fraction)
+            res = ev.evaluate_clip(ms, d, args.fit_fraction, align=not args.no_align)
         except UserError as e:
             print(f"| {d.name} | skipped: {str(e).splitlines()[0]} |")
             continue
@@ -118,7 +127,10 @@ def table(args) -> dict:
             f"used, held-out tail opening correlation {info['finetune']['tail_opening_corr']['generic']:.3f} -> "
             f"{info['finetune']['tail_opening_corr']['finetuned']:.3f}, {info['finetune']['cpu_seconds']:.0f} s CPU"
             if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}")
-            + f"; then the {info['chosen_adapter']['kind']} adapter: {info['chosen_adapter']['reason']}")
+            + f"; then the {info['chosen_adapter']['kind']} adapter: {info['chosen_adapter']['reason']}"
+            + ("" if args.no_align else f"; sound/lip offset on the fit part {info['av_offset_frames']['measured']:+.2f}"
+               f" frames (confidence {info['av_offset_frames']['confidence']:.2f}): "
+               + ("taken out" if info["av_offset_frames"]["frames"] else "left")))
         results[label][d.name] = res
         for method, r in res.items():
             print(_row(d.name, method, r))
@@ -181,6 +193,7 @@ def languages(args) -> dict:
     from nerf_talk.motion import metrics as mx
     from nerf_talk.motion import synth
     from nerf_talk.motion import visemes as vz
+    from nerf_talk.motion.lead import read_ahead
     from nerf_talk.motion.predict import motion_coeffs
 
     models = _named_models(args.model)
@@ -192,22 +205,27 @@ def languages(args) -> dict:
         voiced = vis[:, vz.V["sil"]] < 0.5
         for name, m in models.items():
             o = mx.mouth_opening(m.basis.decode(motion_coeffs(m, feats)[0]), m.basis.points)
-            r = rows.setdefault((info["lang"], name), {"corr": [], "closed": [], "frames": 0})
+            r = rows.setdefault((info["lang"], name), {"corr": [], "corr_lead": [], "closed": [], "frames": 0})
             r["corr"].append(mx.correlation(mx.highpass(o, 25.0), expected))
+            lead = float(m.meta.get("lead_baked_frames", 0.0))
+            r["corr_lead"].append(mx.correlation(mx.highpass(o, 25.0), read_ahead(expected, lead)))
             if bil.any() and voiced.any():
                 r["closed"] += list(o[bil] < np.median(o[voiced]))
                 r["frames"] += int(bil.sum())
-    print("| language | model | utterances | opening corr. with exact phonemes | /p b m/ frames closed |")
-    print("|---|---|---|---|---|")
+    print("| language | model | utterances | opening corr. with exact phonemes | ... at the model's lead | "
+          "/p b m/ frames closed |")
+    print("|---|---|---|---|---|---|")
     out = {}
     for (lang, name), r in sorted(rows.items()):
-        out[f"{lang}/{name}"] = {"corr": float(np.mean(r["corr"])), "closed": float(np.mean(r["closed"])),
-                                 "utterances": len(r["corr"]), "bilabial_frames": r["frames"]}
-        print(f"| {lang} | {name} | {len(r['corr'])} | {np.mean(r['corr']):.3f} | {np.mean(r['closed']):.3f} "
-              f"({r['frames']}) |")
+        out[f"{lang}/{name}"] = {"corr": float(np.mean(r["corr"])), "corr_at_lead": float(np.mean(r["corr_lead"])),
+                                 "closed": float(np.mean(r["closed"])), "utterances": len(r["corr"]),
+                                 "bilabial_frames": r["frames"]}
+        print(f"| {lang} | {name} | {len(r['corr'])} | {np.mean(r['corr']):.3f} | {np.mean(r['corr_lead']):.3f} | "
+              f"{np.mean(r['closed']):.3f} ({r['frames']}) |")
     for name in models:
         agg = [v for k, v in out.items() if k.endswith("/" + name)]
         print(f"| all | {name} | {sum(a['utterances'] for a in agg)} | {np.mean([a['corr'] for a in agg]):.3f} | "
+              f"{np.mean([a['corr_at_lead'] for a in agg]):.3f} | "
               f"{np.average([a['closed'] for a in agg], weights=[a['bilabial_frames'] for a in agg]):.3f} |")
     quiet = (np.random.default_rng(0).standard_normal(3 * af.SAMPLE_RATE) * 10 ** (-70 / 20)).astype(np.float32)
     feats = af.compute_features(quiet, 25.0)
@@ -255,22 +273,61 @@ def sync(args) -> dict:
     return r
 
 
+def lag(args) -> dict:
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion.lead import model_lag
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    speakers = cp.read_speakers(args.corpus)
+    dirs = [d for d in cp.find_datasets(args.corpus) if not any(fnmatch.fnmatchcase(d.name, p) for p in args.exclude)]
+    out = {}
+    for name, model in _named_models(args.model).items():
+        per_speaker: dict[str, list[float]] = {}
+        print(f"{name}: | clip | lag (frames, + = late) | corr at the lag | margin |")
+        for d in dirs:
+            try:
+                r = model_lag(model, d)
+            except Exception as e:  # noqa: BLE001 - an unreadable dataset is reported and skipped
+                print(f"| {d.name} | skipped: {str(e).splitlines()[0]} |")
+                continue
+            per_speaker.setdefault(cp.speaker_of(d.name, speakers), []).append(r["lag"])
+            print(f"| {d.name} | {r['lag']:+.2f} | {r['corr']:.3f} | {r['margin']:.3f} |")
+        medians = {s: float(np.median(v)) for s, v in per_speaker.items()}
+        overall = float(np.median(list(medians.values()))) if medians else float("nan")
+        print(f"{name}: per-speaker medians " + ", ".join(f"{s} {v:+.2f}" for s, v in sorted(medians.items())))
+        print(f"{name}: median over {len(medians)} speakers {overall:+.2f} frames (lead already baked in: "
+              f"{model.meta.get('lead_baked_frames', 0.0):g})")
+        out[name] = {"speakers": medians, "median": overall}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune"))
+    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune", "lag"))
     ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
     ap.add_argument("--model", action="append", default=[],
                     help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
-    ap.add_argument("--corpus", default=None, help="sync: a folder of datasets")
+    ap.add_argument("--corpus", default=None, help="sync, lag: a folder of datasets")
+    ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                    help="lag: leave out datasets whose name matches (e.g. the model's own training speakers)")
     ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")
     ap.add_argument("--heldout", action="append", default=[], metavar="DATASET_DIR=MODEL",
                     help="table: a training dataset and a model trained without it (repeatable)")
     ap.add_argument("--dataset", action="append", default=[], help="finetune: datasets joined into one clip")
-    ap.add_argument("--json", default=None, help="table: also write the figures here")
+    ap.add_argument("--json", default=None, help="table, lag: also write the figures here")
     ap.add_argument("--fit-fraction", type=float, default=0.5)
+    ap.add_argument("--no-align", action="store_true",
+                    help="table: score every clip as it is, without taking out the sound/lip offset measured on its "
+                         "fit part")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
-    {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed}[a.what](a)
+    {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed,
+     "lag": lag}[a.what](a)
 
 
 if __name__ == "__main__":

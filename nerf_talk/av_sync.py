@@ -77,17 +77,25 @@ def measure_offset(
     lags, scores = sync_curve(mouth_opening, features, fps, max_offset_s)
     if scores.size == 0 or not np.isfinite(scores).any():
         return 0.0, 0.0
+    lag, margin, inside = peak_lag(lags, scores)
+    confidence = float(np.clip(margin / MARGIN_FOR_FULL_CONFIDENCE, 0.0, 1.0)) if inside else 0.0
+    return lag / fps, confidence
+
+
+def peak_lag(lags: np.ndarray, scores: np.ndarray) -> tuple[float, float, bool]:
+    """(lag, margin, inside) of a score curve over integer lags: the best lag refined to a fraction of a frame by a
+    parabola through its neighbours, its score's margin over the best one more than PEAK_EXCLUSION_FRAMES away, and
+    whether the peak lies inside the range (at an edge the true peak may lie beyond it)."""
     scores = np.where(np.isfinite(scores), scores, -1.0)
     i = int(np.argmax(scores))
     far = np.abs(lags - lags[i]) > PEAK_EXCLUSION_FRAMES
-    rival = scores[far].max() if far.any() else 0.0
-    confidence = float(np.clip((scores[i] - rival) / MARGIN_FOR_FULL_CONFIDENCE, 0.0, 1.0))
+    margin = float(scores[i] - (scores[far].max() if far.any() else 0.0))
     if i == 0 or i == len(scores) - 1:
-        return float(lags[i] / fps), 0.0
+        return float(lags[i]), margin, False
     a, b, c = scores[i - 1], scores[i], scores[i + 1]
     denom = a - 2.0 * b + c
     frac = 0.5 * (a - c) / denom if denom < 0 else 0.0
-    return float((lags[i] + np.clip(frac, -0.5, 0.5)) / fps), confidence
+    return float(lags[i] + np.clip(frac, -0.5, 0.5)), margin, True
 
 
 def measure_sync(

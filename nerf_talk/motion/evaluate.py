@@ -20,7 +20,9 @@ fitted or generic: adapter.select_adapter), and three baselines fitted on the fi
 motion, constant),
 "energy_jaw" (each landmark coordinate a quadratic function of the smoothed speech level: a jaw that opens with
 loudness), "ridge" (ridge regression of the motion on the model's own input features at -4..4 frames, its strength
-chosen by a two-fold split of the first part). "real" scores the true motion.
+chosen by a two-fold split of the first part). "real" scores the true motion. Before any of it, the clip's sound/lip offset is measured on the first part by the last
+model (lead.offset_from_motion, as preprocessing measures a short clip) and, where sure, taken out of the whole clip
+(align=False scores the clip as it is).
 
 sync_ranking(...) checks that the mouth-sync figure ranks the true audio/motion pair above the same pair time-shifted
 and above motion paired with other clips' audio.
@@ -38,6 +40,7 @@ from nerf_talk.motion import features as mf
 from nerf_talk.motion import metrics as mx
 from nerf_talk.motion.adapter import fit_adapter, select_adapter
 from nerf_talk.motion.finetune import finetune
+from nerf_talk.motion.lead import offset_from_motion, read_ahead
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
 from nerf_talk.motion.predict import motion_coeffs, silence_gate
 
@@ -103,9 +106,12 @@ def score(pred: np.ndarray, real: np.ndarray, points, features: dict, vocab, spe
             "silence_move": float(np.abs(np.diff(o_pred))[silent[1:]].mean() / real_step) if quiet else float("nan")}
 
 
-def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_fraction: float = 0.5) -> dict:
+def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_fraction: float = 0.5,
+                  align: bool = True) -> dict:
     """{method: {figure: value}} on the test part of the clip; see the module docstring. `models` is an ordered
-    {name: generic model}; the last one is adapted."""
+    {name: generic model}; the last one is adapted. align: the clip's sound/lip offset measured on the first part
+    by the last model (lead.offset_from_motion, as preprocessing measures a short clip) and, where it is sure, taken
+    out of the whole clip before anything is fitted or scored; _info["av_offset_frames"] says what was applied."""
     if not models:
         raise ValueError("evaluate_clip needs at least one model")
     last = list(models.values())[-1]
@@ -115,6 +121,14 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     n = len(motion)
     k = int(n * fit_fraction)
     fit, test = slice(0, k), slice(k, n)
+    offset = {"frames": 0.0, "measured": None, "confidence": None}
+    if align:
+        opening = mx.mouth_opening(last.basis.decode(motion_coeffs(last, _slice(feats, 0, k))[0]), last.basis.points)
+        lag, confidence = offset_from_motion(opening, mx.mouth_opening(motion[fit], last.basis.points), MODEL_FPS)
+        offset.update(measured=round(lag, 3), confidence=round(confidence, 3))
+        if confidence >= 1.0:  # the lips at t belong with the sound at t + lag: move them that much later
+            motion = read_ahead(motion, -lag).astype(np.float32)
+            offset["frames"] = round(lag, 3)
     preds = {}
     for name, model in models.items():
         preds[name] = model.basis.decode(motion_coeffs(model, feats)[0][test])
@@ -137,6 +151,7 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     speech = mf.speech_mask(feats)[test]  # as motion_coeffs gated the predictions: judged on the whole clip
     out = {name: score(p, motion[test], last.basis.points, tf, last.vocab, speech) for name, p in preds.items()}
     out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info,
+                    "av_offset_frames": offset,
                     "finetune": {key: v for key, v in ft_report.items() if key != "config"}, "chosen_adapter": chosen.info}
     return out
 
