@@ -8,6 +8,7 @@
     python bench/bench_motion.py languages [--model NAME=PATH ...] [--utterances 140]   # synthetic speech per language
     python bench/bench_motion.py finetune --dataset DIR [--dataset DIR ...] [--model PATH]   # fine-tune CPU time
     python bench/bench_motion.py lag --corpus DIR [--exclude PATTERN ...] [--model PATH]   # how late the model comes
+    python bench/bench_motion.py finetune-settings --dataset DIR [--dataset DIR ...] [--variant NAME:KEY=V,KEY=V ...]
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
 audio features incl. the phoneme recogniser, the network, interpolation to 25 fps) and for the network alone;
@@ -24,6 +25,10 @@ scores it against the phoneme timings read as far ahead.
 lag: how late each model's mouth opening comes against the real lips of every dataset under --corpus
 (motion.lead.model_lag; positive = late), then the median per speaker (the corpus's speakers.json) and the median of
 those: measured on speakers the model was not trained on, the frames to bake into it (scripts/bake_motion_lead.py).
+finetune-settings: per-person fine-tune settings compared on clips the model never saw: each --dataset is split in
+halves, the first fine-tuned and its adapter chosen as `nerf-talk fit` does (evaluate's "+finetune" path) with each
+--variant of motion.finetune.FinetuneConfig ("now:" = its defaults; default: the settings tried on 2026-12-07), the
+second scored (opening correlation, 1 s high-pass).
 finetune: the per-person fine-tune (motion.finetune) on the datasets joined end to end (to make a long clip, e.g.
 three one-minute GRID files for 3 minutes): CPU seconds (process time, all threads) and its report.
 table: the speaker-held-out table. Every dataset under --val (speakers no model saw; unreadable ones are skipped with
@@ -273,6 +278,55 @@ def sync(args) -> dict:
     return r
 
 
+OLD_STOP = "max_steps=400,patience=4"  # the fine-tune's early stop before 2026-12-07
+FINETUNE_VARIANTS = (f"before:{OLD_STOP}", f"lr1e-3:{OLD_STOP},lr=1e-3", f"anchor0.01:{OLD_STOP},anchor=0.01",
+                     f"anchor1:{OLD_STOP},anchor=1.0", f"win200:{OLD_STOP},window=200", "now:",
+                     "now+anchor0.01:anchor=0.01", "now+lr1e-3:lr=1e-3")
+
+
+def finetune_settings(args) -> dict:
+    import dataclasses
+
+    import torch
+
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion import metrics as mx
+    from nerf_talk.motion.adapter import select_adapter
+    from nerf_talk.motion.finetune import FinetuneConfig, finetune
+    from nerf_talk.motion.model import MODEL_FPS
+    from nerf_talk.motion.predict import motion_coeffs
+
+    torch.set_num_threads(args.threads or 1)
+    model = list(_named_models(args.model).values())[-1]
+    variants = {}
+    for spec in args.variant or FINETUNE_VARIANTS:
+        name, _, settings = spec.partition(":")
+        kv = dict(item.split("=", 1) for item in settings.split(",") if item)
+        fields = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+        variants[name] = FinetuneConfig(**{k: (int if fields[k] in ("int", int) else float)(v) for k, v in kv.items()})
+    scores: dict[str, list[float]] = {v: [] for v in variants}
+    print("| clip | " + " | ".join(variants) + " |")
+    print("|---" * (len(variants) + 1) + "|")
+    for d in args.dataset:
+        src = cp.load_real(Path(d), model.vocab)
+        feats = {k: np.asarray(v) for k, v in src.features.items()}
+        motion = np.asarray(src.motion, np.float32)
+        k = len(motion) // 2
+        real = mx.highpass(mx.mouth_opening(motion[k:], model.basis.points), MODEL_FPS)
+        row = []
+        for name, cfg in variants.items():
+            tuned, _ = finetune(model, {a: b[:k] for a, b in feats.items()}, motion[:k], model.basis.points, cfg)
+            c = motion_coeffs(tuned, feats)[0]
+            chosen = select_adapter(tuned.basis, c[:k], motion[:k], model.basis.points, MODEL_FPS)
+            r = mx.correlation(mx.highpass(mx.mouth_opening(chosen.apply(c)[k:], model.basis.points), MODEL_FPS), real)
+            scores[name].append(r)
+            row.append(f"{r:.3f}")
+        print(f"| {Path(d).name} | " + " | ".join(row) + " |", flush=True)
+    means = {v: float(np.mean(x)) for v, x in scores.items()}
+    print("| **mean** | " + " | ".join(f"{m:.3f}" for m in means.values()) + " |")
+    return means
+
+
 def lag(args) -> dict:
     from nerf_talk.motion import corpus as cp
     from nerf_talk.motion.lead import model_lag
@@ -308,7 +362,8 @@ def lag(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune", "lag"))
+    ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune", "lag",
+                                     "finetune-settings"))
     ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
     ap.add_argument("--model", action="append", default=[],
                     help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
@@ -318,7 +373,10 @@ def main() -> None:
     ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")
     ap.add_argument("--heldout", action="append", default=[], metavar="DATASET_DIR=MODEL",
                     help="table: a training dataset and a model trained without it (repeatable)")
-    ap.add_argument("--dataset", action="append", default=[], help="finetune: datasets joined into one clip")
+    ap.add_argument("--dataset", action="append", default=[],
+                    help="finetune: datasets joined into one clip; finetune-settings: clips scored one by one")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="finetune-settings: a FinetuneConfig variant (repeatable; default: the ones tried)")
     ap.add_argument("--json", default=None, help="table, lag: also write the figures here")
     ap.add_argument("--fit-fraction", type=float, default=0.5)
     ap.add_argument("--no-align", action="store_true",
@@ -327,7 +385,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed,
-     "lag": lag}[a.what](a)
+     "lag": lag, "finetune-settings": finetune_settings}[a.what](a)
 
 
 if __name__ == "__main__":
