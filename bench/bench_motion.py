@@ -35,9 +35,9 @@ table: the speaker-held-out table. Every dataset under --val (speakers no model 
 a line) is scored with every --model (first the previous, last the new one), the new one + adapter and the baselines;
 each --heldout pairs a training dataset with a model trained without it (scripts/train_default_motion.py --holdout)
 and scores that model, its adapter and the baselines. The first --fit-fraction of each clip fits the adapter and the
-baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). Before that, the clip's sound/lip
-offset is measured on the fit part by the last model and taken out of the whole clip where it is sure, as
-preprocessing does for a short clip (motion.lead.offset_from_motion); --no-align scores the clips as they are. Below the rows, the mean over the
+baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). With --align, the clip's sound/lip
+offset is first measured on the fit part by the last model and taken out of the whole clip where it is sure
+(motion.lead.offset_from_motion): how the clips would score with their recordings' offsets corrected. Below the rows, the mean over the
 --val speakers per method, and on how many the last model beats the energy-driven jaw.
 """
 
@@ -123,7 +123,7 @@ def table(args) -> dict:
             if d.name in m.meta.get("trained_on", {}).get("real", []):
                 raise SystemExit(f"model {n} was trained on {d.name}: not a held-out evaluation")
         try:
-            res = ev.evaluate_clip(ms, d, args.fit_fraction, align=not args.no_align)
+            res = ev.evaluate_clip(ms, d, args.fit_fraction, align=args.align)
         except UserError as e:
             print(f"| {d.name} | skipped: {str(e).splitlines()[0]} |")
             continue
@@ -133,7 +133,7 @@ def table(args) -> dict:
             f"{info['finetune']['tail_opening_corr']['finetuned']:.3f}, {info['finetune']['cpu_seconds']:.0f} s CPU"
             if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}")
             + f"; then the {info['chosen_adapter']['kind']} adapter: {info['chosen_adapter']['reason']}"
-            + ("" if args.no_align else f"; sound/lip offset on the fit part {info['av_offset_frames']['measured']:+.2f}"
+            + ("" if not args.align else f"; sound/lip offset on the fit part {info['av_offset_frames']['measured']:+.2f}"
                f" frames (confidence {info['av_offset_frames']['confidence']:.2f}): "
                + ("taken out" if info["av_offset_frames"]["frames"] else "left")))
         results[label][d.name] = res
@@ -379,9 +379,9 @@ def main() -> None:
                     help="finetune-settings: a FinetuneConfig variant (repeatable; default: the ones tried)")
     ap.add_argument("--json", default=None, help="table, lag: also write the figures here")
     ap.add_argument("--fit-fraction", type=float, default=0.5)
-    ap.add_argument("--no-align", action="store_true",
-                    help="table: score every clip as it is, without taking out the sound/lip offset measured on its "
-                         "fit part")
+    ap.add_argument("--align", action="store_true",
+                    help="table: take out of each clip the sound/lip offset the last model measures on its fit part "
+                         "(where sure) before fitting and scoring")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed,

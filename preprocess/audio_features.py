@@ -1,9 +1,8 @@
 """Step: correct the audio/lip offset, then compute the per-frame audio features.
 
 Reads audio_source.wav (ingest: 16 kHz mono, sample 0 = frame 0 as the file had it) and mouth_opening.npy
-(face_motion). Measures how late the sound is relative to the mouth (nerf_talk.av_sync, from the clip's own lips;
-where that is not sure, as on clips under 15-20 s, by the generic motion model: offset_by_motion_model) unless
---audio-offset gives it, shifts the audio by that much (and, where the offset drifts steadily along the clip, resamples it), and writes
+(face_motion). Measures how late the sound is relative to the mouth (nerf_talk.av_sync) unless --audio-offset gives
+it, shifts the audio by that much (and, where the offset drifts steadily along the clip, resamples it), and writes
   audio.wav            16 kHz mono, exactly n_frames / fps seconds, in sync with the frames
   audio_ppg.npy        [N, P] float32 phoneme posteriorgram (columns: result["phoneme_vocabulary"])
   audio_mel.npy        [N, 80] float32 log-mel
@@ -63,21 +62,6 @@ def align_audio(audio: np.ndarray, sync: SyncEstimate, n_samples: int, rate: int
     return shift_audio(resampled, sync.offset_s / stretch, n_samples, rate)
 
 
-def offset_by_motion_model(audio: np.ndarray, mouth: np.ndarray, fps: float) -> tuple[float, float]:
-    """(offset_s, confidence): how late the sound comes after the lips by the shipped motion model's mouth opening
-    from the 16 kHz `audio` against the tracked `mouth` opening [N] (motion.lead.offset_from_motion; confidence 1
-    or more: beyond what unrelated audio reaches 1 time in 100). (0, 0) when the audio is too short to predict from."""
-    from nerf_talk.motion.lead import offset_from_motion
-    from nerf_talk.motion.predict import load_default_model, predict_motion
-
-    try:
-        pred = predict_motion(load_default_model(), audio, media.AUDIO_RATE, fps)["mouth_opening"]
-    except UserError:  # too short or silent: nothing to measure with
-        return 0.0, 0.0
-    lag, confidence = offset_from_motion(pred, np.asarray(mouth, np.float64), fps)
-    return lag / fps, confidence
-
-
 def _ahead_key(ds: Dataset) -> tuple:
     return ("audio_features", str(ds.root))
 
@@ -100,7 +84,7 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
     audio = media.read_audio(src)
     mouth = ds.load_array("mouth_opening")
 
-    estimate_s, confidence, drift, method = None, None, 0.0, "lips"
+    estimate_s, confidence, drift = None, None, 0.0
     if cfg.audio_offset is not None:
         offset_s, measured = float(cfg.audio_offset), False
         log.info("audio offset set to %+.3f s (not measured)", offset_s)
@@ -110,14 +94,8 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
         found = measure_sync(mouth, probe, fps, MIN_CONFIDENCE)
         estimate_s, confidence = found.offset_s, found.confidence
         measured = confidence >= MIN_CONFIDENCE
-        if not measured:
-            # Too short for the clip's own regression to be sure (under 15-20 s it rarely is): ask the generic motion
-            # model, which knows how speech moves lips without learning it from this clip.
-            by_model_s, model_confidence = offset_by_motion_model(audio, mouth, fps)
-            if model_confidence >= 1.0:
-                method, estimate_s, confidence, measured = "motion model", by_model_s, model_confidence, True
         offset_s = estimate_s if measured else 0.0
-        drift = found.drift if measured and method == "lips" else 0.0
+        drift = found.drift if measured else 0.0
         if drift:
             log.warning(
                 "the audio drifts against the pictures: %+.3f s at the start, %+.3f s at the end (%+.2f %% rate); "
@@ -135,8 +113,7 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
                 "--audio-offset SECONDS if this is wrong", offset_s, confidence,
             )
         elif not drift:
-            log.info("audio/lip offset %+.3f s (confidence %.2f, measured by the %s): corrected", offset_s, confidence,
-                     "motion model" if method == "motion model" else "clip's own lips")
+            log.info("audio/lip offset %+.3f s (confidence %.2f): corrected", offset_s, confidence)
 
     n_samples = int(round(n * media.AUDIO_RATE / fps))
     synced = align_audio(audio, SyncEstimate(offset_s, drift, confidence or 0.0), n_samples)
@@ -158,7 +135,6 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
         "drift": round(drift, 6),
         "offset_estimate_s": None if estimate_s is None else round(estimate_s, 4),
         "offset_confidence": None if confidence is None else round(confidence, 3),
-        "offset_method": None if estimate_s is None else method,
         "speech_fraction": round(speech_fraction, 3),
         "feature_dims": af.feature_dims(),
         "phoneme_vocabulary": af.phoneme_vocabulary(),
@@ -168,7 +144,7 @@ def compute(ds: Dataset, cfg: PreprocessConfig) -> dict:
 
 STEP = Step(
     name="audio_features",
-    version=3,  # 2: the drift along the clip is corrected; 3: the motion model measures what the lips cannot
+    version=2,  # 2: the offset's drift along the clip is measured and corrected
     requires=("ingest", "face_motion"),
     outputs=("audio.wav", "audio_ppg.npy", "audio_mel.npy", "audio_pitch.npy", "audio_energy.npy"),
     run=run,

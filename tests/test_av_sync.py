@@ -223,25 +223,3 @@ def test_step_uses_a_given_offset_and_falls_back_to_zero_when_unsure(tmp_path, c
         res = STEP.run(ds, PreprocessConfig())
     assert res["offset_s"] == 0.0 and res["offset_measured"] is False and res["offset_confidence"] < 0.4
     assert "could not be measured" in caplog.text
-
-
-def test_step_measures_a_short_clip_with_the_motion_model(tmp_path, caplog):
-    """6 s of lieu with the sound 120 ms late on top of its own 80 ms: too short for the clip's own regression to
-    be sure, so the generic motion model measures it (lieu trained that model: this checks the step, the bench checks
-    speakers the model never saw: docs/MOTION_MODEL.md). Unrelated motion still falls back to no correction (the
-    next test)."""
-    from preprocess.audio_features import STEP, offset_by_motion_model
-    from preprocess.config import PreprocessConfig
-
-    mouth, audio = clip("lieu")
-    n = int(6 * FPS)
-    late = np.concatenate([np.zeros(int(0.12 * af.SAMPLE_RATE), np.float32), audio])[: n * af.SAMPLE_RATE // 25]
-    assert offset_of(mouth[:n], late)[1] < 0.4  # the clip's own lips cannot tell
-    ds = make_dataset(tmp_path / "lieu", mouth[:n], late)
-    res = json.loads(json.dumps(STEP.run(ds, PreprocessConfig())))
-    print(f"\nstep result: offset {res['offset_s']:+.3f} s by the {res['offset_method']}, confidence "
-          f"{res['offset_confidence']}")
-    assert res["offset_measured"] and res["offset_method"] == "motion model" and res["offset_confidence"] >= 1.0
-    assert res["offset_s"] == pytest.approx(KNOWN["lieu"][2] + 0.12, abs=1.0 / FPS)
-    after, _ = offset_by_motion_model(media.read_audio(ds.path("audio.wav")), mouth[:n], FPS)
-    assert abs(after) <= 1.0 / FPS

@@ -20,9 +20,9 @@ fitted or generic: adapter.select_adapter), and three baselines fitted on the fi
 motion, constant),
 "energy_jaw" (each landmark coordinate a quadratic function of the smoothed speech level: a jaw that opens with
 loudness), "ridge" (ridge regression of the motion on the model's own input features at -4..4 frames, its strength
-chosen by a two-fold split of the first part). "real" scores the true motion. Before any of it, the clip's sound/lip offset is measured on the first part by the last
-model (lead.offset_from_motion, as preprocessing measures a short clip) and, where sure, taken out of the whole clip
-(align=False scores the clip as it is).
+chosen by a two-fold split of the first part). "real" scores the true motion. With align=True, before any of it, the clip's sound/lip offset is measured on the first
+part by the last model (lead.offset_from_motion) and, where sure, taken out of the whole clip: what preprocessing
+would give a short clip if it asked the motion model (it does not: preprocessing sits below the motion layer).
 
 sync_ranking(...) checks that the mouth-sync figure ranks the true audio/motion pair above the same pair time-shifted
 and above motion paired with other clips' audio.
@@ -107,11 +107,11 @@ def score(pred: np.ndarray, real: np.ndarray, points, features: dict, vocab, spe
 
 
 def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_fraction: float = 0.5,
-                  align: bool = True) -> dict:
+                  align: bool = False) -> dict:
     """{method: {figure: value}} on the test part of the clip; see the module docstring. `models` is an ordered
     {name: generic model}; the last one is adapted. align: the clip's sound/lip offset measured on the first part
-    by the last model (lead.offset_from_motion, as preprocessing measures a short clip) and, where it is sure, taken
-    out of the whole clip before anything is fitted or scored; _info["av_offset_frames"] says what was applied."""
+    by the last model (lead.offset_from_motion) and, where it is sure, taken out of the whole clip before anything
+    is fitted or scored; _info["av_offset_frames"] says what was applied."""
     if not models:
         raise ValueError("evaluate_clip needs at least one model")
     last = list(models.values())[-1]
