@@ -37,8 +37,8 @@ each --heldout pairs a training dataset with a model trained without it (scripts
 and scores that model, its adapter and the baselines. The first --fit-fraction of each clip fits the adapter and the
 baselines; everything is scored on the rest (columns: nerf_talk.motion.evaluate). With --align, the clip's sound/lip
 offset is first measured on the fit part by the last model and taken out of the whole clip where it is sure
-(motion.lead.offset_from_motion): how the clips would score with their recordings' offsets corrected. Below the rows, the mean over the
---val speakers per method, and on how many the last model beats the energy-driven jaw.
+(motion.lead.offset_from_motion): how the clips would score with their recordings' offsets corrected. Below the
+rows, the mean over the --val speakers per method, and on how many the last model beats the energy-driven jaw.
 """
 
 from __future__ import annotations
@@ -133,9 +133,7 @@ def table(args) -> dict:
             f"{info['finetune']['tail_opening_corr']['finetuned']:.3f}, {info['finetune']['cpu_seconds']:.0f} s CPU"
             if info["finetune"]["used"] else f"not used: {info['finetune']['reason']}")
             + f"; then the {info['chosen_adapter']['kind']} adapter: {info['chosen_adapter']['reason']}"
-            + ("" if not args.align else f"; sound/lip offset on the fit part {info['av_offset_frames']['measured']:+.2f}"
-               f" frames (confidence {info['av_offset_frames']['confidence']:.2f}): "
-               + ("taken out" if info["av_offset_frames"]["frames"] else "left")))
+            + ("" if not args.align else _offset_note(info["av_offset_frames"])))
         results[label][d.name] = res
         for method, r in res.items():
             print(_row(d.name, method, r))
@@ -155,6 +153,11 @@ def table(args) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results
+
+
+def _offset_note(offset: dict) -> str:
+    return (f"; sound/lip offset on the fit part {offset['measured']:+.2f} frames (confidence "
+            f"{offset['confidence']:.2f}): " + ("taken out" if offset["frames"] else "left"))
 
 
 def _named_models(specs: list[str]) -> dict:
@@ -291,10 +294,9 @@ def finetune_settings(args) -> dict:
 
     from nerf_talk.motion import corpus as cp
     from nerf_talk.motion import metrics as mx
-    from nerf_talk.motion.adapter import select_adapter
-    from nerf_talk.motion.finetune import FinetuneConfig, finetune
+    from nerf_talk.motion.evaluate import fit_path
+    from nerf_talk.motion.finetune import FinetuneConfig
     from nerf_talk.motion.model import MODEL_FPS
-    from nerf_talk.motion.predict import motion_coeffs
 
     torch.set_num_threads(args.threads or 1)
     model = list(_named_models(args.model).values())[-1]
@@ -315,10 +317,8 @@ def finetune_settings(args) -> dict:
         real = mx.highpass(mx.mouth_opening(motion[k:], model.basis.points), MODEL_FPS)
         row = []
         for name, cfg in variants.items():
-            tuned, _ = finetune(model, {a: b[:k] for a, b in feats.items()}, motion[:k], model.basis.points, cfg)
-            c = motion_coeffs(tuned, feats)[0]
-            chosen = select_adapter(tuned.basis, c[:k], motion[:k], model.basis.points, MODEL_FPS)
-            r = mx.correlation(mx.highpass(mx.mouth_opening(chosen.apply(c)[k:], model.basis.points), MODEL_FPS), real)
+            pred = fit_path(model, feats, motion, k, cfg)[0][k:]
+            r = mx.correlation(mx.highpass(mx.mouth_opening(pred, model.basis.points), MODEL_FPS), real)
             scores[name].append(r)
             row.append(f"{r:.3f}")
         print(f"| {Path(d).name} | " + " | ".join(row) + " |", flush=True)

@@ -52,6 +52,7 @@ def test_bake_lead_moves_the_output_earlier_without_more_lookahead():
     model = tiny_motion_model()
     rng = np.random.default_rng(0)
     d = model.net.in_dim
+
     def speechlike(n):  # smooth random inputs: features that change over a few frames
         return gaussian_filter1d(rng.standard_normal((n, d)), 2, axis=0).astype(np.float32) * 3
 

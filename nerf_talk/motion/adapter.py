@@ -16,8 +16,8 @@ together. The adapter learns that from the person's own dataset (their speech an
 
 Fitting is closed-form: milliseconds for minutes of video. A fitted map needs data to beat the generic model's own
 motion (`generic_adapter`: steps 1 and 3, no map learnt); `select_adapter`, which `nerf-talk fit` runs, keeps the
-fitted one only when it scores higher on the clip's held-out tail. The adapter runs at the model's frame rate (MODEL_FPS);
-predict.py applies it before resampling to the video's rate. Saved as tensors + JSON metadata (to_tensors / from_tensors) for the avatar file.
+fitted one only when it scores higher on the clip's held-out tail. The adapter runs at the model's frame rate
+(MODEL_FPS); predict.py applies it before resampling to the video's rate. Saved as tensors + JSON metadata (to_tensors / from_tensors) for the avatar file.
 """
 
 from __future__ import annotations

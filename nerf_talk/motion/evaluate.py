@@ -20,9 +20,10 @@ fitted or generic: adapter.select_adapter), and three baselines fitted on the fi
 motion, constant),
 "energy_jaw" (each landmark coordinate a quadratic function of the smoothed speech level: a jaw that opens with
 loudness), "ridge" (ridge regression of the motion on the model's own input features at -4..4 frames, its strength
-chosen by a two-fold split of the first part). "real" scores the true motion. With align=True, before any of it, the clip's sound/lip offset is measured on the first
-part by the last model (lead.offset_from_motion) and, where sure, taken out of the whole clip: what preprocessing
-would give a short clip if it asked the motion model (it does not: preprocessing sits below the motion layer).
+chosen by a two-fold split of the first part). "real" scores the true motion. With align=True, before any of it,
+the clip's sound/lip offset is measured on the first part by the last model (lead.offset_from_motion) and, where
+sure, taken out of the whole clip: what preprocessing would give a short clip if it asked the motion model (it does
+not: preprocessing sits below the motion layer).
 
 sync_ranking(...) checks that the mouth-sync figure ranks the true audio/motion pair above the same pair time-shifted
 and above motion paired with other clips' audio.
@@ -106,6 +107,16 @@ def score(pred: np.ndarray, real: np.ndarray, points, features: dict, vocab, spe
             "silence_move": float(np.abs(np.diff(o_pred))[silent[1:]].mean() / real_step) if quiet else float("nan")}
 
 
+def fit_path(model: MotionModel, feats: dict, motion: np.ndarray, k: int, cfg=None):
+    """What `nerf-talk fit` builds from frames [:k]: the model fine-tuned there (its own tail early-stops it and
+    decides whether it is kept; motion.finetune with `cfg`), then the adapter that wins on that tail
+    (adapter.select_adapter). Returns (its motion [N, K, 3] on every frame, the fine-tune's report, the adapter)."""
+    tuned, report = finetune(model, _slice(feats, 0, k), motion[:k], model.basis.points, cfg)
+    coeffs = motion_coeffs(tuned, feats)[0]
+    chosen = select_adapter(tuned.basis, coeffs[:k], motion[:k], model.basis.points, MODEL_FPS)
+    return chosen.apply(coeffs), report, chosen
+
+
 def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_fraction: float = 0.5,
                   align: bool = False) -> dict:
     """{method: {figure: value}} on the test part of the clip; see the module docstring. `models` is an ordered
@@ -136,11 +147,8 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     adapter = fit_adapter(coeffs[fit], motion[fit], last.basis.points)
     # applied to the whole clip: the test part's first frames see their real past (the adapter reads 4 past frames)
     preds[f"{list(models)[-1]}+adapter"] = adapter.apply(coeffs)[test]
-    # What `nerf-talk fit` does: fine-tune on the first part (its own tail early-stops it), then select the adapter.
-    tuned, ft_report = finetune(last, _slice(feats, 0, k), motion[fit], last.basis.points)
-    t_coeffs = motion_coeffs(tuned, feats)[0]
-    chosen = select_adapter(tuned.basis, t_coeffs[fit], motion[fit], last.basis.points, MODEL_FPS)
-    preds[f"{list(models)[-1]}+finetune"] = chosen.apply(t_coeffs)[test]
+    fitted, ft_report, chosen = fit_path(last, feats, motion, k)
+    preds[f"{list(models)[-1]}+finetune"] = fitted[test]
     preds.update({
         "mean": np.broadcast_to(motion[fit].mean(0), motion[test].shape),
         "energy_jaw": energy_jaw(feats, motion[fit], fit, test),
@@ -151,8 +159,8 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
     speech = mf.speech_mask(feats)[test]  # as motion_coeffs gated the predictions: judged on the whole clip
     out = {name: score(p, motion[test], last.basis.points, tf, last.vocab, speech) for name, p in preds.items()}
     out["_info"] = {"clip": Path(dataset_dir).name, "frames_fit": k, "frames_test": n - k, "adapter": adapter.info,
-                    "av_offset_frames": offset,
-                    "finetune": {key: v for key, v in ft_report.items() if key != "config"}, "chosen_adapter": chosen.info}
+                    "av_offset_frames": offset, "finetune": {key: v for key, v in ft_report.items() if key != "config"},
+                    "chosen_adapter": chosen.info}
     return out
 
 
