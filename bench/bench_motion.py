@@ -9,6 +9,7 @@
     python bench/bench_motion.py finetune --dataset DIR [--dataset DIR ...] [--model PATH]   # fine-tune CPU time
     python bench/bench_motion.py lag --corpus DIR [--exclude PATTERN ...] [--model PATH]   # how late the model comes
     python bench/bench_motion.py finetune-settings --dataset DIR [--dataset DIR ...] [--variant NAME:KEY=V,KEY=V ...]
+    python bench/bench_motion.py sync-null --corpus DIR [--corpus DIR ...]   # what unrelated audio reaches
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
 audio features incl. the phoneme recogniser, the network, interpolation to 25 fps) and for the network alone;
@@ -25,6 +26,10 @@ scores it against the phoneme timings read as far ahead.
 lag: how late each model's mouth opening comes against the real lips of every dataset under --corpus
 (motion.lead.model_lag; positive = late), then the median per speaker (the corpus's speakers.json) and the median of
 those: measured on speakers the model was not trained on, the frames to bake into it (scripts/bake_motion_lead.py).
+sync-null: the level motion.lead.offset_from_motion trusts. Every pair of one clip's predicted mouth opening with
+another clip's real lips (unrelated audio), cut to 5, 10, 20 and 40 s: the 99th percentile of the peak's margin
+over lags of +-SYNC_MAX_LAG_S, beside the true pairs' median margin, and the percentile times sqrt(seconds)
+(lead.NULL_MARGIN_1S).
 finetune-settings: per-person fine-tune settings compared on clips the model never saw: each --dataset is split in
 halves, the first fine-tuned and its adapter chosen as `nerf-talk fit` does (evaluate's "+finetune" path) with each
 --variant of motion.finetune.FinetuneConfig ("now:" = its defaults; default: the settings tried on 2026-12-07), the
@@ -155,6 +160,12 @@ def table(args) -> dict:
     return results
 
 
+def _one_corpus(args) -> str:
+    if len(args.corpus) != 1:
+        raise SystemExit(f"{args.what} needs exactly one --corpus DIR")
+    return args.corpus[0]
+
+
 def _offset_note(offset: dict) -> str:
     return (f"; sound/lip offset on the fit part {offset['measured']:+.2f} frames (confidence "
             f"{offset['confidence']:.2f}): " + ("taken out" if offset["frames"] else "left"))
@@ -271,7 +282,7 @@ def sync(args) -> dict:
     from nerf_talk.motion import evaluate as ev
     from nerf_talk.motion.corpus import find_datasets
 
-    clips = {p.name: p for p in find_datasets(args.corpus)}
+    clips = {p.name: p for p in find_datasets(_one_corpus(args))}
     r = ev.sync_ranking(clips, af.phoneme_vocabulary())
     print("| clip | MSF true pair | best shifted (+-3,5,10 frames) | best mismatched | true ranks first |")
     print("|---|---|---|---|---|")
@@ -327,6 +338,55 @@ def finetune_settings(args) -> dict:
     return means
 
 
+def sync_null(args) -> dict:
+    import itertools
+
+    from nerf_talk.av_sync import peak_lag
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion import metrics as mx
+    from nerf_talk.motion.lead import NULL_MARGIN_1S, SYNC_MAX_LAG_S, lag_curve
+    from nerf_talk.motion.model import MODEL_FPS
+    from nerf_talk.motion.predict import motion_coeffs
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = list(_named_models(args.model).values())[-1]
+    clips = {}
+    for corpus in args.corpus:
+        for d in cp.find_datasets(corpus):
+            try:
+                src = cp.load_real(d, model.vocab)
+            except Exception as e:  # noqa: BLE001 - an unreadable dataset is reported and skipped
+                print(f"skipped {d.name}: {str(e).splitlines()[0]}")
+                continue
+            feats = {k: np.asarray(v) for k, v in src.features.items()}
+            clips[d.name] = (mx.mouth_opening(model.basis.decode(motion_coeffs(model, feats)[0]), model.basis.points),
+                             mx.mouth_opening(np.asarray(src.motion), model.basis.points))
+    max_lag = int(round(SYNC_MAX_LAG_S * MODEL_FPS))
+
+    def margin(pred, real):
+        return peak_lag(*lag_curve(pred, real, max_lag))[1]
+
+    out = {}
+    print(f"{len(clips)} clips; lead.NULL_MARGIN_1S = {NULL_MARGIN_1S}")
+    print("| seconds | unrelated pairs | their margin, 99th percentile | x sqrt(seconds) | true pairs | their median |")
+    print("|---|---|---|---|---|---|")
+    for seconds in (5, 10, 20, 40):
+        n = int(seconds * MODEL_FPS)
+        null = [margin(clips[a][0][:n], clips[b][1][:n]) for a, b in itertools.permutations(clips, 2)
+                if min(len(clips[a][0]), len(clips[b][1])) >= n]
+        true = [margin(p[:n], r[:n]) for p, r in clips.values() if len(p) >= n]
+        if not null:
+            continue
+        p99 = float(np.percentile(null, 99))
+        out[seconds] = {"pairs": len(null), "p99": p99, "true_median": float(np.median(true))}
+        print(f"| {seconds} | {len(null)} | {p99:.3f} | {p99 * np.sqrt(seconds):.2f} | {len(true)} | "
+              f"{np.median(true):.3f} |")
+    return out
+
+
 def lag(args) -> dict:
     from nerf_talk.motion import corpus as cp
     from nerf_talk.motion.lead import model_lag
@@ -335,8 +395,9 @@ def lag(args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    speakers = cp.read_speakers(args.corpus)
-    dirs = [d for d in cp.find_datasets(args.corpus) if not any(fnmatch.fnmatchcase(d.name, p) for p in args.exclude)]
+    corpus = _one_corpus(args)
+    speakers = cp.read_speakers(corpus)
+    dirs = [d for d in cp.find_datasets(corpus) if not any(fnmatch.fnmatchcase(d.name, p) for p in args.exclude)]
     out = {}
     for name, model in _named_models(args.model).items():
         per_speaker: dict[str, list[float]] = {}
@@ -363,11 +424,12 @@ def lag(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune", "lag",
-                                     "finetune-settings"))
+                                     "finetune-settings", "sync-null"))
     ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
     ap.add_argument("--model", action="append", default=[],
                     help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
-    ap.add_argument("--corpus", default=None, help="sync, lag: a folder of datasets")
+    ap.add_argument("--corpus", action="append", default=[],
+                    help="sync, lag: a folder of datasets; sync-null: repeatable")
     ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                     help="lag: leave out datasets whose name matches (e.g. the model's own training speakers)")
     ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")
@@ -385,7 +447,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed,
-     "lag": lag, "finetune-settings": finetune_settings}[a.what](a)
+     "lag": lag, "finetune-settings": finetune_settings, "sync-null": sync_null}[a.what](a)
 
 
 if __name__ == "__main__":
