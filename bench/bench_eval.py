@@ -57,9 +57,8 @@ def recipe_tag(recipe: str) -> str:
 
 
 def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | None) -> dict:
-    from nerf_talk.api import fit
+    from nerf_talk.api import fit, preprocess
     from nerf_talk.eval import evaluate_avatar
-    from preprocess import pipeline
     from preprocess.config import PreprocessConfig
 
     video, audio = CLIPS[name]
@@ -67,7 +66,7 @@ def run_clip(name: str, recipe: str, work: Path, speech: Path, threads: int | No
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cfg = PreprocessConfig(audio=str(SHARED / audio) if audio else None)
-    ds = pipeline.run(SHARED / video, d / "dataset", cfg)
+    ds = preprocess(SHARED / video, d / "dataset", cfg)
     pre_s = time.perf_counter() - t0
     tag = recipe_tag(recipe)
     avatar = d / f"{tag}.avatar"

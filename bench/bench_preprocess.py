@@ -27,13 +27,14 @@ def load_average() -> str:
 
 
 def bench(video: Path, audio: str | None, size: int) -> None:
+    from nerf_talk.api import preprocess
     from preprocess import pipeline
     from preprocess.config import PreprocessConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         load_before = load_average()
         t0, c0 = time.perf_counter(), pipeline.cpu_seconds()
-        ds = pipeline.run(video, Path(tmp) / "ds", PreprocessConfig(size=size, audio=audio))
+        ds = preprocess(video, Path(tmp) / "ds", PreprocessConfig(size=size, audio=audio))
         total, total_cpu = time.perf_counter() - t0, pipeline.cpu_seconds() - c0
         load_after = load_average()
         seconds = ds.n_frames / ds.fps

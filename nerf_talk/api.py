@@ -174,6 +174,25 @@ def render_video(avatar: Avatar | str | os.PathLike, audio, out: str | os.PathLi
     return RenderResult(Path(out), written, secs, written / max(secs, 1e-9), len(wave) / rate)
 
 
+# The lip model preprocessing asks for a clip's sound/lip offset (PreprocessConfig.offset_model): the shipped generic
+# motion model (what it changed on the validation speakers: docs/MOTION_MODEL.md).
+OFFSET_MODEL = "nerf_talk.motion.lead:offset_by_default_model"
+
+
+def preprocess(video: str | os.PathLike, out: str | os.PathLike, cfg=None):
+    """What `nerf-talk preprocess` does: VIDEO -> the dataset folder OUT (preprocess.pipeline.run, resumable), with
+    the generic motion model measuring the sound/lip offset the clip's own lips leave (short clips). Every front end
+    preprocesses through here. cfg: a PreprocessConfig (default settings when None); its offset_model is set to
+    OFFSET_MODEL unless it names another. Returns the preprocess.dataset.Dataset."""
+    from dataclasses import replace
+
+    from preprocess import pipeline
+    from preprocess.config import PreprocessConfig
+
+    cfg = cfg or PreprocessConfig()
+    return pipeline.run(video, out, replace(cfg, offset_model=cfg.offset_model or OFFSET_MODEL))
+
+
 def pose_from(source: str | os.PathLike, avatar: Avatar, cache_dir: str | os.PathLike, say=print) -> np.ndarray:
     """Camera-to-head poses [M, 4, 4] of another recording, moved onto the avatar (`--pose-from`; pass them as
     render_video's `pose`): a dataset directory's poses, or a video preprocessed at the avatar's frame rate into
@@ -184,11 +203,10 @@ def pose_from(source: str | os.PathLike, avatar: Avatar, cache_dir: str | os.Pat
     path = Path(source)
     ds = Dataset(path)
     if not (path.is_dir() and ds.exists()):
-        from preprocess import pipeline
         from preprocess.config import PreprocessConfig
 
         say(f"preprocessing {path} for its head motion (cached in {cache_dir}/)")
-        ds = pipeline.run(path, Path(cache_dir), PreprocessConfig(fps=avatar.fps))
+        ds = preprocess(path, Path(cache_dir), PreprocessConfig(fps=avatar.fps))
     if abs(ds.fps - avatar.fps) > 1e-6:
         raise UserError(f"{path} is at {ds.fps:g} fps, the avatar at {avatar.fps:g}",
                         "preprocess it with --fps equal to the avatar's frame rate.")
@@ -236,14 +254,13 @@ def fit(video: str | os.PathLike | None, out: str | os.PathLike, recipe: str | o
     phases = fit_phases(recipe)
     require_gpu_kernels(phases, overrides)
     if dataset is None:
-        from preprocess import pipeline
         from preprocess.config import PreprocessConfig
 
         if video is None:
             raise UserError("fit needs a video (or an existing dataset)")
         cfg = preprocess_config or PreprocessConfig(audio=str(audio) if audio else None)
         say(f"[fit] preprocessing {video} into {work / 'dataset'}")
-        dataset = pipeline.run(video, work / "dataset", cfg).root
+        dataset = preprocess(video, work / "dataset", cfg).root
     prev = None
     for name, path in phases:
         run_dir = work / name

@@ -30,9 +30,9 @@ def _preprocess_config(args):
 
 
 def cmd_preprocess(args) -> None:
-    from preprocess import pipeline
+    from nerf_talk.api import preprocess
 
-    ds = pipeline.run(args.video, args.output, _preprocess_config(args))
+    ds = preprocess(args.video, args.output, _preprocess_config(args))
     print(f"dataset: {ds.root}  ({ds.n_frames} frames at {ds.fps:g} fps)")
     print(f"report:  {ds.path('report/index.html')}")
 
@@ -162,11 +162,9 @@ def cmd_serve(args) -> None:
 
 def cmd_demo(args) -> None:
     """The main job end to end on the embedded sample clip: clip, preprocess, fit (CPU recipe), render, report."""
-    from nerf_talk.api import Avatar, fit, render_video
+    from nerf_talk.api import Avatar, fit, preprocess, render_video
     from nerf_talk.demo import DEMO_SENTENCE, demo_report
     from nerf_talk.sample_clip import make_sample_clip
-    from preprocess import pipeline
-    from preprocess.config import PreprocessConfig
 
     out = Path(args.output)
     t0 = time.perf_counter()
@@ -180,7 +178,7 @@ def cmd_demo(args) -> None:
     clip = make_sample_clip(out / "sample", seconds=args.seconds)
     timings["sample clip"] = time.perf_counter() - t
     t = stage(2, f"preprocessing it into {out / 'dataset'} (landmarks, pose, masks, audio features)")
-    ds = pipeline.run(clip.video, out / "dataset", PreprocessConfig())
+    ds = preprocess(clip.video, out / "dataset")
     timings["preprocess"] = time.perf_counter() - t
     t = stage(3, "fitting the avatar with the small CPU recipe (recipes/smoke_cpu.toml; a GPU runs the full one)")
     avatar_path = fit(None, out / "sample.avatar", "smoke_cpu", dataset=ds.root, say=lambda m: print("  " + m))

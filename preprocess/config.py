@@ -17,6 +17,12 @@ class PreprocessConfig:
     jpeg_quality: int = 95
     audio: str | None = None  # separate audio file, for clips without (usable) sound
     audio_offset: float | None = None  # seconds the audio lags the video; None: measure it
+    # A lip model that also measures the offset, as "module:function" with the signature of
+    # nerf_talk.motion.lead.offset_by_default_model: (16 kHz audio, tracked mouth opening [N], fps) -> (seconds the
+    # sound still comes late, confidence >= 1 when sure). Named, not imported: preprocessing sits below the models'
+    # layer. nerf_talk.api.preprocess, which every front end calls, names the shipped motion model's. None: the
+    # clip's own lips only (their regression is unsure on clips under 15-20 s).
+    offset_model: str | None = None
     force: list[str] = field(default_factory=list)  # steps to redo even when cached
 
     def validate(self) -> None:

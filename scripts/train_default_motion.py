@@ -43,6 +43,8 @@ def build_corpus(work: Path, n_synthetic: int, workers: int, datasets: Path | No
     from preprocess.config import PreprocessConfig
 
     corpus = work / "corpus"
+    # pipeline.run, not nerf_talk.api.preprocess: the clips that train a motion model are not aligned by the shipped
+    # one (its own timing would become their truth); their offsets come from their own lips.
     pipeline.STEP_MODULES = MOTION_STEPS  # only what the motion model reads (no parsing/background/torso)
     jobs = [("shared", name, SHARED / video, SHARED / audio if audio else None)
             for name, (video, audio) in CLIPS.items()]

@@ -223,3 +223,77 @@ def test_step_uses_a_given_offset_and_falls_back_to_zero_when_unsure(tmp_path, c
         res = STEP.run(ds, PreprocessConfig())
     assert res["offset_s"] == 0.0 and res["offset_measured"] is False and res["offset_confidence"] < 0.4
     assert "could not be measured" in caplog.text
+
+
+def test_step_measures_a_short_clip_with_the_motion_model(tmp_path, caplog):
+    """6 s of lieu with the sound 120 ms late on top of its own 80 ms: too short for the clip's own regression to
+    be sure, so the generic motion model, named by nerf_talk.api.preprocess, measures it (lieu trained that model:
+    this checks the step; bench/bench_motion.py checks speakers the model never saw, docs/MOTION_MODEL.md)."""
+    from nerf_talk.api import OFFSET_MODEL
+    from nerf_talk.motion.lead import offset_by_default_model
+    from preprocess.audio_features import STEP
+    from preprocess.config import PreprocessConfig
+
+    mouth, audio = clip("lieu")
+    n = int(6 * FPS)
+    late = np.concatenate([np.zeros(int(0.12 * af.SAMPLE_RATE), np.float32), audio])[: n * af.SAMPLE_RATE // 25]
+    assert offset_of(mouth[:n], late)[1] < 0.4  # the clip's own lips cannot tell
+    ds = make_dataset(tmp_path / "lieu", mouth[:n], late)
+    with caplog.at_level("INFO", logger="nerf_talk.preprocess"):
+        res = json.loads(json.dumps(STEP.run(ds, PreprocessConfig(offset_model=OFFSET_MODEL))))
+    print(f"\nstep result: offset {res['offset_s']:+.3f} s, the model's part {res['offset_model_residual_s']:+.3f} s "
+          f"(confidence {res['offset_model_confidence']})")
+    assert res["offset_measured"] and res["offset_model"] == OFFSET_MODEL and res["offset_model_confidence"] >= 1.0
+    assert res["offset_s"] == pytest.approx(KNOWN["lieu"][2] + 0.12, abs=1.0 / FPS)
+    assert "then the lip model" in caplog.text and "corrected" in caplog.text
+    after, _ = offset_by_default_model(media.read_audio(ds.path("audio.wav")), mouth[:n], FPS)
+    assert abs(after) <= 1.0 / FPS
+
+
+def test_step_applies_a_named_lip_model_only_where_it_is_sure(tmp_path, monkeypatch):
+    """The offset model is looked up by name; its residual is added only at confidence 1 or more, a given
+    --audio-offset is never second-guessed, and a name that does not load is a clear error."""
+    import sys
+    import types
+
+    from nerf_talk.errors import UserError
+    from preprocess.audio_features import STEP
+    from preprocess.config import PreprocessConfig
+
+    calls = []
+    answer = {"value": (0.1, 3.0)}
+
+    def measure(audio, mouth, fps):
+        calls.append(len(audio))
+        return answer["value"]
+
+    monkeypatch.setitem(sys.modules, "fake_lips", types.SimpleNamespace(measure=measure))
+    mouth, audio = clip("reagan")
+    lips_only = STEP.run(make_dataset(tmp_path / "lips", mouth, audio), PreprocessConfig())
+    assert lips_only["offset_model"] is None and lips_only["offset_model_residual_s"] is None
+    sure = STEP.run(make_dataset(tmp_path / "sure", mouth, audio), PreprocessConfig(offset_model="fake_lips:measure"))
+    assert sure["offset_s"] == pytest.approx(lips_only["offset_s"] + 0.1, abs=1e-4) and sure["offset_measured"]
+    assert sure["offset_model_confidence"] == 3.0 and len(calls) == 1
+    answer["value"] = (0.1, 0.9)
+    unsure = STEP.run(make_dataset(tmp_path / "unsure", mouth, audio), PreprocessConfig(offset_model="fake_lips:measure"))
+    assert unsure["offset_s"] == lips_only["offset_s"] and unsure["offset_model_residual_s"] == 0.1
+    given = STEP.run(make_dataset(tmp_path / "given", mouth, audio),
+                     PreprocessConfig(audio_offset=0.0, offset_model="fake_lips:measure"))
+    assert given["offset_s"] == 0.0 and given["offset_model"] is None and len(calls) == 2
+    with pytest.raises(UserError, match="offset_model 'fake_lips:nothing' cannot be loaded"):
+        STEP.run(make_dataset(tmp_path / "bad", mouth, audio), PreprocessConfig(offset_model="fake_lips:nothing"))
+
+
+def test_api_preprocess_names_the_motion_model(tmp_path, monkeypatch):
+    """nerf_talk.api.preprocess (every front end's way in) asks the shipped motion model for the offset, unless
+    the settings name another lip model; the other settings pass through."""
+    from nerf_talk import api
+    from preprocess import pipeline
+    from preprocess.config import PreprocessConfig
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda video, out, cfg: seen.append(cfg))
+    api.preprocess("clip.mp4", tmp_path / "a")
+    api.preprocess("clip.mp4", tmp_path / "b", PreprocessConfig(size=256, offset_model="fake_lips:measure"))
+    assert seen[0].offset_model == api.OFFSET_MODEL == "nerf_talk.motion.lead:offset_by_default_model"
+    assert (seen[1].offset_model, seen[1].size) == ("fake_lips:measure", 256)

@@ -124,3 +124,13 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     (pkg / "c.py").write_text("thing = 1\n")
     known = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py", "pkg.c": pkg / "c.py"}
     assert imports("pkg.a", pkg / "a.py", known) == {"pkg.b", "pkg.c"}
+
+
+def test_front_ends_preprocess_through_the_api():
+    """One entry to preprocessing above its layer, nerf_talk.api.preprocess, so that every front end (the CLI, the
+    demo, fit, the studio's worker, the benches) measures a clip's sound/lip offset alike, with the motion model that
+    preprocessing itself may not import. scripts/train_default_motion.py calls the pipeline directly on purpose (the
+    clips that train a motion model are not aligned by the previous one)."""
+    callers = [str(p.relative_to(ROOT)) for d in ("nerf_talk", "bench") for p in sorted((ROOT / d).rglob("*.py"))
+               if "pipeline.run(" in p.read_text() and p.relative_to(ROOT).as_posix() != "nerf_talk/api.py"]
+    assert not callers, f"call nerf_talk.api.preprocess instead of preprocess.pipeline.run in {callers}"

@@ -103,10 +103,10 @@ def run_job(job: dict, reporter: Reporter) -> dict:
     """Runs the job; returns its outputs. Paths come from the server, already checked and inside its data folder."""
     kind, s, p = job["kind"], job["settings"], job["paths"]
     if kind == "preprocess":
-        from preprocess import pipeline
+        from nerf_talk.api import preprocess
         from preprocess.config import PreprocessConfig
 
-        ds = pipeline.run(p["video"], p["dataset"], PreprocessConfig(size=s["size"]))
+        ds = preprocess(p["video"], p["dataset"], PreprocessConfig(size=s["size"]))
         return {"dataset": s["dataset"], "frames": ds.n_frames, "fps": ds.fps}
     if kind == "fit":
         from nerf_talk.api import fit
