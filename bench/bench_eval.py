@@ -103,6 +103,7 @@ def row(r: dict) -> list[str]:
             " / ".join(f"{fmt(b.get('mouth_lmd'))} ({fmt(b.get('psnr_face'), 1)} dB)"
                        for b in ref.get("blurred_real", {}).values()) or "-",
             f"{fmt(a.get('mouth_opening_corr'), 3)} / {fmt(t.get('mouth_opening_corr'), 3)}",
+            f"{fmt(a.get('drive_opening_corr'), 3)} / {fmt(t.get('drive_opening_corr'), 3)}",
             f"{fmt(c.get('msf'), 3)} (shifted {fmt(c.get('msf_shifted_max'), 3)})",
             fmt(ref.get('real_heldout', {}).get('msf'), 3), fmt(ref.get('real_clip', {}).get('msf'), 3),
             fmt(c.get("bilabial_closed_fraction"), 2), blinks(t.get("blink")), fmt(t.get("seam", {}).get("ratio")),
@@ -119,7 +120,8 @@ def blinks(b: dict | None) -> str:
 
 HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "face PSNR dB A / T",
           "mouth LMD % A / T", "tracker noise LMD %",
-          "blurred real LMD % (face PSNR), 1 / 1.5 px", "mouth-opening corr A / T", "MSF other speech",
+          "blurred real LMD % (face PSNR), 1 / 1.5 px", "mouth-opening corr A / T",
+          "opening corr with its drive A / T", "MSF other speech",
           "MSF real held-out", "MSF real clip",
           "/p b m/ closed", "blink F1 T", "seam ratio T", "fit s", "render FPS"]
 

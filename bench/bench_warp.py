@@ -1,7 +1,7 @@
 """How faithfully the head field's landmark warp maps a frame's face back to the neutral one.
 
     .venv/bin/python bench/bench_warp.py DATASET [DATASET ...]
-    .venv/bin/python bench/bench_warp.py DATASET --speed AVATAR      # + what the context points cost on the CPU
+    .venv/bin/python bench/bench_warp.py DATASET --speed AVATAR      # + what the warp's parts cost on the CPU
 
 For each preprocessed dataset: the warp is built from its tracking exactly as `nerf-talk fit` builds it
 (train.data.TrainData, the recipe's motion basis), then every third training frame's tracked landmarks (head frame)
@@ -13,8 +13,9 @@ a warp that spreads the lips' motion over it looks it up further off than it mov
 For the previous code, run the same command from a worktree of the previous commit.
 
 --speed AVATAR (fitted on the first DATASET): CPU time of the lower warp over 200 000 samples in its box, and of whole
-frames (the dataset's first 12 drives at the avatar's size), with the avatar's control points and with the tracked
-lower face alone (the skin around the lips, fields.warp.MOUTH_CONTEXT, cut off): best of two alternating rounds.
+frames (the dataset's first 12 drives at the avatar's size), three ways: the tracked lower face alone (the skin around
+the lips, fields.warp.MOUTH_CONTEXT, cut off, and no look into the mouth), with the context points, and as fitted
+(with the mouth gap's look inside, fields.warp.mouth_gap): best of two alternating rounds.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def warp_errors(dataset: Path, every: int = 3) -> dict[str, tuple[float, float]]
 
 
 def warp_speed(avatar_path: Path, dataset: Path, samples: int = 200_000, frames: int = 12) -> dict:
-    """{"warp": (s without, s with the context points), "frame": (...)}: see the module docstring."""
+    """{"warp": (s alone, s with the context points, s as fitted), "frame": (...)}: see the module docstring."""
     from nerf_talk.api import Avatar
     from nerf_talk.motion.drive import motion_coefficients
     from preprocess.dataset import Dataset
@@ -87,21 +88,27 @@ def warp_speed(avatar_path: Path, dataset: Path, samples: int = 200_000, frames:
     eyes = np.concatenate([ds.load_array("eye_openness"), ds.load_array("blink")[:, None]], 1).astype(np.float32)
     coeffs = motion_coefficients(av.model, ds.load_array("lower_face_motion").astype(np.float32)[:frames])
     renderer = av.renderer(None)
-    best = {("warp", 0): [], ("warp", 1): [], ("frame", 0): [], ("frame", 1): []}
+    variants = ((0, alone, False), (1, full, False), (2, full, True))
+    best = {(kind, v): [] for kind in ("warp", "frame") for v, _, _ in variants}
     for _ in range(2):
-        for with_context, bufs in ((0, alone), (1, full)):
+        for variant, bufs, inside in variants:
             for k, v in bufs.items():
                 setattr(w, k, v)
             w._memo = None  # the prepared controls are keyed by the buffers' storage
+            # The look into the mouth switched off for this instance only (the bench's A/B, no setting for it).
+            if inside:
+                w.__dict__.pop("_gap", None)
+            else:
+                w._gap = lambda x, m: None
             w(x[:1000], motion, None)
             t = time.perf_counter()
             w(x, motion, None)
-            best["warp", with_context].append(time.perf_counter() - t)
+            best["warp", variant].append(time.perf_counter() - t)
             t = time.perf_counter()
             for i in range(len(poses)):
                 renderer.render(poses[i], coeffs[i], eyes[i])
-            best["frame", with_context].append((time.perf_counter() - t) / len(poses))
-    return {kind: (min(best[kind, 0]), min(best[kind, 1])) for kind in ("warp", "frame")}
+            best["frame", variant].append((time.perf_counter() - t) / len(poses))
+    return {kind: tuple(min(best[kind, v]) for v, _, _ in variants) for kind in ("warp", "frame")}
 
 
 def main(argv=None) -> None:
@@ -119,10 +126,11 @@ def main(argv=None) -> None:
             print(f"| {d.name} | {name} | {after:.2f} | {moved:.2f} |", flush=True)
     if args.speed:
         t = warp_speed(args.speed, args.datasets[0])
-        print(f"\n{args.threads} thread(s), {args.speed.name}: lower warp over 200000 samples in its box "
-              f"{t['warp'][0] * 1e3:.1f} ms (tracked lower face alone) -> {t['warp'][1] * 1e3:.1f} ms (with the skin "
-              f"around the lips), {t['warp'][1] / t['warp'][0]:.2f}x; whole frame {t['frame'][0] * 1e3:.0f} -> "
-              f"{t['frame'][1] * 1e3:.0f} ms, {t['frame'][1] / t['frame'][0]:.2f}x")
+        print(f"\n{args.threads} thread(s), {args.speed.name}: lower warp over 200000 samples in its box, tracked "
+              f"lower face alone / + the skin around the lips / + the look into the mouth: "
+              f"{' / '.join(f'{v * 1e3:.1f}' for v in t['warp'])} ms; whole frame "
+              f"{' / '.join(f'{v * 1e3:.0f}' for v in t['frame'])} ms ({t['frame'][2] / t['frame'][1]:.2f}x for the "
+              f"look into the mouth)")
 
 
 if __name__ == "__main__":

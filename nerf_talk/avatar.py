@@ -59,7 +59,9 @@ KIND = "nerf_talk.avatar"
 # 8: the warp also moves the skin around the lips (`head.warp.lower_*` hold the mouth's context points after the
 # tracked lower face, FIELDS_VERSION 6); version 7 weights were fitted to a warp that spread the lips' displacement
 # over that skin, so they are fitted again.
-FORMAT_VERSION = 8
+# 9: the gap between parted lips is looked up in a mouth interior of the field's own (fields.warp.mouth_gap,
+# FIELDS_VERSION 7); version 8 weights painted the interior per motion in the mouth residual, so they are fitted again.
+FORMAT_VERSION = 9
 META_KEY = "nerf_talk.avatar"
 SUFFIX = ".avatar"
 DEFAULT_BLINK_RATE = 15.0  # per minute: the adult resting average, for datasets that report none

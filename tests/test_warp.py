@@ -139,10 +139,35 @@ def test_the_lips_part_each_following_its_own_side():
         moved = torch.tensor(neutral[point] + travel[point], dtype=torch.float32)[None]
         back = w(moved, open_, None)[0]
         assert float((back - torch.tensor(neutral[point], dtype=torch.float32)).norm()) < 0.001, point
-    # Points in the gap, 1 mm from either parted lip, are looked up within 1 mm of the closed mouth's lip line (the
-    # blended warp looked them up 1.6 and 2.2 mm away, on the lips' skin).
-    gap = torch.tensor([[0.0, -0.0001, 0.0], [0.0, 0.0075, 0.0]])
-    assert float(w(gap, open_, None)[:, 1].abs().max()) < 0.001
+    # In front of the lips, points level with the gap 1 mm from either parted lip are looked up within 1 mm of the
+    # closed mouth's lip line (the blended warp looked them up 1.6 and 2.2 mm away, on the lips' skin).
+    front = torch.tensor([[0.0, -0.0001, -0.01], [0.0, 0.0075, -0.01]])
+    assert float(w(front, open_, None)[:, 1].abs().max()) < 0.001
+
+
+def test_the_gap_between_parted_lips_looks_into_the_mouth():
+    """Inside the gap of an open mouth (the lips 9.5 mm apart at the middle), a sample is looked up in the interior's
+    own slab, GAP_DEPTH further in, its height across the gap spread over GAP_HEIGHT below the neutral upper lip: the
+    upper teeth near the upper lip, the lower teeth near the lower one. Nothing moves there for a closed mouth, and
+    the lips themselves are not in the gap."""
+    from nerf_talk.fields.warp import GAP_DEPTH, GAP_HEIGHT
+
+    w, neutral, travel, open_, closed = _mouth_warp()
+    top, bottom = -0.001, 0.0085  # the parted inner lips at the middle (0.5 mm apart at rest: one rises 0.5, one falls 8)
+    gap = torch.tensor([[0.0, top + 0.001, 0.001], [0.0, 0.003, 0.0], [0.0, bottom - 0.001, 0.02]])
+    inside = w(gap, open_, None)
+    u = (gap[:, 1] - top) / (bottom - top)
+    assert torch.allclose(inside[:, 2], gap[:, 2] + GAP_DEPTH, atol=1e-6)
+    assert torch.allclose(inside[:, 1], float(neutral[UPPER_LIP_INNER, 1]) + u * GAP_HEIGHT, atol=3e-4)
+    assert float((inside[:, 0] - gap[:, 0]).abs().max()) < 1e-6
+    # The same points with the mouth closed, and the parted lips' own inner edges, stay on the face.
+    assert float((w(gap, closed, None) - gap)[:, 2].abs().max()) < 1e-6
+    for point in (UPPER_LIP_INNER, LOWER_LIP_INNER):
+        moved = torch.tensor(neutral[point] + travel[point], dtype=torch.float32)[None]
+        assert float(w(moved, open_, None)[0, 2] - moved[0, 2]) == 0.0
+    # Whole frames (one shared code) and training batches (a code per sample) agree.
+    batch = w(gap, open_.expand(len(gap), -1).contiguous(), None)
+    assert torch.allclose(batch, inside, atol=1e-6)
 
 
 def test_the_skin_around_the_lips_follows_its_own_motion():

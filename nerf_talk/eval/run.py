@@ -222,6 +222,7 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
     from nerf_talk import media
     from nerf_talk.api import Avatar, load_speech
     from nerf_talk.motion import predict_motion
+    from nerf_talk.motion.metrics import mouth_opening
     from nerf_talk.motion.predict import to_mono16k
     from preprocess.dataset import Dataset
 
@@ -267,6 +268,7 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
         raise UserError(f"the avatar's motion has {m.shape[1]} points, the dataset's {tracked.shape[1]}",
                         "evaluate on the dataset the avatar was fitted on.")
     drives = {"audio": m[val], "tracked": tracked[val]}
+    points = ds.step_result("face_motion").get("lower_face_points")  # the mesh points of the motion's rows
 
     real, labels = real_frames(ds, val, (h, w))
     renders, render_s, render_n = {}, 0.0, 0
@@ -313,6 +315,12 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
         r["seam"] = {"rendered": seam, "real": seam_real, "ratio": seam / seam_real if seam_real > 0 else math.nan}
         if geo is not None:
             r.update(landmark_scores(sigs["real"], lms["real"], sigs[name], lms[name], face_px))
+            # How closely the render follows the opening its own drive asks for (the drive's inner-lip gap): a
+            # renderer that obeys shows its drive's errors, and the gap between this and mouth_opening_corr is the
+            # drive's (the motion model's, for the audio drive).
+            if points is not None:
+                r["drive_opening_corr"] = mx.correlation_finite(sigs[name]["mouth_opening"],
+                                                                mouth_opening(drives[name], points))
             if feats is not None:
                 r["sync"] = mx.sync_scores(sigs[name]["mouth_opening"], {k: v[val] for k, v in feats.items()},
                                            vocab, fps)
@@ -466,8 +474,8 @@ def summary(res: dict) -> str:
         s = (f"  {label:<15} PSNR {_fmt(r['psnr'])} dB  SSIM {_fmt(r['ssim'], 3)}  face PSNR {_fmt(r['psnr_face'])} "
              f"dB  face SSIM {_fmt(r['ssim_face'], 3)}")
         if "mouth_lmd" in r:
-            s += (f"  mouth LMD {_fmt(r['mouth_lmd'])} %  opening corr {_fmt(r['mouth_opening_corr'], 3)}  blink F1 "
-                  f"{_fmt(r['blink']['f1'])}")
+            s += (f"  mouth LMD {_fmt(r['mouth_lmd'])} %  opening corr {_fmt(r['mouth_opening_corr'], 3)} (with its "
+                  f"drive {_fmt(r.get('drive_opening_corr', math.nan), 3)})  blink F1 {_fmt(r['blink']['f1'])}")
         lines.append(s)
     ref = res.get("reference", {})
     if "tracker_noise" in ref:

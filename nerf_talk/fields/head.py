@@ -139,8 +139,8 @@ class HeadField(nn.Module):
                     eyes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [N, 3] (head frame), motion [N, K] (or [1, K] shared) coefficients and eyes [N, 3] (or [1, 3]) of
         each sample's frame (None: the neutral face) -> density [N] (1/metre), geometry features [N, geo_features].
-        The positions are warped to the neutral face first (FaceWarp); the mouth residual then adds what the warp
-        cannot make (the interior between parted lips)."""
+        The positions are warped to the neutral face first (FaceWarp; the gap between parted lips into the mouth
+        interior's slab); the mouth residual then adds what the warp cannot make."""
         x = self.normalize(self.warp(positions, motion, eyes))
         enc = self.grid(x)  # (the encoding clamps to the box itself; the density is 0 outside it, below)
         h = run_mlp(self.density_mlp, enc, backend=self.backend)

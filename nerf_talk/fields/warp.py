@@ -9,8 +9,10 @@ landmark). The skin around the lips (philtrum, cheeks, chin, the lips between th
 linear fit of its tracked displacement on the motion coefficients. Each warp has two sides that part: the upper lip
 from the lower one (the corners and the jaw move with both), the upper lid from the lower one; a sample follows the
 side it lies on. So a mouth opens and an eye closes by construction, including openings never seen in training: the
-hash grid does not have to learn one face per motion. What the warp cannot make (the dark
-mouth interior and teeth that appear between parted lips) is left to the head field's motion-conditioned mouth residual.
+hash grid does not have to learn one face per motion. Between parted lips the warp looks into the mouth: a sample in
+its frame's gap is looked up in an interior slab of its own, deep inside the head (mouth_gap), where the field learns
+one mouth interior (dark, teeth) that the tracked lips uncover. What is left (the tongue, teeth that do not follow the
+lips) is the head field's motion-conditioned mouth residual's.
 """
 
 from __future__ import annotations
@@ -101,6 +103,59 @@ DEPTH_REACH = 4.0
 # Sigmas beyond every landmark where the displacement is taken as 0 (the sample is not even looked at): there the
 # faded weight leaves under 3 % of the nearest landmark's displacement (0.3 mm of a 1 cm jaw drop).
 REACH = 4.0
+
+
+# The parted lips' gap looks into the mouth, not onto the lips. A backward warp moves every sample of the frame to a
+# point of the neutral face; between parted lips it can only find lip (the neutral mouth is closed), so the dark
+# interior and the teeth had to be painted per motion by the mouth residual, which learnt the training frames' motions
+# and not the ones it never saw (reagan's held-out tracked-motion correlation 0.43-0.85 over seeds of one recipe).
+# Now a sample inside the gap of its frame (between the upper and the lower inner lip line in the face's plane, no
+# further in front than GAP_FRONT of the lips' inner edge) is looked up in a slab of its own deep inside the head, which
+# no other ray reaches: x kept, its height across the gap (0 at the upper lip, 1 at the lower) spread over GAP_HEIGHT
+# below the neutral upper lip, depth GAP_DEPTH further in. The hash grid learns one mouth interior there (upper teeth
+# at the top, lower teeth at the bottom), and the opening is made by the tracked lips, including openings never seen.
+UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)  # corner to corner, along the upper lip's inner edge
+LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)  # and along the lower lip's
+GAP_DEPTH = 0.08  # metres: behind the face and the 1-2 cm over which a CPU fit's colour builds up behind its skin
+GAP_HEIGHT = 0.012  # metres: about the widest speech opening (reagan's 95th percentile: 0.088 x 13 cm face)
+GAP_MIN = 0.001  # metres the lips stand further apart than on the neutral face before their gap is mouth, not lip
+GAP_FRONT = 0.003  # metres in front of the lips' inner edge from which a sample in the gap looks inside
+
+
+def _polyline(pts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The polyline pts [L, 3] (sorted by x) at abscissae x [M] -> [M, 3] (held at its ends)."""
+    k = torch.searchsorted(pts[:, 0].contiguous(), x.contiguous()).clamp(1, len(pts) - 1)
+    t = ((x - pts[k - 1, 0]) / (pts[k, 0] - pts[k - 1, 0]).clamp(min=1e-9)).clamp(0, 1)
+    return pts[k - 1] + t[:, None] * (pts[k] - pts[k - 1])
+
+
+def mouth_gap(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, rest_upper: torch.Tensor,
+              rest_lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples x [N, 3] of one frame, its inner lip lines upper / lower [L, 3] (corner to corner, moved) and the
+    neutral ones -> (in the gap [N] bool, where those look inside [N, 3]). The gap is where the lips stand more than
+    GAP_MIN further apart than on the neutral face (a tracked closed mouth keeps a gap of 0-1.6 mm)."""
+    up, lo = upper[torch.argsort(upper[:, 0])], lower[torch.argsort(lower[:, 0])]
+    r_up, r_lo = rest_upper[torch.argsort(rest_upper[:, 0])], rest_lower[torch.argsort(rest_lower[:, 0])]
+    inside = (x[:, 0] > torch.maximum(up[0, 0], lo[0, 0])) & (x[:, 0] < torch.minimum(up[-1, 0], lo[-1, 0]))
+    inside &= (x[:, 1] > up[:, 1].min()) & (x[:, 1] < lo[:, 1].max())
+    idx = torch.nonzero(inside).reshape(-1)
+    mask = torch.zeros_like(inside)
+    where = x.clone()
+    if not idx.numel():
+        return mask, where
+    p = x[idx]
+    a, b = _polyline(up, p[:, 0]), _polyline(lo, p[:, 0])
+    rest_a = _polyline(r_up, p[:, 0])
+    gap = b[:, 1] - a[:, 1]
+    opened = gap - (_polyline(r_lo, p[:, 0])[:, 1] - rest_a[:, 1])
+    ok = (opened > GAP_MIN) & (p[:, 1] > a[:, 1]) & (p[:, 1] < b[:, 1])
+    ok &= p[:, 2] > torch.minimum(a[:, 2], b[:, 2]) - GAP_FRONT
+    sel = idx[ok]
+    u = (p[ok, 1] - a[ok, 1]) / gap[ok]
+    where[sel, 1] = rest_a[ok, 1] + u * GAP_HEIGHT
+    where[sel, 2] = p[ok, 2] + GAP_DEPTH
+    mask[sel] = True
+    return mask, where
 
 
 class FaceWarp(nn.Module):
@@ -213,10 +268,45 @@ class FaceWarp(nn.Module):
         first.scatter_(0, rows, torch.arange(len(rows), device=codes.device))
         return codes[first], rows
 
+    def _gap(self, x: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the samples in their frame's mouth gap [M] indices, where they look inside [M, 3]) (mouth_gap), or None
+        where none is (or the warp is the identity: no tracking loaded). Only the samples in the box of the frames'
+        inner lip lines are looked at (a few percent of a frame's)."""
+        if not bool(self.lower_basis.abs().max() > 0):
+            return None
+        m, rows = self._distinct(motion)
+        iu, il = self._inner
+        moved = (self.lower_rest + self.lower_displacement(m).to(self.lower_rest.dtype)).to(x.dtype)  # [U, K, 3]
+        lines = moved[:, iu + il].reshape(-1, 3)
+        lo, hi = lines.min(0).values, lines.max(0).values
+        near = (x[:, 0] > lo[0]) & (x[:, 0] < hi[0]) & (x[:, 1] > lo[1]) & (x[:, 1] < hi[1])
+        near &= x[:, 2] > lo[2] - GAP_FRONT
+        idx = torch.nonzero(near).reshape(-1)
+        if not idx.numel():
+            return None
+        rest = self.lower_rest.to(x.dtype)
+        found, where = [], []
+        sub_rows = None if rows is None else rows[idx]
+        for r in range(m.shape[0]) if rows is not None else (0,):
+            mine = idx if rows is None else idx[sub_rows == r]
+            if not mine.numel():
+                continue
+            mask, pos = mouth_gap(x[mine], moved[r, iu], moved[r, il], rest[iu], rest[il])
+            found.append(mine[mask])
+            where.append(pos[mask])
+        return torch.cat(found), torch.cat(where)
+
+    @property
+    def _inner(self) -> tuple[list[int], list[int]]:
+        return [WARP_LOWER.index(i) for i in UPPER_INNER], [WARP_LOWER.index(i) for i in LOWER_INNER]
+
     def forward(self, x: torch.Tensor, motion: torch.Tensor | None, eyes: torch.Tensor | None) -> torch.Tensor:
         """Sample positions x [N, 3] in a frame -> their positions on the neutral face [N, 3]. motion [N, C] or
         [1, C] (None: the neutral mouth), eyes [N, 3] or [1, 3] (None: the neutral eyes)."""
         with torch.no_grad():  # the warp follows the tracking; nothing in it is learnt
+            gap = None if motion is None else self._gap(x, motion)
             for controls, rows in self._plan(motion, eyes, x.dtype):
                 x = controls.apply(x, rows)
+            if gap is not None:
+                x = x.index_copy(0, gap[0], gap[1])
         return x

@@ -23,10 +23,12 @@ from nerf_talk.train.data import RayBatch, TrainData
 # neutral face); 5: the warp parts the lips (`head.warp.lower_side`: the upper and the lower lip move apart instead
 # of being blended; weights fitted with the blended warp painted the opening in the mouth residual); 6: the warp's
 # lower control points include the skin around the lips (`fields.warp.MOUTH_CONTEXT`: philtrum, cheeks, chin, the lips
-# between their loops), each moved by a fit on the motion coefficients.
+# between their loops), each moved by a fit on the motion coefficients; 7: the gap between parted lips looks into a
+# mouth interior of its own (`fields.warp.mouth_gap`; no new tensors, but weights fitted without it painted the
+# interior in the mouth residual).
 # The trainer stamps it into a training directory's avatar.json and export refuses a directory with another one
 # (older weights lack what the fields now need).
-FIELDS_VERSION = 6
+FIELDS_VERSION = 7
 
 
 @dataclass
