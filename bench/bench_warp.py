@@ -99,7 +99,7 @@ def warp_speed(avatar_path: Path, dataset: Path, samples: int = 200_000, frames:
             if inside:
                 w.__dict__.pop("_gap", None)
             else:
-                w._gap = lambda x, m: None
+                w._gap = lambda x, lower: None
             w(x[:1000], motion, None)
             t = time.perf_counter()
             w(x, motion, None)

@@ -268,7 +268,6 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
         raise UserError(f"the avatar's motion has {m.shape[1]} points, the dataset's {tracked.shape[1]}",
                         "evaluate on the dataset the avatar was fitted on.")
     drives = {"audio": m[val], "tracked": tracked[val]}
-    points = ds.step_result("face_motion").get("lower_face_points")  # the mesh points of the motion's rows
 
     real, labels = real_frames(ds, val, (h, w))
     renders, render_s, render_n = {}, 0.0, 0
@@ -318,9 +317,8 @@ def evaluate_avatar(avatar, dataset, out, audio=None, size: int | None = None, s
             # How closely the render follows the opening its own drive asks for (the drive's inner-lip gap): a
             # renderer that obeys shows its drive's errors, and the gap between this and mouth_opening_corr is the
             # drive's (the motion model's, for the audio drive).
-            if points is not None:
-                r["drive_opening_corr"] = mx.correlation_finite(sigs[name]["mouth_opening"],
-                                                                mouth_opening(drives[name], points))
+            r["drive_opening_corr"] = mx.correlation_finite(
+                sigs[name]["mouth_opening"], mouth_opening(drives[name], avatar.motion_model.basis.points))
             if feats is not None:
                 r["sync"] = mx.sync_scores(sigs[name]["mouth_opening"], {k: v[val] for k, v in feats.items()},
                                            vocab, fps)

@@ -132,17 +132,12 @@ def _polyline(pts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def mouth_gap(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, rest_upper: torch.Tensor,
               rest_lower: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples x [N, 3] of one frame, its inner lip lines upper / lower [L, 3] (corner to corner, moved) and the
-    neutral ones -> (in the gap [N] bool, where those look inside [N, 3]). The gap is where the lips stand more than
-    GAP_MIN further apart than on the neutral face (a tracked closed mouth keeps a gap of 0-1.6 mm)."""
+    neutral ones -> (the samples in the gap [M] indices, where they look inside [M, 3]). The gap is where the lips
+    stand more than GAP_MIN further apart than on the neutral face (a tracked closed mouth keeps a gap of 0-1.6 mm)."""
     up, lo = upper[torch.argsort(upper[:, 0])], lower[torch.argsort(lower[:, 0])]
     r_up, r_lo = rest_upper[torch.argsort(rest_upper[:, 0])], rest_lower[torch.argsort(rest_lower[:, 0])]
-    inside = (x[:, 0] > torch.maximum(up[0, 0], lo[0, 0])) & (x[:, 0] < torch.minimum(up[-1, 0], lo[-1, 0]))
-    inside &= (x[:, 1] > up[:, 1].min()) & (x[:, 1] < lo[:, 1].max())
-    idx = torch.nonzero(inside).reshape(-1)
-    mask = torch.zeros_like(inside)
-    where = x.clone()
-    if not idx.numel():
-        return mask, where
+    between = (x[:, 0] > torch.maximum(up[0, 0], lo[0, 0])) & (x[:, 0] < torch.minimum(up[-1, 0], lo[-1, 0]))
+    idx = torch.nonzero(between).reshape(-1)
     p = x[idx]
     a, b = _polyline(up, p[:, 0]), _polyline(lo, p[:, 0])
     rest_a = _polyline(r_up, p[:, 0])
@@ -150,12 +145,14 @@ def mouth_gap(x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, rest_up
     opened = gap - (_polyline(r_lo, p[:, 0])[:, 1] - rest_a[:, 1])
     ok = (opened > GAP_MIN) & (p[:, 1] > a[:, 1]) & (p[:, 1] < b[:, 1])
     ok &= p[:, 2] > torch.minimum(a[:, 2], b[:, 2]) - GAP_FRONT
-    sel = idx[ok]
     u = (p[ok, 1] - a[ok, 1]) / gap[ok]
-    where[sel, 1] = rest_a[ok, 1] + u * GAP_HEIGHT
-    where[sel, 2] = p[ok, 2] + GAP_DEPTH
-    mask[sel] = True
-    return mask, where
+    inside = torch.stack([p[ok, 0], rest_a[ok, 1] + u * GAP_HEIGHT, p[ok, 2] + GAP_DEPTH], 1)
+    return idx[ok], inside
+
+
+# The inner lip lines' rows among the warp's lower control points.
+_UPPER_ROWS = [WARP_LOWER.index(i) for i in UPPER_INNER]
+_LOWER_ROWS = [WARP_LOWER.index(i) for i in LOWER_INNER]
 
 
 class FaceWarp(nn.Module):
@@ -230,8 +227,10 @@ class FaceWarp(nn.Module):
                                     switch_width=switch, box=self.region(rest, reach), backend=self.backend,
                                     dtype=dtype, stretch=stretch, guides=guides)
 
-    def _plan(self, motion: torch.Tensor | None, eyes: torch.Tensor | None, dtype: torch.dtype) -> list:
-        """[(WarpControls, rows)] for these codes: the lower face's, then the eyes'. Shared codes ([1, D]: one frame,
+    def _plan(self, motion: torch.Tensor | None, eyes: torch.Tensor | None, dtype: torch.dtype,
+              lower: tuple[torch.Tensor, torch.Tensor | None] | None) -> list:
+        """[(WarpControls, rows)] for these codes (`lower`: the motion's _distinct rows, computed once per call): the
+        lower face's, then the eyes'. Shared codes ([1, D]: one frame,
         whole-frame rendering) are prepared once and kept while the same codes come back (a frame's
         samples arrive in chunks: preparing per chunk took 0.35 ms a chunk, ~80 chunks a 512 px frame)."""
         shared = all(c is None or c.shape[0] == 1 for c in (motion, eyes))
@@ -241,8 +240,8 @@ class FaceWarp(nn.Module):
             if self._memo is not None and self._memo[0] == key:
                 return self._memo[1]
         plan = []
-        if motion is not None:
-            m, rows = self._distinct(motion)
+        if lower is not None:
+            m, rows = lower
             plan.append((self._controls(self.lower_rest, self.lower_displacement(m), LOWER_SIGMA, self.lower_side,
                                         self.lower_guide, LIP_SWITCH, True, dtype), rows))
         if eyes is not None:
@@ -268,16 +267,16 @@ class FaceWarp(nn.Module):
         first.scatter_(0, rows, torch.arange(len(rows), device=codes.device))
         return codes[first], rows
 
-    def _gap(self, x: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(the samples in their frame's mouth gap [M] indices, where they look inside [M, 3]) (mouth_gap), or None
-        where none is (or the warp is the identity: no tracking loaded). Only the samples in the box of the frames'
-        inner lip lines are looked at (a few percent of a frame's)."""
+    def _gap(self, x: torch.Tensor, lower: tuple[torch.Tensor, torch.Tensor | None]
+             ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the samples in their frame's mouth gap [M] indices, where they look inside [M, 3]) (mouth_gap) for the
+        motion's _distinct rows `lower`, or None where none is (or the warp is the identity: no tracking loaded). Only
+        the samples in the box of the frames' inner lip lines are looked at (a few percent of a frame's)."""
         if not bool(self.lower_basis.abs().max() > 0):
             return None
-        m, rows = self._distinct(motion)
-        iu, il = self._inner
+        m, rows = lower
         moved = (self.lower_rest + self.lower_displacement(m).to(self.lower_rest.dtype)).to(x.dtype)  # [U, K, 3]
-        lines = moved[:, iu + il].reshape(-1, 3)
+        lines = moved[:, _UPPER_ROWS + _LOWER_ROWS].reshape(-1, 3)
         lo, hi = lines.min(0).values, lines.max(0).values
         near = (x[:, 0] > lo[0]) & (x[:, 0] < hi[0]) & (x[:, 1] > lo[1]) & (x[:, 1] < hi[1])
         near &= x[:, 2] > lo[2] - GAP_FRONT
@@ -286,26 +285,22 @@ class FaceWarp(nn.Module):
             return None
         rest = self.lower_rest.to(x.dtype)
         found, where = [], []
-        sub_rows = None if rows is None else rows[idx]
-        for r in range(m.shape[0]) if rows is not None else (0,):
-            mine = idx if rows is None else idx[sub_rows == r]
-            if not mine.numel():
-                continue
-            mask, pos = mouth_gap(x[mine], moved[r, iu], moved[r, il], rest[iu], rest[il])
-            found.append(mine[mask])
-            where.append(pos[mask])
+        near_rows = None if rows is None else rows[idx]
+        for r in range(m.shape[0]):
+            mine = idx if near_rows is None else idx[near_rows == r]
+            sel, inside = mouth_gap(x[mine], moved[r, _UPPER_ROWS], moved[r, _LOWER_ROWS], rest[_UPPER_ROWS],
+                                    rest[_LOWER_ROWS])
+            found.append(mine[sel])
+            where.append(inside)
         return torch.cat(found), torch.cat(where)
-
-    @property
-    def _inner(self) -> tuple[list[int], list[int]]:
-        return [WARP_LOWER.index(i) for i in UPPER_INNER], [WARP_LOWER.index(i) for i in LOWER_INNER]
 
     def forward(self, x: torch.Tensor, motion: torch.Tensor | None, eyes: torch.Tensor | None) -> torch.Tensor:
         """Sample positions x [N, 3] in a frame -> their positions on the neutral face [N, 3]. motion [N, C] or
         [1, C] (None: the neutral mouth), eyes [N, 3] or [1, 3] (None: the neutral eyes)."""
         with torch.no_grad():  # the warp follows the tracking; nothing in it is learnt
-            gap = None if motion is None else self._gap(x, motion)
-            for controls, rows in self._plan(motion, eyes, x.dtype):
+            lower = None if motion is None else self._distinct(motion)
+            gap = None if lower is None else self._gap(x, lower)
+            for controls, rows in self._plan(motion, eyes, x.dtype, lower):
                 x = controls.apply(x, rows)
             if gap is not None:
                 x = x.index_copy(0, gap[0], gap[1])
