@@ -10,6 +10,7 @@
     python bench/bench_motion.py lag --corpus DIR [--exclude PATTERN ...] [--model PATH]   # how late the model comes
     python bench/bench_motion.py finetune-settings --dataset DIR [--dataset DIR ...] [--variant NAME:KEY=V,KEY=V ...]
     python bench/bench_motion.py sync-null --corpus DIR [--corpus DIR ...]   # what unrelated audio reaches
+    python bench/bench_motion.py offsets --corpus DIR [--include PATTERN ...]   # how right a clip's offset is
 
 speed: real-time ratio = seconds of audio / seconds of compute, for the whole of predict_motion (resampling, all
 audio features incl. the phoneme recogniser, the network, interpolation to 25 fps) and for the network alone;
@@ -30,6 +31,13 @@ sync-null: the level motion.lead.offset_from_motion trusts. Every pair of one cl
 another clip's real lips (unrelated audio), cut to 5, 10, 20 and 40 s: the 99th percentile of the peak's margin
 over lags of +-SYNC_MAX_LAG_S, beside the true pairs' median margin, and the percentile times sqrt(seconds)
 (lead.NULL_MARGIN_1S).
+offsets: how right the offset the model measures on a short clip is, by its confidence, where the truth is known:
+each dataset under --corpus (matching --include) is first measured whole (lead.offset_from_motion on the model's
+opening from its audio.wav; kept only if the confidence is 2 or more: its reference), then cut into pieces of 6, 10
+and 14 s whose audio is moved 0 frames (half of them) or 1-4 frames either way; the piece's measured lag should be the
+reference plus the move. Per confidence band: how often it is within 0.5 and 1 frame; per threshold (the audio step's
+MODEL_MIN_CONFIDENCE), the mean error left if the pieces above it were corrected and the others not, for all pieces
+and for those not moved.
 finetune-settings: per-person fine-tune settings compared on clips the model never saw: each --dataset is split in
 halves, the first fine-tuned and its adapter chosen as `nerf-talk fit` does (evaluate's "+finetune" path) with each
 --variant of motion.finetune.FinetuneConfig ("now:" = its defaults; default: the settings tried on 2026-12-07), the
@@ -421,15 +429,82 @@ def lag(args) -> dict:
     return out
 
 
+def offsets(args) -> dict:
+    from nerf_talk.media import AUDIO_RATE, read_audio
+    from nerf_talk.motion import corpus as cp
+    from nerf_talk.motion.lead import offset_from_motion
+    from nerf_talk.motion.predict import predict_motion
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = list(_named_models(args.model).values())[-1]
+    rng = np.random.default_rng(0)
+    rows = []  # (moved, reference, measured, confidence, frames)
+    for d in cp.find_datasets(_one_corpus(args)):
+        if args.include and not any(fnmatch.fnmatchcase(d.name, p) for p in args.include):
+            continue
+        fps = float(json.loads((d / "manifest.json").read_text())["fps"])
+        audio, real = read_audio(d / "audio.wav"), np.load(d / "mouth_opening.npy").astype(np.float64)
+
+        def measure(a, r):
+            return offset_from_motion(predict_motion(model, a, AUDIO_RATE, fps)["mouth_opening"], r, fps)
+
+        ref, conf = measure(audio, real)
+        if conf < 2:
+            print(f"{d.name}: reference not sure ({conf:.2f}), skipped")
+            continue
+        per_frame = AUDIO_RATE / fps
+        for start in range(0, len(real) - int(15 * fps), int(15 * fps)):
+            n = int(rng.choice([6, 10, 14]) * fps)
+            moved = 0 if rng.random() < 0.5 else int(rng.choice([-4, -3, -2, -1, 1, 2, 3, 4]))
+            lo, hi = int(round((start - moved) * per_frame)), int(round((start - moved + n) * per_frame))
+            piece = audio[max(lo, 0): hi]
+            if lo < 0:  # sound that comes later than the first frame: silence before it
+                piece = np.concatenate([np.zeros(-lo, np.float32), piece])
+            got, c = measure(piece, real[start: start + n])
+            rows.append((moved, ref, got, c, n))
+        print(f"{d.name}: reference {ref:+.2f} frames (confidence {conf:.2f}), {len(rows)} pieces so far", flush=True)
+    r = np.array(rows, dtype=np.float64)
+    if not len(r):
+        raise SystemExit("no dataset with a sure reference")
+    truth, got, conf = r[:, 0] + r[:, 1], r[:, 2], r[:, 3]
+    err, still = np.abs(got - truth), r[:, 0] == 0
+    print(f"{len(r)} pieces of 6-14 s ({still.sum()} not moved)")
+    print("| confidence | pieces | within 0.5 frame | within 1 frame | mean error (frames) |")
+    print("|---|---|---|---|---|")
+    for lo, hi in ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0), (1.0, 1.5), (1.5, np.inf)):
+        k = (conf >= lo) & (conf < hi)
+        if k.any():
+            print(f"| {lo:g}-{hi:g} | {k.sum()} | {np.mean(err[k] < 0.5):.2f} | {np.mean(err[k] < 1):.2f} | "
+                  f"{err[k].mean():.2f} |")
+    print("| corrected from confidence | share corrected | mean error left, all | over 1.5 frames | not moved: mean "
+          "error left | over 1.5 frames |")
+    print("|---|---|---|---|---|---|")
+    out = {"pieces": len(r), "thresholds": {}}
+    for th in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, np.inf):
+        left = np.abs(truth - np.where(conf >= th, got, 0.0))
+        out["thresholds"][str(th)] = {"corrected": float(np.mean(conf >= th)), "error": float(left.mean()),
+                                      "error_still": float(left[still].mean())}
+        print(f"| {th:g} | {np.mean(conf >= th):.2f} | {left.mean():.2f} | {np.mean(left > 1.5):.2f} | "
+              f"{left[still].mean():.2f} | {np.mean(left[still] > 1.5):.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("speed", "table", "sync", "live", "languages", "finetune", "lag",
-                                     "finetune-settings", "sync-null"))
+                                     "finetune-settings", "sync-null", "offsets"))
     ap.add_argument("--utterances", type=int, default=140, help="languages: synthetic utterances to score")
     ap.add_argument("--model", action="append", default=[],
                     help="speed: a model path (default: the shipped one); table: NAME=PATH, repeatable")
     ap.add_argument("--corpus", action="append", default=[],
                     help="sync, lag: a folder of datasets; sync-null: repeatable")
+    ap.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                    help="offsets: only the datasets whose name matches (default: all)")
     ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                     help="lag: leave out datasets whose name matches (e.g. the model's own training speakers)")
     ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")
@@ -439,7 +514,7 @@ def main() -> None:
                     help="finetune: datasets joined into one clip; finetune-settings: clips scored one by one")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="finetune-settings: a FinetuneConfig variant (repeatable; default: the ones tried)")
-    ap.add_argument("--json", default=None, help="table, lag: also write the figures here")
+    ap.add_argument("--json", default=None, help="table, lag, offsets: also write the figures here")
     ap.add_argument("--fit-fraction", type=float, default=0.5)
     ap.add_argument("--align", action="store_true",
                     help="table: take out of each clip the sound/lip offset the last model measures on its fit part "
@@ -447,7 +522,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     {"speed": speed, "table": table, "sync": sync, "live": live, "languages": languages, "finetune": finetune_speed,
-     "lag": lag, "finetune-settings": finetune_settings, "sync-null": sync_null}[a.what](a)
+     "lag": lag, "finetune-settings": finetune_settings, "sync-null": sync_null, "offsets": offsets}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -251,13 +251,13 @@ def test_step_measures_a_short_clip_with_the_motion_model(tmp_path, caplog):
 
 
 def test_step_applies_a_named_lip_model_only_where_it_is_sure(tmp_path, monkeypatch):
-    """The offset model is looked up by name; its residual is added only at confidence 1 or more, a given
+    """The offset model is looked up by name; its residual is added only from MODEL_MIN_CONFIDENCE on, a given
     --audio-offset is never second-guessed, and a name that does not load is a clear error."""
     import sys
     import types
 
     from nerf_talk.errors import UserError
-    from preprocess.audio_features import STEP
+    from preprocess.audio_features import MODEL_MIN_CONFIDENCE, STEP
     from preprocess.config import PreprocessConfig
 
     calls = []
@@ -274,12 +274,15 @@ def test_step_applies_a_named_lip_model_only_where_it_is_sure(tmp_path, monkeypa
     sure = STEP.run(make_dataset(tmp_path / "sure", mouth, audio), PreprocessConfig(offset_model="fake_lips:measure"))
     assert sure["offset_s"] == pytest.approx(lips_only["offset_s"] + 0.1, abs=1e-4) and sure["offset_measured"]
     assert sure["offset_model_confidence"] == 3.0 and len(calls) == 1
-    answer["value"] = (0.1, 0.9)
+    answer["value"] = (0.1, MODEL_MIN_CONFIDENCE + 0.05)
+    fair = STEP.run(make_dataset(tmp_path / "fair", mouth, audio), PreprocessConfig(offset_model="fake_lips:measure"))
+    assert fair["offset_s"] == pytest.approx(lips_only["offset_s"] + 0.1, abs=1e-4)
+    answer["value"] = (0.1, MODEL_MIN_CONFIDENCE - 0.05)
     unsure = STEP.run(make_dataset(tmp_path / "unsure", mouth, audio), PreprocessConfig(offset_model="fake_lips:measure"))
     assert unsure["offset_s"] == lips_only["offset_s"] and unsure["offset_model_residual_s"] == 0.1
     given = STEP.run(make_dataset(tmp_path / "given", mouth, audio),
                      PreprocessConfig(audio_offset=0.0, offset_model="fake_lips:measure"))
-    assert given["offset_s"] == 0.0 and given["offset_model"] is None and len(calls) == 2
+    assert given["offset_s"] == 0.0 and given["offset_model"] is None and len(calls) == 3
     with pytest.raises(UserError, match="offset_model 'fake_lips:nothing' cannot be loaded"):
         STEP.run(make_dataset(tmp_path / "bad", mouth, audio), PreprocessConfig(offset_model="fake_lips:nothing"))
 

@@ -44,6 +44,7 @@ from nerf_talk.motion.finetune import finetune
 from nerf_talk.motion.lead import offset_from_motion, read_ahead
 from nerf_talk.motion.model import MODEL_FPS, MotionModel
 from nerf_talk.motion.predict import motion_coeffs, silence_gate
+from preprocess.audio_features import MODEL_MIN_CONFIDENCE
 
 
 def _slice(features: dict, a: int, b: int) -> dict:
@@ -137,7 +138,7 @@ def evaluate_clip(models: dict[str, MotionModel], dataset_dir: str | Path, fit_f
         opening = mx.mouth_opening(last.basis.decode(motion_coeffs(last, _slice(feats, 0, k))[0]), last.basis.points)
         lag, confidence = offset_from_motion(opening, mx.mouth_opening(motion[fit], last.basis.points), MODEL_FPS)
         offset.update(measured=round(lag, 3), confidence=round(confidence, 3))
-        if confidence >= 1.0:  # the lips at t belong with the sound at t + lag: move them that much later
+        if confidence >= MODEL_MIN_CONFIDENCE:  # the lips at t belong with the sound at t + lag: move them later
             motion = read_ahead(motion, -lag).astype(np.float32)
             offset["frames"] = round(lag, 3)
     preds = {}
