@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_eval.py                                   # smoke_cpu on obama, lieu, reagan
     .venv/bin/python bench/bench_eval.py --clips obama --threads 1         # one clip on a shared CPU
     .venv/bin/python bench/bench_eval.py --recipe full                     # head then torso (needs a GPU)
+    .venv/bin/python bench/bench_eval.py --interval A.json B.json          # how sure the opening correlation is
 
 Per clip, under WORK/CLIP/: `dataset/` (nerf_talk preprocess; finished steps are reused), `RECIPE.avatar` (api.fit
 on that dataset, exactly what `nerf-talk fit --dataset` does; an avatar already there is reused, with the fit time
@@ -17,6 +18,10 @@ PSNR: how much of a render's distance its sharpness alone explains); the mouth-s
 other speech, of the real held-out frames and of the real clip; the share of /p b m/ frames with closed lips on the
 other speech; fit wall time; render frames per second (whole frames at the compare size, the evaluation's own
 renders).
+
+--interval reads JSON files this script wrote (--json) and prints, per clip, the tracked-motion mouth-opening
+correlation with its 90 % interval by a block bootstrap over the held-out frames (5-frame blocks: neighbouring frames
+are not independent; 2000 draws, seed 0): how far a few dozen held-out frames pin the figure down.
 """
 
 from __future__ import annotations
@@ -126,6 +131,34 @@ HEADER = ["clip", "held-out frames", "size", "PSNR dB A / T", "SSIM A / T", "fac
           "/p b m/ closed", "blink F1 T", "seam ratio T", "fit s", "render FPS"]
 
 
+def opening_interval(signals: dict, block: int = 5, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(correlation, 5th, 95th percentile) of the real and the tracked-motion render's mouth opening over the eval's
+    held-out frames (its `signals`), the interval from a moving-block bootstrap of the frames."""
+    import numpy as np
+
+    real = np.asarray(signals["real_mouth_opening"], np.float64)
+    rend = np.asarray(signals["tracked_mouth_opening"], np.float64)
+    keep = np.isfinite(real) & np.isfinite(rend)
+    real, rend = real[keep], rend[keep]
+    n = len(real)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - block + 1, size=(draws, n // block + 1))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(draws, -1)[:, :n]
+    boot = [np.corrcoef(real[i], rend[i])[0, 1] for i in idx]
+    lo, hi = np.percentile(boot, [5, 95])
+    return float(np.corrcoef(real, rend)[0, 1]), float(lo), float(hi)
+
+
+def intervals(paths: list[Path]) -> None:
+    print("| file | clip | held-out frames | tracked-motion opening corr | 90 % interval (block bootstrap) |")
+    print("|---|---|---|---|---|")
+    for path in paths:
+        for r in json.loads(path.read_text()):
+            sig = r["eval"]["signals"]
+            corr, lo, hi = opening_interval(sig)
+            print(f"| {path.name} | {r['clip']} | {len(sig['frames'])} | {corr:.3f} | {lo:.3f}-{hi:.3f} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
@@ -135,7 +168,11 @@ def main(argv=None) -> None:
     ap.add_argument("--audio", type=Path, default=SHARED / DEFAULT_SPEECH, help="the other speech (cross-driven)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (use 1 on a shared CPU)")
     ap.add_argument("--json", type=Path, help="write every clip's figures here")
+    ap.add_argument("--interval", type=Path, nargs="+", metavar="JSON",
+                    help="only print the opening correlation's interval from JSON files written by --json")
     args = ap.parse_args(argv)
+    if args.interval:
+        return intervals(args.interval)
     os.environ.setdefault("GLOG_minloglevel", "2")
     import torch
 
