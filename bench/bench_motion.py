@@ -34,10 +34,10 @@ over lags of +-SYNC_MAX_LAG_S, beside the true pairs' median margin, and the per
 offsets: how right the offset the model measures on a short clip is, by its confidence, where the truth is known:
 each dataset under --corpus (matching --include) is first measured whole (lead.offset_from_motion on the model's
 opening from its audio.wav; kept only if the confidence is 2 or more: its reference), then cut into pieces of 6, 10
-and 14 s whose audio is moved 0 frames (half of them) or 1-4 frames either way; the piece's measured lag should be the
-reference plus the move. Per confidence band: how often it is within 0.5 and 1 frame; per threshold (the audio step's
-MODEL_MIN_CONFIDENCE), the mean error left if the pieces above it were corrected and the others not, for all pieces
-and for those not moved.
+and 14 s starting every --every seconds (15), whose audio is moved 0 frames (half of them) or 1-4 frames either way;
+the piece's measured lag should be the reference plus the move. Per confidence band: how often it is within 0.5 and
+1 frame; per threshold (the audio step's MODEL_MIN_CONFIDENCE), the mean error left if the pieces above it were
+corrected and the others not, for all pieces and for those not moved.
 finetune-settings: per-person fine-tune settings compared on clips the model never saw: each --dataset is split in
 halves, the first fine-tuned and its adapter chosen as `nerf-talk fit` does (evaluate's "+finetune" path) with each
 --variant of motion.finetune.FinetuneConfig ("now:" = its defaults; default: the settings tried on 2026-12-07), the
@@ -456,7 +456,7 @@ def offsets(args) -> dict:
             print(f"{d.name}: reference not sure ({conf:.2f}), skipped")
             continue
         per_frame = AUDIO_RATE / fps
-        for start in range(0, len(real) - int(15 * fps), int(15 * fps)):
+        for start in range(0, len(real) - int(15 * fps), int(args.every * fps)):
             n = int(rng.choice([6, 10, 14]) * fps)
             moved = 0 if rng.random() < 0.5 else int(rng.choice([-4, -3, -2, -1, 1, 2, 3, 4]))
             lo, hi = int(round((start - moved) * per_frame)), int(round((start - moved + n) * per_frame))
@@ -505,6 +505,8 @@ def main() -> None:
                     help="sync, lag: a folder of datasets; sync-null: repeatable")
     ap.add_argument("--include", action="append", default=[], metavar="PATTERN",
                     help="offsets: only the datasets whose name matches (default: all)")
+    ap.add_argument("--every", type=float, default=15.0,
+                    help="offsets: seconds between the pieces' starts (under 14 s, pieces overlap)")
     ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                     help="lag: leave out datasets whose name matches (e.g. the model's own training speakers)")
     ap.add_argument("--val", default=None, help="table: a folder of datasets of speakers no model was trained on")

@@ -38,11 +38,11 @@ log = logging.getLogger("nerf_talk.preprocess")
 
 MIN_CONFIDENCE = 0.4  # below this the measured offset is not applied (see av_sync: unrelated audio scores < 0.25)
 # The lip model's residual is added from this confidence on (its scale: 1 = what unrelated audio reaches 1 time in
-# 100, motion.lead). On a clip's own audio the peak is rarely a wrong one: on 6-14 s pieces of the GRID files (which
-# never trained the shipped model) with their audio moved by known amounts, its measure fell within a frame of the
-# truth on 93 % of the pieces at 0.5-1 (as at 1-1.5), against 56 % at 0.25-0.5; correcting from 0.5 instead of 1 left
-# a mean error of 0.73 frame instead of 1.07, and none over 1.5 frames on the pieces not moved
-# (`bench/bench_motion.py offsets`, docs/MOTION_MODEL.md).
+# 100, motion.lead). On a clip's own audio the peak is rarely a wrong one: on 408 pieces of 6-14 s of the GRID files
+# (which never trained the shipped model) with their audio moved by known amounts, its measure fell within a frame of
+# the truth on 89-90 % of the pieces at 0.5-1 (96 % at 1-1.5), against 65-71 % under 0.5; correcting from 0.5 instead
+# of 1 left a mean error of 0.54 frame instead of 0.95, and 0.39 instead of 0.40 on the pieces not moved
+# (`bench/bench_motion.py offsets --every 4`, docs/MOTION_MODEL.md).
 MODEL_MIN_CONFIDENCE = 0.5
 LARGE_OFFSET_S = 0.3  # real recordings are rarely this far off: worth a look by a person
 MIN_SPEECH_FRACTION = 0.1

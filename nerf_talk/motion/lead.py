@@ -71,7 +71,7 @@ def offset_from_motion(pred: np.ndarray, real: np.ndarray, fps: float) -> tuple[
     """(lag in frames, confidence): how late the sound comes after the lips, judged by a motion model's mouth
     opening predicted from the sound (`pred`) against the tracked one (`real`, same frames at `fps`). confidence is
     the peak's margin (av_sync.peak_lag) over what unrelated audio reaches on a clip this long 1 time in 100
-    (NULL_MARGIN_1S). On a clip's own audio a peak from 0.5 on is nearly always the true one (within a frame on 93 %
+    (NULL_MARGIN_1S). On a clip's own audio a peak from 0.5 on is nearly always the true one (within a frame on 89-96 %
     of 6-14 s GRID pieces with known offsets: preprocess.audio_features.MODEL_MIN_CONFIDENCE). A peak at the edge of
     the +-SYNC_MAX_LAG_S range gives 0."""
     from nerf_talk.av_sync import peak_lag
