@@ -432,8 +432,7 @@ def lag(args) -> dict:
 def offsets(args) -> dict:
     from nerf_talk.media import AUDIO_RATE, read_audio
     from nerf_talk.motion import corpus as cp
-    from nerf_talk.motion.lead import offset_from_motion
-    from nerf_talk.motion.predict import predict_motion
+    from nerf_talk.motion.lead import offset_by_model
 
     if args.threads:
         import torch
@@ -448,8 +447,9 @@ def offsets(args) -> dict:
         fps = float(json.loads((d / "manifest.json").read_text())["fps"])
         audio, real = read_audio(d / "audio.wav"), np.load(d / "mouth_opening.npy").astype(np.float64)
 
-        def measure(a, r):
-            return offset_from_motion(predict_motion(model, a, AUDIO_RATE, fps)["mouth_opening"], r, fps)
+        def measure(a, r):  # (frames, confidence), as the audio step measures it
+            seconds, confidence = offset_by_model(model, a, r, fps)
+            return seconds * fps, confidence
 
         ref, conf = measure(audio, real)
         if conf < 2:

@@ -114,8 +114,9 @@ REACH = 4.0
 # no other ray reaches: x kept, its height across the gap (0 at the upper lip, 1 at the lower) spread over GAP_HEIGHT
 # below the neutral upper lip, depth GAP_DEPTH further in. The hash grid learns one mouth interior there (upper teeth
 # at the top, lower teeth at the bottom), and the opening is made by the tracked lips, including openings never seen.
-UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)  # corner to corner, along the upper lip's inner edge
-LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)  # and along the lower lip's
+# The inner lip loop's two halves, corner to corner (its corners at indices 5 and 15, as _LIP_SIDE reads it).
+UPPER_INNER = LIPS_INNER_LOOP[5::-1] + LIPS_INNER_LOOP[:14:-1]  # along the upper lip's inner edge
+LOWER_INNER = LIPS_INNER_LOOP[5:16]  # and along the lower lip's
 GAP_DEPTH = 0.08  # metres: behind the face and the 1-2 cm over which a CPU fit's colour builds up behind its skin
 GAP_HEIGHT = 0.012  # metres: about the widest speech opening (reagan's 95th percentile: 0.088 x 13 cm face)
 GAP_MIN = 0.001  # metres the lips stand further apart than on the neutral face before their gap is mouth, not lip

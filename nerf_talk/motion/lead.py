@@ -9,7 +9,7 @@ frame baked in, which left +0.02 on those speakers (the copy learns most of the 
     r = model_lag(model, dataset_dir)          # {"lag": frames late (+) or early (-), "corr", "margin", "frames"}
     baked, report = bake_lead(model, inputs, frames)   # the same network, its output `frames` earlier
     lag, confidence = offset_from_motion(predicted_opening, tracked_opening, fps)   # a clip's sound/lip offset
-    seconds, confidence = offset_by_default_model(audio, tracked_opening, fps)   # the same by the shipped model
+    seconds, confidence = offset_by_model(model, audio, tracked_opening, fps)   # the same from a clip's audio
 
 bake_lead distils the network into a copy of itself whose output at frame t is the original's at t + frames (linear
 interpolation between frames). The copy keeps the architecture and its look-ahead: the anticipation comes from what
@@ -84,22 +84,29 @@ def offset_from_motion(pred: np.ndarray, real: np.ndarray, fps: float) -> tuple[
     return lag, float(margin / (NULL_MARGIN_1S / np.sqrt(seconds))) if inside else 0.0
 
 
-def offset_by_default_model(audio: np.ndarray, mouth: np.ndarray, fps: float) -> tuple[float, float]:
-    """(seconds, confidence): how late the sound of a clip comes after its lips, judged by the shipped generic
-    model's mouth opening predicted from the 16 kHz `audio` against the tracked `mouth` opening [N] at `fps`
-    (offset_from_motion's confidence). (0, 0) when the audio is too short or silent to predict from. Preprocessing
-    calls it by name where the layer above asks it to (PreprocessConfig.offset_model, set by
-    nerf_talk.api.preprocess): preprocessing sits below the motion layer and cannot import it."""
+def offset_by_model(model: MotionModel, audio: np.ndarray, mouth: np.ndarray, fps: float) -> tuple[float, float]:
+    """(seconds, confidence): how late the sound of a clip comes after its lips, judged by `model`'s mouth opening
+    predicted from the 16 kHz `audio` against the tracked `mouth` opening [N] at `fps` (offset_from_motion's
+    confidence). (0, 0) when the audio is too short or silent to predict from."""
     from nerf_talk.errors import UserError
     from nerf_talk.media import AUDIO_RATE
-    from nerf_talk.motion.predict import load_default_model, predict_motion
+    from nerf_talk.motion.predict import predict_motion
 
     try:
-        pred = predict_motion(load_default_model(), audio, AUDIO_RATE, fps)["mouth_opening"]
+        pred = predict_motion(model, audio, AUDIO_RATE, fps)["mouth_opening"]
     except UserError:  # too short or silent: nothing to measure with
         return 0.0, 0.0
     lag, confidence = offset_from_motion(pred, np.asarray(mouth, np.float64), fps)
     return lag / fps, confidence
+
+
+def offset_by_default_model(audio: np.ndarray, mouth: np.ndarray, fps: float) -> tuple[float, float]:
+    """offset_by_model with the shipped generic model. Preprocessing calls it by name where the layer above asks it to
+    (PreprocessConfig.offset_model, set by nerf_talk.api.preprocess): preprocessing sits below the motion layer and
+    cannot import it."""
+    from nerf_talk.motion.predict import load_default_model
+
+    return offset_by_model(load_default_model(), audio, mouth, fps)
 
 
 def model_lag(model: MotionModel, dataset_dir: str | Path, max_lag: int = 8) -> dict:
